@@ -1,0 +1,60 @@
+# The two commands: `make run` and `make test`. Everything else is a building block.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Embedded PostgreSQL/Redis are started only when these are unset (see apps/core/devservices.py).
+SERVICES := $(PY) -m apps.core.devservices
+PYTEST_ARGS ?=
+
+.PHONY: help install run test lint format services-up services-down services-status clean
+
+help:
+	@echo "make run    - install, start embedded services, migrate, seed the demo login, start every process"
+	@echo "make test   - install, start embedded services, run the test suite (real PostgreSQL, broker, workers)"
+	@echo "make lint   - ruff check and format check"
+	@echo "make services-up | services-down | services-status - the embedded PostgreSQL and Redis under .data/"
+
+install: $(STAMP)
+
+$(STAMP): requirements/core.txt requirements/base.txt requirements/dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	@touch $@
+
+run: install
+	@$(SERVICES) exec -- sh -c '\
+		$(PY) manage.py preflight && \
+		$(PY) manage.py migrate --noinput && \
+		$(PY) manage.py collectstatic --noinput --verbosity 0 && \
+		$(PY) manage.py seed_demo && \
+		echo "web:    http://127.0.0.1:8000  (admin at /admin/, API at /api/v1/, docs at /api/docs/)" && \
+		echo "flower: http://127.0.0.1:5555  (same login)" && \
+		echo "Ctrl-C stops everything." && \
+		exec honcho start -f Procfile'
+
+test: install
+	@$(SERVICES) exec -- sh -c '$(PY) manage.py preflight && $(PY) -m pytest $(PYTEST_ARGS)'
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+services-up: install
+	@$(SERVICES) up
+
+services-down: install
+	@$(SERVICES) down
+
+services-status: install
+	@$(SERVICES) status
+
+clean: services-down
+	rm -rf $(VENV) .data

@@ -1,0 +1,10 @@
+"""Reads for accounts."""
+
+from apps.accounts.models import ApiToken, Membership, User
+
+
+def membership_for_request(*, user: User, auth) -> Membership | None:
+    """The membership a request acts as: the token's, or the user's only/first one."""
+    if isinstance(auth, ApiToken):
+        return auth.membership
+    return Membership.objects.select_related("organization").filter(user=user).order_by("created_at").first()

@@ -1,0 +1,62 @@
+"""Readiness checks of the services Switchyard depends on, each answering in one line."""
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import connection
+from django.db.utils import Error as DatabaseError
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    message: str
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path.lstrip("/")
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}" + (f"/{path}" if path else "")
+
+
+def _database_where() -> str:
+    db = settings.DATABASES["default"]
+    return f"postgresql://{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}/{db.get('NAME')}"
+
+
+def check_database() -> CheckResult:
+    where = _database_where()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+            row = cursor.fetchone()
+    except DatabaseError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        return CheckResult("database", False, f"database at {where} is unreachable: {reason}")
+    if row is None:
+        return CheckResult(
+            "database",
+            False,
+            f"database at {where} lacks the pgvector extension (install pgvector >= 0.8 on that server)",
+        )
+    return CheckResult("database", True, f"database at {where} is reachable (pgvector {row[0]})")
+
+
+def check_broker() -> CheckResult:
+    from project.celery import app
+
+    where = _where(settings.CELERY_BROKER_URL)
+    try:
+        with app.connection_for_write(settings.CELERY_BROKER_URL) as conn:
+            conn.ensure_connection(max_retries=0, timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT)
+    except Exception as exc:  # kombu raises transport-specific errors; any of them means "down"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        return CheckResult("broker", False, f"broker at {where} is unreachable: {reason}")
+    return CheckResult("broker", True, f"broker at {where} is reachable")
+
+
+def readiness() -> list[CheckResult]:
+    return [check_database(), check_broker()]

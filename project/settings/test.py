@@ -1,0 +1,14 @@
+"""pytest: real PostgreSQL+pgvector and a real broker, like development."""
+
+from apps.core import devservices
+from project.settings.local import *  # noqa: F403
+from project.settings.local import env
+
+# Redis database 15 keeps test messages away from a `make run` on the same server.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or devservices.broker_url(db=15)
+# Hashing cost is irrelevant to what the tests check and dominates user creation.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

@@ -1,0 +1,79 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.accounts.models import ApiToken, Role
+from apps.accounts.services import api_token_create, api_token_revoke
+from tests.factories import MembershipFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_user_model_is_the_custom_one(django_user_model):
+    assert django_user_model._meta.label == "accounts.User"
+
+
+def test_token_authenticates_as_its_membership(client):
+    membership = MembershipFactory(role=Role.OPERATOR)
+    issued = api_token_create(membership=membership, name="ci")
+
+    for keyword in ("Token", "Bearer"):
+        response = client.get("/api/v1/me", HTTP_AUTHORIZATION=f"{keyword} {issued.plaintext}")
+        assert response.status_code == 200, response.content
+        assert response.json() == {
+            "username": membership.user.username,
+            "organization": membership.organization.slug,
+            "role": "operator",
+            "auth": "token",
+        }
+
+
+def test_token_secret_is_stored_only_as_a_hash():
+    issued = api_token_create(membership=MembershipFactory(), name="ci")
+    secret = issued.plaintext.split("_", 2)[2]
+    row = ApiToken.objects.get(pk=issued.token.pk)
+    assert secret not in row.secret_hash and issued.plaintext.startswith(f"sy_{row.prefix}_")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda issued: api_token_revoke(token=issued.token), "Token revoked."),
+        (
+            lambda issued: ApiToken.objects.filter(pk=issued.token.pk).update(
+                expires_at=timezone.now() - timedelta(seconds=1)
+            ),
+            "Token expired.",
+        ),
+    ],
+    ids=["revoked", "expired"],
+)
+def test_revoked_or_expired_token_is_refused(client, spoil, message):
+    issued = api_token_create(membership=MembershipFactory(), name="ci")
+    spoil(issued)
+    response = client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Token {issued.plaintext}")
+    assert response.status_code == 401
+    assert response.json() == {"detail": message, "code": "authentication_failed", "fields": {}}
+
+
+def test_wrong_secret_for_a_real_prefix_is_refused(client):
+    issued = api_token_create(membership=MembershipFactory(), name="ci")
+    forged = issued.plaintext[:-4] + "AAAA"
+    response = client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Token {forged}")
+    assert response.status_code == 401
+
+
+def test_anonymous_request_is_refused_with_the_error_shape(client):
+    response = client.get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.json()["code"] == "not_authenticated"
+
+
+def test_session_login_works_alongside_tokens(client):
+    membership = MembershipFactory(role=Role.VIEWER)
+    client.force_login(membership.user)
+    response = client.get("/api/v1/me")
+    assert response.status_code == 200
+    assert response.json()["auth"] == "session"
+    assert response.json()["organization"] == membership.organization.slug

@@ -1,0 +1,89 @@
+"""Real Celery worker processes for tests, pointed at the test database and broker."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_database_url() -> str:
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+class WorkerProcess:
+    """`celery worker` in a subprocess; `kill()` is SIGKILL to the whole process group."""
+
+    def __init__(self, queues: str, *, name: str | None = None, concurrency: int = 1, extra_args=(), env=None):
+        self.queues = queues
+        self.name = name or f"{queues.split(',')[0]}@test-{uuid.uuid4().hex[:8]}"
+        self.log_path = Path(settings.BASE_DIR) / ".data" / "test-logs" / f"{self.name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "worker",
+            "-Q",
+            queues,
+            "-n",
+            self.name,
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel=INFO",
+            *extra_args,
+        ]
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "project.settings.test",
+            "DATABASE_URL": test_database_url(),
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            **(env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> "WorkerProcess":
+        from project.celery import app
+
+        log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited early:\n{self.log_path.read_text()[-3000:]}")
+            replies = app.control.ping(destination=[self.name], timeout=1.0)
+            if replies:
+                return self
+        self.stop()
+        raise RuntimeError(f"worker {self.name} did not answer ping in {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.process or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
