@@ -7,14 +7,14 @@ from tests.workers import WorkerProcess
 def broker():
     """The real broker connection, with the test queues purged before and after."""
     from project.celery import app
-    from project.queues import QUEUE_NAMES
+    from project.queues import TASK_QUEUES
 
     def purge():
         with app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for name in QUEUE_NAMES:
-                channel.queue_declare(name, passive=False, durable=True, auto_delete=False)
-                channel.queue_purge(name)
+            for queue in TASK_QUEUES:
+                bound = queue(conn.default_channel)
+                bound.declare()
+                bound.purge()
 
     purge()
     yield app
