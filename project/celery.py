@@ -14,7 +14,7 @@ app = Celery("switchyard")
 # the queue layout and reliability settings are the same everywhere.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(queues.celery_config())
-app.autodiscover_tasks(["apps.core", "workers"])
+app.autodiscover_tasks(["apps.core", "apps.jobs", "workers"])
 
 
 @worker_init.connect

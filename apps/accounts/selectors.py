@@ -8,3 +8,13 @@ def membership_for_request(*, user: User, auth) -> Membership | None:
     if isinstance(auth, ApiToken):
         return auth.membership
     return Membership.objects.select_related("organization").filter(user=user).order_by("created_at").first()
+
+
+def request_membership(request) -> Membership:
+    """The membership an API request acts as; a user with no organization may do nothing."""
+    from apps.core.errors import PermissionDenied
+
+    membership = membership_for_request(user=request.user, auth=request.auth)
+    if membership is None:
+        raise PermissionDenied("Your account belongs to no organization.")
+    return membership

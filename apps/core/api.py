@@ -24,7 +24,10 @@ def exception_handler(exc, context):
         body = {"detail": exc.message, "code": exc.code, "fields": exc.fields}
         if exc.details:
             body["details"] = exc.details
-        return Response(body, status=exc.status_code)
+        response = Response(body, status=exc.status_code)
+        if "retry_after_s" in exc.details:
+            response["Retry-After"] = str(int(exc.details["retry_after_s"]))
+        return response
     if isinstance(exc, DjangoValidationError):
         fields = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         exc = exceptions.ValidationError(fields)

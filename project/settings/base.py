@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "apps.core",
     "apps.accounts",
+    "apps.jobs",
 ]
 
 MIDDLEWARE = [
@@ -118,4 +119,30 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}
+
+# --- Jobs (see docs/jobs.md) ------------------------------------------------------------
+# A running job's lease; the worker renews it every JOBS_HEARTBEAT_SECONDS, and the reaper
+# returns a job whose lease expired (its worker died) to the queue.
+JOBS_LEASE_SECONDS = env.float("JOBS_LEASE_SECONDS", default=60.0)
+JOBS_HEARTBEAT_SECONDS = env.float("JOBS_HEARTBEAT_SECONDS", default=JOBS_LEASE_SECONDS / 3)
+# A job queued this long without a claim is published again (its message may be lost,
+# e.g. a flushed broker); a duplicate message is harmless, the claim refuses it.
+JOBS_REDISPATCH_AFTER_SECONDS = env.float("JOBS_REDISPATCH_AFTER_SECONDS", default=300.0)
+JOBS_REAPER_INTERVAL_SECONDS = env.float("JOBS_REAPER_INTERVAL_SECONDS", default=15.0)
+JOBS_WORKER_HEARTBEAT_SECONDS = env.float("JOBS_WORKER_HEARTBEAT_SECONDS", default=15.0)
+JOBS_WORKER_ALIVE_SECONDS = env.float("JOBS_WORKER_ALIVE_SECONDS", default=60.0)
+JOBS_PROGRESS_MIN_INTERVAL_SECONDS = env.float("JOBS_PROGRESS_MIN_INTERVAL_SECONDS", default=1.0)
+# Admission control: submit answers 503 + Retry-After past this many queued jobs per queue.
+JOBS_QUEUE_MAX_BACKLOG = env.int("JOBS_QUEUE_MAX_BACKLOG", default=10000)
+JOBS_RETRY_BACKOFF_SECONDS = env.float("JOBS_RETRY_BACKOFF_SECONDS", default=2.0)
+JOBS_RETRY_BACKOFF_MAX_SECONDS = env.float("JOBS_RETRY_BACKOFF_MAX_SECONDS", default=300.0)
+
+CELERY_BEAT_SCHEDULE = {
+    "reap-jobs": {
+        "task": "jobs.reap",
+        "schedule": JOBS_REAPER_INTERVAL_SECONDS,
+        # A reaper run that waited longer than its interval is stale: the next one is coming.
+        "options": {"expires": JOBS_REAPER_INTERVAL_SECONDS},
+    },
 }

@@ -1,0 +1,147 @@
+from django.conf import settings
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from apps.accounts.models import Membership
+from apps.core.errors import DomainError
+from apps.jobs import services
+from apps.jobs.models import Artifact, Job, JobEvent, WorkerHost
+
+
+class JobEventInline(admin.TabularInline):
+    model = JobEvent
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "from_status", "to_status", "attempt", "worker", "actor", "message"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class ArtifactInline(admin.TabularInline):
+    model = Artifact
+    extra = 0
+    can_delete = False
+    fields = ["role", "link", "size_bytes", "sha256", "attempt", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="file")
+    def link(self, artifact):
+        url = f"/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.id}/download"
+        return format_html('<a href="{}">{}</a>', url, artifact.name)
+
+
+def _acting_membership(request, job: Job) -> Membership:
+    membership = Membership.objects.filter(user=request.user, organization=job.organization).first()
+    if membership is None and request.user.is_superuser:
+        # A superuser operates every organization as its administrator.
+        membership = Membership(user=request.user, organization=job.organization, role="admin")
+    if membership is None:
+        raise DomainError(f"You are not a member of {job.organization}.")
+    return membership
+
+
+def _run_action(modeladmin, request, queryset, service, verb: str):
+    done, refused = 0, []
+    for job in queryset:
+        try:
+            service(job=job, actor=_acting_membership(request, job))
+            done += 1
+        except DomainError as exc:
+            refused.append(f"{job.short_id}: {exc.message}")
+    if done:
+        modeladmin.message_user(request, f"{verb} {done} job(s).", messages.SUCCESS)
+    for line in refused[:20]:
+        modeladmin.message_user(request, line, messages.WARNING)
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["short_id", "kind", "status", "queue", "priority", "progress_bar", "duration_display",
+                    "owner", "worker_host", "attempt_display", "created_at"]
+    list_filter = ["status", "kind", "queue", "priority", "organization"]
+    search_fields = ["id", "kind", "owner__username", "worker_host", "idempotency_key"]
+    list_select_related = ["owner", "organization"]
+    date_hierarchy = "created_at"
+    ordering = ["-created_at"]
+    inlines = [JobEventInline, ArtifactInline]
+    actions = ["cancel_jobs", "retry_jobs", "requeue_jobs"]
+    readonly_fields = [
+        "id", "organization", "owner", "kind", "status", "priority", "queue", "params", "result", "error",
+        "progress_bar", "progress_message", "attempt", "max_attempts", "idempotency_key", "parent", "worker_host",
+        "flower_link", "lease_expires_at", "created_at", "queued_at", "dispatched_at", "started_at", "finished_at",
+    ]
+    exclude = ["progress", "task_id"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(organization__memberships__user=request.user)
+
+    @admin.display(description="progress")
+    def progress_bar(self, job):
+        percent = round(job.progress * 100)
+        return format_html(
+            '<progress value="{}" max="100" style="width:90px" title="{}"></progress> {}%',
+            percent, job.progress_message, percent,
+        )
+
+    @admin.display(description="duration")
+    def duration_display(self, job):
+        duration = job.duration
+        return f"{duration.total_seconds():.1f}s" if duration is not None else "-"
+
+    @admin.display(description="attempt")
+    def attempt_display(self, job):
+        return f"{job.attempt}/{job.max_attempts}"
+
+    @admin.display(description="Flower")
+    def flower_link(self, job):
+        if not job.task_id:
+            return "-"
+        return format_html('<a href="{}/task/{}" target="_blank">{}</a>', settings.FLOWER_URL, job.task_id,
+                           job.task_id)
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset):
+        _run_action(self, request, queryset, services.job_cancel, "Cancelled")
+
+    @admin.action(description="Retry selected failed/cancelled jobs")
+    def retry_jobs(self, request, queryset):
+        _run_action(self, request, queryset, services.job_retry, "Retried")
+
+    @admin.action(description="Requeue selected queued jobs (publish again)")
+    def requeue_jobs(self, request, queryset):
+        _run_action(self, request, queryset, services.job_requeue, "Requeued")
+
+
+@admin.register(WorkerHost)
+class WorkerHostAdmin(admin.ModelAdmin):
+    list_display = ["hostname", "alive", "queues", "providers", "bwrap", "version", "last_heartbeat_at",
+                    "started_at"]
+    search_fields = ["hostname"]
+    readonly_fields = ["hostname", "queues", "capabilities", "version", "pid", "started_at", "last_heartbeat_at",
+                       "stopped_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(boolean=True)
+    def alive(self, host):
+        return host.is_alive
+
+    @admin.display(description="providers")
+    def providers(self, host):
+        return ", ".join(host.capabilities.get("providers", []))
+
+    @admin.display(description="bwrap", boolean=True)
+    def bwrap(self, host):
+        return bool(host.capabilities.get("bwrap"))

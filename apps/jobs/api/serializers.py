@@ -1,0 +1,43 @@
+from rest_framework import serializers
+
+from apps.jobs.models import Artifact, Job, JobEvent
+
+
+class JobOutputSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", allow_null=True, default=None)
+    parent = serializers.UUIDField(source="parent_id", allow_null=True)
+    duration_s = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "kind", "status", "priority", "queue", "params", "result", "error", "progress",
+            "progress_message", "attempt", "max_attempts", "idempotency_key", "parent", "owner", "worker_host",
+            "created_at", "queued_at", "started_at", "finished_at", "duration_s",
+        ]
+
+    def get_duration_s(self, job: Job) -> float | None:
+        duration = job.duration
+        return round(duration.total_seconds(), 3) if duration is not None else None
+
+
+class JobEventOutputSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
+
+    class Meta:
+        model = JobEvent
+        fields = ["created_at", "from_status", "to_status", "attempt", "worker", "actor", "message"]
+
+
+class ArtifactOutputSerializer(serializers.ModelSerializer):
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Artifact
+        fields = ["id", "role", "name", "content_type", "size_bytes", "sha256", "attempt", "created_at",
+                  "download_url"]
+
+    def get_download_url(self, artifact: Artifact) -> str:
+        request = self.context.get("request")
+        path = f"/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.id}/download"
+        return request.build_absolute_uri(path) if request else path

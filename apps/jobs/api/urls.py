@@ -1,0 +1,15 @@
+from django.urls import path
+
+from apps.jobs.api import views
+
+urlpatterns = [
+    path("jobs/", views.JobListCreateApi.as_view(), name="jobs"),
+    path("jobs/kinds/", views.JobKindsApi.as_view(), name="job-kinds"),
+    path("jobs/<uuid:job_id>/", views.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<uuid:job_id>/cancel", views.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<uuid:job_id>/retry", views.JobRetryApi.as_view(), name="job-retry"),
+    path("jobs/<uuid:job_id>/events", views.JobEventsApi.as_view(), name="job-events"),
+    path("jobs/<uuid:job_id>/artifacts", views.JobArtifactsApi.as_view(), name="job-artifacts"),
+    path("jobs/<uuid:job_id>/artifacts/<uuid:artifact_id>/download", views.ArtifactDownloadApi.as_view(),
+         name="job-artifact-download"),
+]

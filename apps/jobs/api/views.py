@@ -1,0 +1,149 @@
+"""REST endpoints for jobs: thin wrappers over apps.jobs.services and selectors."""
+
+import django_filters
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.selectors import request_membership
+from apps.jobs import selectors, services
+from apps.jobs.api.serializers import ArtifactOutputSerializer, JobEventOutputSerializer, JobOutputSerializer
+from apps.jobs.kinds import all_kinds
+from apps.jobs.models import Job, JobStatus
+
+
+class JobCursorPagination(CursorPagination):
+    ordering = "-created_at"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class JobFilter(django_filters.FilterSet):
+    kind = django_filters.CharFilter()
+    status = django_filters.MultipleChoiceFilter(choices=JobStatus.choices)
+    queue = django_filters.CharFilter()
+    owner = django_filters.CharFilter(field_name="owner__username")
+    parent = django_filters.UUIDFilter(field_name="parent_id")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Job
+        fields = ["kind", "status", "queue", "owner", "parent", "created_after", "created_before"]
+
+
+class JobListCreateApi(APIView):
+    """List the organization's jobs (filters, cursor pagination), or submit one."""
+
+    class InputSerializer(serializers.Serializer):
+        kind = serializers.CharField(help_text="One of the registered job kinds, e.g. `sleep`.")
+        params = serializers.JSONField(default=dict, help_text="Parameters for the kind; validated per kind.")
+        priority = serializers.IntegerField(min_value=0, max_value=9, default=5, help_text="9 is the most urgent.")
+        max_attempts = serializers.IntegerField(min_value=1, max_value=20, required=False)
+
+    @extend_schema(
+        parameters=[OpenApiParameter(name, str) for name in JobFilter.Meta.fields],
+        responses=JobOutputSerializer(many=True),
+        operation_id="jobs_list",
+    )
+    def get(self, request):
+        membership = request_membership(request)
+        queryset = JobFilter(request.query_params, queryset=selectors.job_list(membership=membership)).qs
+        paginator = JobCursorPagination()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: JobOutputSerializer, 200: JobOutputSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER,
+                                     description="Repeat a submit safely: the same key returns the same job.")],
+        operation_id="jobs_submit",
+    )
+    def post(self, request):
+        membership = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 128:
+            raise serializers.ValidationError({"Idempotency-Key": ["At most 128 characters."]})
+        job, created = services.job_submit(membership=membership, idempotency_key=key, **data.validated_data)
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobOutputSerializer, operation_id="jobs_detail")
+    def get(self, request, job_id):
+        job = selectors.job_get(membership=request_membership(request), job_id=job_id)
+        return Response(JobOutputSerializer(job).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(request=None, responses=JobOutputSerializer, operation_id="jobs_cancel")
+    def post(self, request, job_id):
+        membership = request_membership(request)
+        job = services.job_cancel(job=selectors.job_get(membership=membership, job_id=job_id), actor=membership)
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobRetryApi(APIView):
+    @extend_schema(request=None, responses=JobOutputSerializer, operation_id="jobs_retry")
+    def post(self, request, job_id):
+        membership = request_membership(request)
+        job = services.job_retry(job=selectors.job_get(membership=membership, job_id=job_id), actor=membership)
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobEventsApi(APIView):
+    @extend_schema(responses=JobEventOutputSerializer(many=True), operation_id="jobs_events")
+    def get(self, request, job_id):
+        job = selectors.job_get(membership=request_membership(request), job_id=job_id)
+        return Response(JobEventOutputSerializer(selectors.job_events(job=job), many=True).data)
+
+
+class JobArtifactsApi(APIView):
+    @extend_schema(responses=ArtifactOutputSerializer(many=True), operation_id="jobs_artifacts")
+    def get(self, request, job_id):
+        job = selectors.job_get(membership=request_membership(request), job_id=job_id)
+        artifacts = selectors.job_artifacts(job=job)
+        return Response(ArtifactOutputSerializer(artifacts, many=True, context={"request": request}).data)
+
+
+class ArtifactDownloadApi(APIView):
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+                   operation_id="jobs_artifact_download")
+    def get(self, request, job_id, artifact_id):
+        job = selectors.job_get(membership=request_membership(request), job_id=job_id)
+        artifact = selectors.job_artifacts(job=job).filter(pk=artifact_id).first()
+        if artifact is None:
+            from apps.core.errors import NotFound
+
+            raise NotFound("No such artifact.")
+        return FileResponse(artifact.file.open("rb"), as_attachment=True, filename=artifact.name,
+                            content_type=artifact.content_type)
+
+
+class JobKindsApi(APIView):
+    """The job kinds this deployment knows, with their parameters."""
+
+    @extend_schema(responses=OpenApiTypes.OBJECT, operation_id="jobs_kinds")
+    def get(self, request):
+        kinds = []
+        for name, kind in sorted(all_kinds().items()):
+            fields = {
+                field_name: {
+                    "type": type(field).__name__.replace("Field", "").lower(),
+                    "required": field.required,
+                    "default": None if field.default is serializers.empty else field.default,
+                    "help": str(field.help_text or ""),
+                }
+                for field_name, field in kind.params_serializer().fields.items()
+            }
+            kinds.append({"name": name, "description": kind.description, "params": fields,
+                          "time_limit_s": kind.time_limit_s})
+        return Response(kinds)

@@ -1,0 +1,175 @@
+"""Jobs, their audit trail, their files and the hosts that run them."""
+
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from apps.accounts.models import Organization
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    CANCELLING = "cancelling", "Cancelling"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+ACTIVE_STATUSES = (JobStatus.RUNNING, JobStatus.CANCELLING)
+
+
+class Job(models.Model):
+    """One unit of work. PostgreSQL is its source of truth; a broker message only carries its id."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="jobs")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="jobs")
+    kind = models.CharField(max_length=32)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    priority = models.PositiveSmallIntegerField(default=5, help_text="0 (least urgent) to 9 (most urgent)")
+    queue = models.CharField(max_length=16)
+    params = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True, help_text="{code, message, details}")
+    progress = models.FloatField(default=0.0)
+    progress_message = models.CharField(max_length=200, blank=True)
+    # `attempt` is the fencing token: a claim bumps it, and every write a worker makes
+    # for the job matches on it, so a worker that lost its lease can no longer write.
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True)
+    parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="children")
+    worker_host = models.CharField(max_length=255, blank=True)
+    task_id = models.CharField(max_length=64, blank=True, help_text="Celery task id of the latest dispatch")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    queued_at = models.DateTimeField(default=timezone.now)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(priority__lte=9), name="job_priority_0_9"),
+            models.CheckConstraint(condition=models.Q(status__in=JobStatus.values), name="job_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(progress__gte=0) & models.Q(progress__lte=1), name="job_progress_0_1"
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="job_idempotency_key_per_org",
+            ),
+        ]
+        indexes = [
+            # The reaper's and dispatcher's scans: queued work by age, active work by lease.
+            models.Index(
+                fields=["queue", "-priority", "created_at"],
+                condition=models.Q(status="queued"),
+                name="job_queued_by_priority",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=models.Q(status__in=["running", "cancelling"]),
+                name="job_active_by_lease",
+            ),
+            models.Index(fields=["organization", "-created_at"], name="job_org_recent"),
+            models.Index(fields=["organization", "kind", "status"], name="job_org_kind_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.short_id} ({self.status})"
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+
+class JobEvent(models.Model):
+    """Every transition of a job, and who or what caused it: the audit trail."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(default=timezone.now)
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16)
+    attempt = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=255, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["job", "created_at"], name="jobevent_job_time")]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '-'} -> {self.to_status}"
+
+
+class ArtifactRole(models.TextChoices):
+    INPUT = "input", "Input"
+    OUTPUT = "output", "Output"
+
+
+class Artifact(models.Model):
+    """A file a job consumed or produced, stored under MEDIA_ROOT with its size and digest."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
+    role = models.CharField(max_length=8, choices=ArtifactRole.choices)
+    name = models.CharField(max_length=255)
+    file = models.FileField(upload_to="artifacts/%Y/%m/%d/", max_length=500)
+    content_type = models.CharField(max_length=100, default="application/octet-stream")
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    attempt = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "role", "name"], name="artifact_unique_name_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}:{self.name}"
+
+
+class WorkerHost(models.Model):
+    """A running Celery worker: what it consumes and can do, and when it was last heard from."""
+
+    hostname = models.CharField(max_length=255, unique=True, help_text="Celery node name, e.g. cpu@host1")
+    queues = models.JSONField(default=list)
+    capabilities = models.JSONField(default=dict)
+    version = models.CharField(max_length=64, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat_at = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @property
+    def is_alive(self) -> bool:
+        horizon = timezone.now() - timedelta(seconds=settings.JOBS_WORKER_ALIVE_SECONDS)
+        return self.stopped_at is None and self.last_heartbeat_at >= horizon

@@ -1,0 +1,157 @@
+"""Runs one job inside a worker process: claim, execute with heartbeat and progress, finish.
+
+The Celery task is a thin entry point to `run_job`; everything here is about the
+contract (fencing, leases, cancellation, retry policy), not about any kind.
+"""
+
+import logging
+import threading
+import time
+import traceback
+import uuid
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+from apps.jobs import services
+from apps.jobs.kinds import JobKind, PermanentJobError, get_kind
+from apps.jobs.models import Job, JobStatus
+
+logger = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """The job was asked to stop; raised by `raise_if_cancelled` between steps."""
+
+
+class LeaseLost(Exception):
+    """Another attempt owns the job now; this run must stop writing."""
+
+
+class JobContext:
+    """What an executor may know and do about its job: params, attempt, progress, cancellation."""
+
+    def __init__(self, job: Job):
+        self.job_id = job.id
+        self.attempt = job.attempt
+        self.params = job.params
+        self.kind = job.kind
+        self.organization_id = job.organization_id
+        self._cancel_requested = threading.Event()
+        self._lease_lost = threading.Event()
+        self._last_progress_write = 0.0
+
+    def report_progress(self, fraction: float, message: str = "") -> None:
+        # Throttled: a job reporting per row would otherwise turn into a write per row.
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last_progress_write < settings.JOBS_PROGRESS_MIN_INTERVAL_SECONDS:
+            return
+        self._last_progress_write = now
+        if not services.job_progress(job_id=self.job_id, attempt=self.attempt, progress=fraction, message=message):
+            self._refresh_state()
+
+    def should_cancel(self) -> bool:
+        return self._cancel_requested.is_set() or self._lease_lost.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._lease_lost.is_set():
+            raise LeaseLost()
+        if self._cancel_requested.is_set():
+            raise JobCancelled()
+
+    def _refresh_state(self) -> None:
+        status = services.job_heartbeat(job_id=self.job_id, attempt=self.attempt)
+        if status is None:
+            self._lease_lost.set()
+        elif status == JobStatus.CANCELLING:
+            self._cancel_requested.set()
+
+
+class Heartbeat:
+    """Renews the lease from a thread while the executor runs, and notices cancellation."""
+
+    def __init__(self, context: JobContext):
+        self.context = context
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{context.job_id}", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(settings.JOBS_HEARTBEAT_SECONDS):
+                try:
+                    self.context._refresh_state()
+                except Exception:
+                    logger.exception("job.heartbeat_failed", extra={"job_id": str(self.context.job_id)})
+        finally:
+            connections.close_all()  # this thread's own connection
+
+
+def _error(code: str, message: str, details: dict | None = None) -> dict:
+    return {"code": code, "message": message, "details": details or {}}
+
+
+def run_job(*, job_id: str, worker: str) -> str:
+    """Claim and run one job. Returns what happened, for logs and tests."""
+    close_old_connections()
+    try:
+        job_uuid = uuid.UUID(str(job_id))
+    except ValueError:
+        logger.error("job.bad_message", extra={"job_id": job_id})
+        return "bad_message"
+    job = services.job_claim(job_id=job_uuid, worker=worker)
+    if job is None:
+        # A duplicate delivery, a cancelled job, or one another worker holds: nothing to do.
+        logger.info("job.not_claimed", extra={"job_id": job_id, "worker": worker})
+        return "not_claimed"
+    kind = get_kind(job.kind)
+    if kind is None:
+        services.job_finish(job_id=job.id, attempt=job.attempt, status=JobStatus.FAILED, worker=worker,
+                            error=_error("unknown_kind", f"No executor for kind '{job.kind}' on {worker}."))
+        return JobStatus.FAILED
+    return _execute(job, kind, worker)
+
+
+def _execute(job: Job, kind: JobKind, worker: str) -> str:
+    context = JobContext(job)
+    finish = {"job_id": job.id, "attempt": job.attempt, "worker": worker}
+    try:
+        with Heartbeat(context):
+            result = kind.execute(context)
+    except JobCancelled:
+        services.job_finish(**finish, status=JobStatus.CANCELLED)
+        return JobStatus.CANCELLED
+    except LeaseLost:
+        logger.warning("job.lease_lost", extra={"job_id": str(job.id), "attempt": job.attempt})
+        return "lease_lost"
+    except PermanentJobError as exc:
+        services.job_finish(**finish, status=JobStatus.FAILED, error=_error(exc.code, exc.message, exc.details))
+        return JobStatus.FAILED
+    except SoftTimeLimitExceeded:
+        message = f"Exceeded the time limit of {kind.soft_time_limit_s}s for kind '{kind.name}'."
+        services.job_finish(**finish, status=JobStatus.FAILED, error=_error("time_limit", message))
+        return JobStatus.FAILED
+    except kind.transient_errors as exc:
+        return services.job_retry_later(
+            job_id=job.id, attempt=job.attempt, worker=worker,
+            error=_error("transient_error", str(exc), {"exception": type(exc).__name__}),
+        )
+    except Exception as exc:
+        logger.exception("job.crashed", extra={"job_id": str(job.id), "kind": job.kind})
+        services.job_finish(
+            **finish, status=JobStatus.FAILED,
+            error=_error("internal_error", f"{type(exc).__name__}: {exc}", {"traceback": traceback.format_exc()}),
+        )
+        return JobStatus.FAILED
+    # Fenced: if another attempt took the job over meanwhile, this write is refused.
+    if not services.job_finish(**finish, status=JobStatus.SUCCEEDED, result=result):
+        return "lease_lost"
+    return JobStatus.SUCCEEDED

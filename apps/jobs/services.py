@@ -1,0 +1,450 @@
+"""Every change of a job's state: submit, dispatch, claim, heartbeat, progress, finish, cancel, retry, reap.
+
+Concurrency guards are conditional UPDATEs: a transition names the state (and, for a
+worker, the attempt) it starts from, so two actors racing on one job cannot both win.
+"""
+
+import logging
+import random
+import uuid
+from datetime import timedelta
+from functools import partial
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from rest_framework import serializers
+
+from apps.accounts.models import Membership, User
+from apps.accounts.permissions import MANAGE_ANY_JOB, SUBMIT_JOBS, has_permission
+from apps.core.errors import Conflict, DomainError, PermissionDenied, ServiceUnavailable
+from apps.jobs.kinds import get_kind
+from apps.jobs.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobEvent, JobStatus
+from project import queues
+
+logger = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "workers.run_job"
+REAPER_LOCK_ID = 0x5377_6A6F  # pg_try_advisory_lock key: one reaper at a time, however many beats run
+
+
+def _event(job: Job, *, from_status: str, to_status: str, message: str = "", worker: str = "", actor=None) -> None:
+    JobEvent.objects.create(
+        job=job,
+        from_status=from_status,
+        to_status=to_status,
+        attempt=job.attempt,
+        worker=worker,
+        actor=actor,
+        message=message,
+    )
+
+
+# --- submit and dispatch -----------------------------------------------------------------
+
+
+def _validate_params(kind_name: str, params) -> tuple:
+    kind = get_kind(kind_name)
+    if kind is None:
+        from apps.jobs.kinds import all_kinds
+
+        raise DomainError(
+            f"kind: unknown job kind '{kind_name}'.",
+            fields={"kind": [f"Unknown job kind '{kind_name}'. Choose one of: {', '.join(sorted(all_kinds()))}."]},
+        )
+    if not isinstance(params, dict):
+        raise DomainError("params: must be a JSON object.", fields={"params": ["Must be a JSON object."]})
+    serializer = kind.params_serializer(data=params)
+    if not serializer.is_valid():
+        fields = {f"params.{name}": [str(e) for e in errors] for name, errors in serializer.errors.items()}
+        first_name, first_errors = next(iter(fields.items()))
+        raise DomainError(f"{first_name}: {first_errors[0]}", fields=fields)
+    unknown = sorted(set(params) - set(serializer.fields))
+    if unknown:
+        raise DomainError(
+            f"params.{unknown[0]}: unknown parameter.",
+            fields={f"params.{name}": ["Unknown parameter."] for name in unknown},
+        )
+    return kind, serializers.Serializer.to_representation(serializer, serializer.validated_data)
+
+
+def job_submit(
+    *,
+    membership: Membership,
+    kind: str,
+    params: dict,
+    priority: int = 5,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    parent: Job | None = None,
+) -> tuple[Job, bool]:
+    """Validate, admit and record a job, and publish it once the transaction commits.
+
+    Returns (job, created); with an idempotency key already used in this organization,
+    the existing job comes back with created=False and nothing is published.
+    """
+    if not has_permission(membership, SUBMIT_JOBS):
+        raise PermissionDenied(f"Role '{membership.role}' may not submit jobs.")
+    if not isinstance(priority, int) or not 0 <= priority <= queues.MAX_PRIORITY:
+        raise DomainError("priority: must be an integer from 0 to 9.", fields={"priority": ["Must be 0-9."]})
+    if idempotency_key is not None:
+        existing = Job.objects.filter(organization=membership.organization, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    job_kind, clean_params = _validate_params(kind, params)
+    if max_attempts is not None and not (isinstance(max_attempts, int) and 1 <= max_attempts <= 20):
+        raise DomainError("max_attempts: must be an integer from 1 to 20.", fields={"max_attempts": ["Must be 1-20."]})
+    queue = job_kind.pick_queue(clean_params)
+    _admit(queue)
+
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                organization=membership.organization,
+                owner=membership.user,
+                kind=kind,
+                params=clean_params,
+                priority=priority,
+                queue=queue,
+                max_attempts=max_attempts or job_kind.default_max_attempts,
+                idempotency_key=idempotency_key,
+                parent=parent,
+            )
+            _event(job, from_status="", to_status=JobStatus.QUEUED, message="submitted", actor=membership.user)
+            transaction.on_commit(partial(job_dispatch, job_id=job.id))
+    except IntegrityError:
+        # Two submits raced on one idempotency key; the other one won.
+        if idempotency_key is None:
+            raise
+        return Job.objects.get(organization=membership.organization, idempotency_key=idempotency_key), False
+    logger.info("job.submitted", extra={"job_id": str(job.id), "kind": kind, "queue": queue})
+    return job, True
+
+
+def _admit(queue: str) -> None:
+    backlog = Job.objects.filter(queue=queue, status=JobStatus.QUEUED).count()
+    if backlog >= settings.JOBS_QUEUE_MAX_BACKLOG:
+        raise ServiceUnavailable(
+            f"Queue '{queue}' holds {backlog} queued jobs (maximum {settings.JOBS_QUEUE_MAX_BACKLOG}); retry later.",
+            details={"queue": queue, "queued": backlog, "retry_after_s": 30},
+        )
+
+
+def _broker_priority(priority: int) -> int:
+    """Job priority 9 is the most urgent; Redis (kombu) serves the lowest number first."""
+    if settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        return queues.MAX_PRIORITY - priority
+    return priority
+
+
+def job_dispatch(*, job_id: uuid.UUID, countdown: float | None = None) -> None:
+    """Publish the job's run message. The one place that talks to the broker for jobs."""
+    from project.celery import app
+
+    job = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).first()
+    if job is None:
+        return
+    kind = get_kind(job.kind)
+    task_id = str(uuid.uuid4())
+    try:
+        app.send_task(
+            RUN_JOB_TASK,
+            args=[str(job.id)],
+            task_id=task_id,
+            queue=job.queue,
+            priority=_broker_priority(job.priority),
+            countdown=countdown,
+            soft_time_limit=kind.soft_time_limit_s if kind else None,
+            time_limit=kind.time_limit_s if kind else None,
+        )
+    except Exception:
+        # The job is safe in PostgreSQL; the reaper publishes it again once the broker is back.
+        logger.exception("job.dispatch_failed", extra={"job_id": str(job.id), "queue": job.queue})
+        return
+    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), task_id=task_id)
+
+
+# --- worker side -------------------------------------------------------------------------
+
+
+def job_claim(*, job_id: uuid.UUID | str, worker: str) -> Job | None:
+    """queued -> running, taking a lease and the next attempt; None when there is nothing to claim."""
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED, attempt__lt=F("max_attempts")).update(
+            status=JobStatus.RUNNING,
+            attempt=F("attempt") + 1,
+            lease_expires_at=now + timedelta(seconds=settings.JOBS_LEASE_SECONDS),
+            started_at=now,
+            finished_at=None,
+            worker_host=worker,
+            progress=0.0,
+            progress_message="",
+        )
+        if not claimed:
+            return None
+        job = Job.objects.get(pk=job_id)
+        _event(job, from_status=JobStatus.QUEUED, to_status=JobStatus.RUNNING, worker=worker,
+               message=f"attempt {job.attempt} of {job.max_attempts}")
+    logger.info("job.claimed", extra={"job_id": str(job.id), "attempt": job.attempt, "worker": worker})
+    return job
+
+
+def job_heartbeat(*, job_id: uuid.UUID, attempt: int) -> str | None:
+    """Renew the lease; returns the job's status (a worker learns of `cancelling` here), None if fenced out."""
+    lease = timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
+    updated = Job.objects.filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).update(
+        lease_expires_at=lease
+    )
+    if not updated:
+        return None
+    return Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+
+
+def job_progress(*, job_id: uuid.UUID, attempt: int, progress: float, message: str = "") -> bool:
+    progress = min(1.0, max(0.0, float(progress)))
+    return bool(
+        Job.objects.filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).update(
+            progress=progress, progress_message=message[:200]
+        )
+    )
+
+
+def job_finish(
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+    status: str,
+    result: dict | None = None,
+    error: dict | None = None,
+    worker: str = "",
+) -> bool:
+    """running|cancelling -> succeeded|failed|cancelled, only for the attempt that holds the job."""
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"not a terminal status: {status}")
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).first()
+        if job is None:
+            logger.warning("job.finish_fenced", extra={"job_id": str(job_id), "attempt": attempt})
+            return False
+        previous = job.status
+        job.status = status
+        job.result = result
+        job.error = error
+        job.finished_at = now
+        job.lease_expires_at = None
+        if status == JobStatus.SUCCEEDED:
+            job.progress = 1.0
+        job.save(update_fields=["status", "result", "error", "finished_at", "lease_expires_at", "progress",
+                                "updated_at"])
+        message = error["message"] if error else ""
+        _event(job, from_status=previous, to_status=status, worker=worker, message=message)
+    logger.info("job.finished", extra={"job_id": str(job_id), "attempt": attempt, "status": status})
+    return True
+
+
+def retry_backoff_s(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped."""
+    ceiling = min(settings.JOBS_RETRY_BACKOFF_MAX_SECONDS, settings.JOBS_RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+
+
+def job_retry_later(*, job_id: uuid.UUID, attempt: int, error: dict, worker: str = "") -> str:
+    """After a transient error: back to `queued` with backoff, or `failed` once attempts are exhausted."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).first()
+        if job is None:
+            return "fenced"
+        if job.status == JobStatus.CANCELLING:
+            job_finish(job_id=job_id, attempt=attempt, status=JobStatus.CANCELLED, worker=worker)
+            return JobStatus.CANCELLED
+        if job.attempt >= job.max_attempts:
+            exhausted = {
+                "code": "attempts_exhausted",
+                "message": f"Failed after {job.attempt} attempts: {error['message']}",
+                "details": {"last_error": error},
+            }
+            job_finish(job_id=job_id, attempt=attempt, status=JobStatus.FAILED, error=exhausted, worker=worker)
+            return JobStatus.FAILED
+        countdown = retry_backoff_s(job.attempt)
+        Job.objects.filter(pk=job.pk).update(
+            status=JobStatus.QUEUED, lease_expires_at=None, error=error, queued_at=timezone.now()
+        )
+        _event(job, from_status=job.status, to_status=JobStatus.QUEUED, worker=worker,
+               message=f"transient error, retry in {countdown:.1f}s: {error['message']}")
+        transaction.on_commit(partial(job_dispatch, job_id=job.id, countdown=countdown))
+    return JobStatus.QUEUED
+
+
+# --- operator actions --------------------------------------------------------------------
+
+
+def _check_may_manage(job: Job, actor_membership: Membership) -> None:
+    if job.organization_id != actor_membership.organization_id:
+        raise PermissionDenied("This job belongs to another organization.")
+    if job.owner_id != actor_membership.user_id and not has_permission(actor_membership, MANAGE_ANY_JOB):
+        raise PermissionDenied(f"Role '{actor_membership.role}' may only cancel or retry its own jobs.")
+    if job.owner_id == actor_membership.user_id and not has_permission(actor_membership, SUBMIT_JOBS):
+        raise PermissionDenied(f"Role '{actor_membership.role}' may not manage jobs.")
+
+
+def job_cancel(*, job: Job, actor: Membership) -> Job:
+    """A queued job is cancelled at once; a running one goes `cancelling` and stops at its next check."""
+    _check_may_manage(job, actor)
+    return _cancel(job_id=job.id, actor=actor.user)
+
+
+def _cancel(*, job_id: uuid.UUID, actor: User | None, message: str = "cancel requested") -> Job:
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.status == JobStatus.QUEUED:
+            job.status, job.finished_at = JobStatus.CANCELLED, now
+            job.save(update_fields=["status", "finished_at", "updated_at"])
+            _event(job, from_status=JobStatus.QUEUED, to_status=JobStatus.CANCELLED, actor=actor, message=message)
+        elif job.status == JobStatus.RUNNING:
+            job.status = JobStatus.CANCELLING
+            job.save(update_fields=["status", "updated_at"])
+            _event(job, from_status=JobStatus.RUNNING, to_status=JobStatus.CANCELLING, actor=actor, message=message)
+        elif job.status in TERMINAL_STATUSES:
+            raise Conflict(f"The job already ended ({job.status}); there is nothing to cancel.")
+        for child_id in job.children.exclude(status__in=TERMINAL_STATUSES).values_list("id", flat=True):
+            _cancel(job_id=child_id, actor=actor, message=f"parent {job.short_id} cancelled")
+    return job
+
+
+def job_retry(*, job: Job, actor: Membership) -> Job:
+    """failed|cancelled -> queued, with a fresh budget of attempts (the attempt count itself never goes back)."""
+    _check_may_manage(job, actor)
+    kind = get_kind(job.kind)
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if locked.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise Conflict(f"Only failed or cancelled jobs can be retried; this one is {locked.status}.")
+        previous = locked.status
+        locked.status = JobStatus.QUEUED
+        # `attempt` is the fencing token and must only grow: a stale worker of attempt N
+        # must never match a new run. The retry gets a new budget on top of it.
+        locked.max_attempts = locked.attempt + (kind.default_max_attempts if kind else 1)
+        locked.queued_at = timezone.now()
+        locked.finished_at = None
+        locked.error = None
+        locked.result = None
+        locked.progress = 0.0
+        locked.progress_message = ""
+        locked.save()
+        _event(locked, from_status=previous, to_status=JobStatus.QUEUED, actor=actor.user, message="retried")
+        transaction.on_commit(partial(job_dispatch, job_id=locked.id))
+    return locked
+
+
+def job_requeue(*, job: Job, actor: Membership) -> Job:
+    """Publish a queued job's message again (e.g. after the broker lost it); harmless if it was not lost."""
+    _check_may_manage(job, actor)
+    if job.status != JobStatus.QUEUED:
+        raise Conflict(f"Only queued jobs can be requeued; this one is {job.status}.")
+    _event(job, from_status=JobStatus.QUEUED, to_status=JobStatus.QUEUED, actor=actor.user, message="requeued")
+    job_dispatch(job_id=job.id)
+    return job
+
+
+# --- reaper ------------------------------------------------------------------------------
+
+
+def jobs_reap(*, limit: int = 1000) -> dict:
+    """Recover work the broker or a worker lost. Runs under an advisory lock: one reaper at a time."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [REAPER_LOCK_ID])
+        (locked,) = cursor.fetchone()
+    if not locked:
+        return {"skipped": True}
+    try:
+        expired = _reap_expired_leases(limit=limit)
+        redispatched = _redispatch_stale_queued(limit=limit)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [REAPER_LOCK_ID])
+    if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched:
+        logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched})
+    return {**expired, "redispatched": redispatched}
+
+
+def _reap_expired_leases(*, limit: int) -> dict:
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0}
+    now = timezone.now()
+    stale_ids = list(
+        Job.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__lt=now).values_list("id", flat=True)[:limit]
+    )
+    for job_id in stale_ids:
+        with transaction.atomic():
+            job = (
+                Job.objects.select_for_update(skip_locked=True)
+                .filter(pk=job_id, status__in=ACTIVE_STATUSES, lease_expires_at__lt=now)
+                .first()
+            )
+            if job is None:
+                continue
+            lost = f"lease expired on {job.worker_host or 'unknown worker'} (attempt {job.attempt})"
+            previous = job.status
+            if previous == JobStatus.CANCELLING:
+                job.status, job.finished_at = JobStatus.CANCELLED, now
+                counts["cancelled"] += 1
+            elif job.attempt >= job.max_attempts:
+                job.status, job.finished_at = JobStatus.FAILED, now
+                job.error = {
+                    "code": "attempts_exhausted",
+                    "message": f"Attempts exhausted: {lost}.",
+                    "details": {"attempt": job.attempt, "max_attempts": job.max_attempts},
+                }
+                counts["failed"] += 1
+            else:
+                job.status, job.queued_at = JobStatus.QUEUED, now
+                counts["requeued"] += 1
+                transaction.on_commit(partial(job_dispatch, job_id=job.id))
+            job.lease_expires_at = None
+            job.save()
+            _event(job, from_status=previous, to_status=job.status, message=lost, worker="reaper")
+    return counts
+
+
+def _redispatch_stale_queued(*, limit: int) -> int:
+    horizon = timezone.now() - timedelta(seconds=settings.JOBS_REDISPATCH_AFTER_SECONDS)
+    stale = (
+        Job.objects.filter(status=JobStatus.QUEUED)
+        .filter(Q(dispatched_at__lt=horizon) | Q(dispatched_at__isnull=True, queued_at__lt=horizon))
+        .order_by("-priority", "created_at")
+        .values_list("id", flat=True)[:limit]
+    )
+    count = 0
+    for job_id in stale:
+        job_dispatch(job_id=job_id)
+        count += 1
+    return count
+
+
+# --- worker hosts ------------------------------------------------------------------------
+
+
+def worker_host_register(*, hostname: str, queues: list[str], capabilities: dict, version: str, pid: int) -> None:
+    from apps.jobs.models import WorkerHost
+
+    now = timezone.now()
+    WorkerHost.objects.update_or_create(
+        hostname=hostname,
+        defaults={"queues": sorted(queues), "capabilities": capabilities, "version": version, "pid": pid,
+                  "started_at": now, "last_heartbeat_at": now, "stopped_at": None},
+    )
+
+
+def worker_host_heartbeat(*, hostname: str) -> None:
+    from apps.jobs.models import WorkerHost
+
+    WorkerHost.objects.filter(hostname=hostname).update(last_heartbeat_at=timezone.now(), stopped_at=None)
+
+
+def worker_host_stopped(*, hostname: str) -> None:
+    from apps.jobs.models import WorkerHost
+
+    WorkerHost.objects.filter(hostname=hostname).update(stopped_at=timezone.now())
