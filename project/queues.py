@@ -78,3 +78,13 @@ def celery_config() -> dict:
         "worker_hijack_root_logger": False,
         "worker_max_memory_per_child": 4 * 1024 * 1024,  # KiB: recycle a child past 4 GiB
     }
+
+
+def direct_queue(name: str) -> Queue:
+    """`name` reached through the default exchange, which routes by queue name with no binding.
+
+    Job messages are published this way: a flushed Redis loses kombu's exchange bindings
+    while publishers still cache them as declared, and a message sent through the named
+    exchange would then vanish without an error.
+    """
+    return Queue(name, Exchange(""), routing_key=name, queue_arguments={"x-max-priority": MAX_PRIORITY})

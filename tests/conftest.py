@@ -34,3 +34,37 @@ def start_worker(transactional_db, broker):
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def queue_depth(broker):
+    """Messages waiting in a broker queue (all priority levels)."""
+
+    def depth(name: str) -> int:
+        from project.queues import TASK_QUEUES
+
+        queue = next(q for q in TASK_QUEUES if q.name == name)
+        with broker.connection_for_write() as conn:
+            return queue(conn.default_channel).queue_declare().message_count
+
+    return depth
+
+
+@pytest.fixture
+def member():
+    """Make a membership with a role, and an API client authenticated as it by token."""
+    from rest_framework.test import APIClient
+
+    from apps.accounts.services import api_token_create
+    from tests.factories import MembershipFactory
+
+    def make(role: str = "developer", organization=None):
+        kwargs = {"role": role}
+        if organization is not None:
+            kwargs["organization"] = organization
+        membership = MembershipFactory(**kwargs)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(membership=membership, name='t').plaintext}")
+        return membership, client
+
+    return make

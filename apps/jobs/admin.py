@@ -61,8 +61,19 @@ def _run_action(modeladmin, request, queryset, service, verb: str):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ["short_id", "kind", "status", "queue", "priority", "progress_bar", "duration_display",
-                    "owner", "worker_host", "attempt_display", "created_at"]
+    list_display = [
+        "short_id",
+        "kind",
+        "status",
+        "queue",
+        "priority",
+        "progress_bar",
+        "duration_display",
+        "owner",
+        "worker_host",
+        "attempt_display",
+        "created_at",
+    ]
     list_filter = ["status", "kind", "queue", "priority", "organization"]
     search_fields = ["id", "kind", "owner__username", "worker_host", "idempotency_key"]
     list_select_related = ["owner", "organization"]
@@ -71,9 +82,30 @@ class JobAdmin(admin.ModelAdmin):
     inlines = [JobEventInline, ArtifactInline]
     actions = ["cancel_jobs", "retry_jobs", "requeue_jobs"]
     readonly_fields = [
-        "id", "organization", "owner", "kind", "status", "priority", "queue", "params", "result", "error",
-        "progress_bar", "progress_message", "attempt", "max_attempts", "idempotency_key", "parent", "worker_host",
-        "flower_link", "lease_expires_at", "created_at", "queued_at", "dispatched_at", "started_at", "finished_at",
+        "id",
+        "organization",
+        "owner",
+        "kind",
+        "status",
+        "priority",
+        "queue",
+        "params",
+        "result",
+        "error",
+        "progress_bar",
+        "progress_message",
+        "attempt",
+        "max_attempts",
+        "idempotency_key",
+        "parent",
+        "worker_host",
+        "flower_link",
+        "lease_expires_at",
+        "created_at",
+        "queued_at",
+        "dispatched_at",
+        "started_at",
+        "finished_at",
     ]
     exclude = ["progress", "task_id"]
 
@@ -91,7 +123,9 @@ class JobAdmin(admin.ModelAdmin):
         percent = round(job.progress * 100)
         return format_html(
             '<progress value="{}" max="100" style="width:90px" title="{}"></progress> {}%',
-            percent, job.progress_message, percent,
+            percent,
+            job.progress_message,
+            percent,
         )
 
     @admin.display(description="duration")
@@ -107,8 +141,7 @@ class JobAdmin(admin.ModelAdmin):
     def flower_link(self, job):
         if not job.task_id:
             return "-"
-        return format_html('<a href="{}/task/{}" target="_blank">{}</a>', settings.FLOWER_URL, job.task_id,
-                           job.task_id)
+        return format_html('<a href="{}/task/{}" target="_blank">{}</a>', settings.FLOWER_URL, job.task_id, job.task_id)
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):
@@ -125,11 +158,18 @@ class JobAdmin(admin.ModelAdmin):
 
 @admin.register(WorkerHost)
 class WorkerHostAdmin(admin.ModelAdmin):
-    list_display = ["hostname", "alive", "queues", "providers", "bwrap", "version", "last_heartbeat_at",
-                    "started_at"]
+    list_display = ["hostname", "alive", "queues", "providers", "bwrap", "version", "last_heartbeat_at", "started_at"]
     search_fields = ["hostname"]
-    readonly_fields = ["hostname", "queues", "capabilities", "version", "pid", "started_at", "last_heartbeat_at",
-                       "stopped_at"]
+    readonly_fields = [
+        "hostname",
+        "queues",
+        "capabilities",
+        "version",
+        "pid",
+        "started_at",
+        "last_heartbeat_at",
+        "stopped_at",
+    ]
 
     def has_add_permission(self, request):
         return False

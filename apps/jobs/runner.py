@@ -114,8 +114,13 @@ def run_job(*, job_id: str, worker: str) -> str:
         return "not_claimed"
     kind = get_kind(job.kind)
     if kind is None:
-        services.job_finish(job_id=job.id, attempt=job.attempt, status=JobStatus.FAILED, worker=worker,
-                            error=_error("unknown_kind", f"No executor for kind '{job.kind}' on {worker}."))
+        services.job_finish(
+            job_id=job.id,
+            attempt=job.attempt,
+            status=JobStatus.FAILED,
+            worker=worker,
+            error=_error("unknown_kind", f"No executor for kind '{job.kind}' on {worker}."),
+        )
         return JobStatus.FAILED
     return _execute(job, kind, worker)
 
@@ -141,13 +146,16 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
         return JobStatus.FAILED
     except kind.transient_errors as exc:
         return services.job_retry_later(
-            job_id=job.id, attempt=job.attempt, worker=worker,
+            job_id=job.id,
+            attempt=job.attempt,
+            worker=worker,
             error=_error("transient_error", str(exc), {"exception": type(exc).__name__}),
         )
     except Exception as exc:
         logger.exception("job.crashed", extra={"job_id": str(job.id), "kind": job.kind})
         services.job_finish(
-            **finish, status=JobStatus.FAILED,
+            **finish,
+            status=JobStatus.FAILED,
             error=_error("internal_error", f"{type(exc).__name__}: {exc}", {"traceback": traceback.format_exc()}),
         )
         return JobStatus.FAILED

@@ -152,7 +152,7 @@ def job_dispatch(*, job_id: uuid.UUID, countdown: float | None = None) -> None:
             RUN_JOB_TASK,
             args=[str(job.id)],
             task_id=task_id,
-            queue=job.queue,
+            queue=queues.direct_queue(job.queue),
             priority=_broker_priority(job.priority),
             countdown=countdown,
             soft_time_limit=kind.soft_time_limit_s if kind else None,
@@ -185,8 +185,13 @@ def job_claim(*, job_id: uuid.UUID | str, worker: str) -> Job | None:
         if not claimed:
             return None
         job = Job.objects.get(pk=job_id)
-        _event(job, from_status=JobStatus.QUEUED, to_status=JobStatus.RUNNING, worker=worker,
-               message=f"attempt {job.attempt} of {job.max_attempts}")
+        _event(
+            job,
+            from_status=JobStatus.QUEUED,
+            to_status=JobStatus.RUNNING,
+            worker=worker,
+            message=f"attempt {job.attempt} of {job.max_attempts}",
+        )
     logger.info("job.claimed", extra={"job_id": str(job.id), "attempt": job.attempt, "worker": worker})
     return job
 
@@ -194,9 +199,7 @@ def job_claim(*, job_id: uuid.UUID | str, worker: str) -> Job | None:
 def job_heartbeat(*, job_id: uuid.UUID, attempt: int) -> str | None:
     """Renew the lease; returns the job's status (a worker learns of `cancelling` here), None if fenced out."""
     lease = timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
-    updated = Job.objects.filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).update(
-        lease_expires_at=lease
-    )
+    updated = Job.objects.filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).update(lease_expires_at=lease)
     if not updated:
         return None
     return Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
@@ -237,8 +240,9 @@ def job_finish(
         job.lease_expires_at = None
         if status == JobStatus.SUCCEEDED:
             job.progress = 1.0
-        job.save(update_fields=["status", "result", "error", "finished_at", "lease_expires_at", "progress",
-                                "updated_at"])
+        job.save(
+            update_fields=["status", "result", "error", "finished_at", "lease_expires_at", "progress", "updated_at"]
+        )
         message = error["message"] if error else ""
         _event(job, from_status=previous, to_status=status, worker=worker, message=message)
     logger.info("job.finished", extra={"job_id": str(job_id), "attempt": attempt, "status": status})
@@ -272,8 +276,13 @@ def job_retry_later(*, job_id: uuid.UUID, attempt: int, error: dict, worker: str
         Job.objects.filter(pk=job.pk).update(
             status=JobStatus.QUEUED, lease_expires_at=None, error=error, queued_at=timezone.now()
         )
-        _event(job, from_status=job.status, to_status=JobStatus.QUEUED, worker=worker,
-               message=f"transient error, retry in {countdown:.1f}s: {error['message']}")
+        _event(
+            job,
+            from_status=job.status,
+            to_status=JobStatus.QUEUED,
+            worker=worker,
+            message=f"transient error, retry in {countdown:.1f}s: {error['message']}",
+        )
         transaction.on_commit(partial(job_dispatch, job_id=job.id, countdown=countdown))
     return JobStatus.QUEUED
 
@@ -433,8 +442,15 @@ def worker_host_register(*, hostname: str, queues: list[str], capabilities: dict
     now = timezone.now()
     WorkerHost.objects.update_or_create(
         hostname=hostname,
-        defaults={"queues": sorted(queues), "capabilities": capabilities, "version": version, "pid": pid,
-                  "started_at": now, "last_heartbeat_at": now, "stopped_at": None},
+        defaults={
+            "queues": sorted(queues),
+            "capabilities": capabilities,
+            "version": version,
+            "pid": pid,
+            "started_at": now,
+            "last_heartbeat_at": now,
+            "stopped_at": None,
+        },
     )
 
 

@@ -9,5 +9,6 @@ from apps.jobs import services
 def reap() -> dict:
     return services.jobs_reap()
 
+
 # Connects the WorkerHost signals in every worker that loads the tasks.
 from apps.jobs import workerhost  # noqa: E402, F401

@@ -45,8 +45,13 @@ def register_worker(sender=None, **kwargs):
     queues = [q.name for q in sender.task_consumer.queues] if sender.task_consumer else []
     try:
         close_old_connections()
-        services.worker_host_register(hostname=hostname, queues=queues, capabilities=capabilities(),
-                                      version=f"celery {celery.__version__}", pid=os.getpid())
+        services.worker_host_register(
+            hostname=hostname,
+            queues=queues,
+            capabilities=capabilities(),
+            version=f"celery {celery.__version__}",
+            pid=os.getpid(),
+        )
     except Exception:
         logger.exception("worker_host.register_failed", extra={"worker": hostname})
 

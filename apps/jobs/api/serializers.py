@@ -11,9 +11,27 @@ class JobOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = [
-            "id", "kind", "status", "priority", "queue", "params", "result", "error", "progress",
-            "progress_message", "attempt", "max_attempts", "idempotency_key", "parent", "owner", "worker_host",
-            "created_at", "queued_at", "started_at", "finished_at", "duration_s",
+            "id",
+            "kind",
+            "status",
+            "priority",
+            "queue",
+            "params",
+            "result",
+            "error",
+            "progress",
+            "progress_message",
+            "attempt",
+            "max_attempts",
+            "idempotency_key",
+            "parent",
+            "owner",
+            "worker_host",
+            "created_at",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "duration_s",
         ]
 
     def get_duration_s(self, job: Job) -> float | None:
@@ -34,8 +52,7 @@ class ArtifactOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Artifact
-        fields = ["id", "role", "name", "content_type", "size_bytes", "sha256", "attempt", "created_at",
-                  "download_url"]
+        fields = ["id", "role", "name", "content_type", "size_bytes", "sha256", "attempt", "created_at", "download_url"]
 
     def get_download_url(self, artifact: Artifact) -> str:
         request = self.context.get("request")

@@ -10,6 +10,9 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/retry", views.JobRetryApi.as_view(), name="job-retry"),
     path("jobs/<uuid:job_id>/events", views.JobEventsApi.as_view(), name="job-events"),
     path("jobs/<uuid:job_id>/artifacts", views.JobArtifactsApi.as_view(), name="job-artifacts"),
-    path("jobs/<uuid:job_id>/artifacts/<uuid:artifact_id>/download", views.ArtifactDownloadApi.as_view(),
-         name="job-artifact-download"),
+    path(
+        "jobs/<uuid:job_id>/artifacts/<uuid:artifact_id>/download",
+        views.ArtifactDownloadApi.as_view(),
+        name="job-artifact-download",
+    ),
 ]

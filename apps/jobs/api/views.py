@@ -61,8 +61,14 @@ class JobListCreateApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={201: JobOutputSerializer, 200: JobOutputSerializer},
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER,
-                                     description="Repeat a submit safely: the same key returns the same job.")],
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="Repeat a submit safely: the same key returns the same job.",
+            )
+        ],
         operation_id="jobs_submit",
     )
     def post(self, request):
@@ -73,7 +79,9 @@ class JobListCreateApi(APIView):
         if key is not None and len(key) > 128:
             raise serializers.ValidationError({"Idempotency-Key": ["At most 128 characters."]})
         job, created = services.job_submit(membership=membership, idempotency_key=key, **data.validated_data)
-        return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            JobOutputSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
 
 
 class JobDetailApi(APIView):
@@ -115,8 +123,9 @@ class JobArtifactsApi(APIView):
 
 
 class ArtifactDownloadApi(APIView):
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
-                   operation_id="jobs_artifact_download")
+    @extend_schema(
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, operation_id="jobs_artifact_download"
+    )
     def get(self, request, job_id, artifact_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
         artifact = selectors.job_artifacts(job=job).filter(pk=artifact_id).first()
@@ -124,8 +133,9 @@ class ArtifactDownloadApi(APIView):
             from apps.core.errors import NotFound
 
             raise NotFound("No such artifact.")
-        return FileResponse(artifact.file.open("rb"), as_attachment=True, filename=artifact.name,
-                            content_type=artifact.content_type)
+        return FileResponse(
+            artifact.file.open("rb"), as_attachment=True, filename=artifact.name, content_type=artifact.content_type
+        )
 
 
 class JobKindsApi(APIView):
@@ -144,6 +154,7 @@ class JobKindsApi(APIView):
                 }
                 for field_name, field in kind.params_serializer().fields.items()
             }
-            kinds.append({"name": name, "description": kind.description, "params": fields,
-                          "time_limit_s": kind.time_limit_s})
+            kinds.append(
+                {"name": name, "description": kind.description, "params": fields, "time_limit_s": kind.time_limit_s}
+            )
         return Response(kinds)
