@@ -1,4 +1,4 @@
-"""The `sleep` job kind: waits in steps. Operators use it to test queues and workers; benchmarks to time the job path."""
+"""The `sleep` job kind: waits in steps, to test queues and workers and to time the job path."""
 
 import time
 from collections.abc import Callable

@@ -42,7 +42,8 @@ class Job(models.Model):
     # for the job matches on it, so a worker that lost its lease can no longer write.
     attempt = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
-    idempotency_key = models.CharField(max_length=128, null=True, blank=True)
+    # NULL, not "": the per-organization unique constraint applies only where a key was given.
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
     parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="children")
     worker_host = models.CharField(max_length=255, blank=True)
     task_id = models.CharField(max_length=64, blank=True, help_text="Celery task id of the latest dispatch")

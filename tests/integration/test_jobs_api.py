@@ -213,7 +213,7 @@ def test_reaper_fails_a_job_whose_attempts_are_exhausted_and_it_can_be_retried(m
 
 def test_reaper_redispatches_a_queued_job_whose_message_is_lost(member, queue_depth, settings):
     settings.JOBS_REDISPATCH_AFTER_SECONDS = 0
-    _, job = make_job(member)
+    make_job(member)
     from project.celery import app
 
     with app.connection_for_write() as conn:
