@@ -74,7 +74,9 @@ def celery_config() -> dict:
         # reconnect and refused by the claim while the original run still holds the lease.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # A `task-sent` event is a second broker publish per task, for a state the Job
+        # row already records; Flower still sees received/started/succeeded from workers.
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_max_memory_per_child": 4 * 1024 * 1024,  # KiB: recycle a child past 4 GiB
     }

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.workers import WorkerProcess
+from apps.core.worker_process import WorkerProcess
 
 
 @pytest.fixture

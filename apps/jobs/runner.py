@@ -44,8 +44,11 @@ class JobContext:
 
     def report_progress(self, fraction: float, message: str = "") -> None:
         # Throttled: a job reporting per row would otherwise turn into a write per row.
+        # Completion is written by the finish itself, in the same row update.
+        if fraction >= 1.0:
+            return
         now = time.monotonic()
-        if fraction < 1.0 and now - self._last_progress_write < settings.JOBS_PROGRESS_MIN_INTERVAL_SECONDS:
+        if now - self._last_progress_write < settings.JOBS_PROGRESS_MIN_INTERVAL_SECONDS:
             return
         self._last_progress_write = now
         if not services.job_progress(job_id=self.job_id, attempt=self.attempt, progress=fraction, message=message):

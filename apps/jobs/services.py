@@ -4,15 +4,18 @@ Concurrency guards are conditional UPDATEs: a transition names the state (and, f
 worker, the attempt) it starts from, so two actors racing on one job cannot both win.
 """
 
+import json
 import logging
 import random
+import time
 import uuid
 from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -100,6 +103,8 @@ def job_submit(
 
     try:
         with transaction.atomic():
+            # Recorded as dispatched in the same transaction: one commit per submit. If the
+            # publish after commit fails, the reaper publishes again like for a lost message.
             job = Job.objects.create(
                 organization=membership.organization,
                 owner=membership.user,
@@ -110,9 +115,11 @@ def job_submit(
                 max_attempts=max_attempts or job_kind.default_max_attempts,
                 idempotency_key=idempotency_key,
                 parent=parent,
+                task_id=str(uuid.uuid4()),
+                dispatched_at=timezone.now(),
             )
             _event(job, from_status="", to_status=JobStatus.QUEUED, message="submitted", actor=membership.user)
-            transaction.on_commit(partial(job_dispatch, job_id=job.id))
+            transaction.on_commit(partial(_publish, job=job))
     except IntegrityError:
         # Two submits raced on one idempotency key; the other one won.
         if idempotency_key is None:
@@ -122,8 +129,23 @@ def job_submit(
     return job, True
 
 
+_backlog_cache: dict[str, tuple[float, int]] = {}
+BACKLOG_CACHE_SECONDS = 1.0
+
+
+def _queued_count(queue: str) -> int:
+    # Admission is approximate by nature; counting the backlog once a second per process
+    # keeps a COUNT over thousands of queued rows off every submit.
+    now = time.monotonic()
+    cached = _backlog_cache.get(queue)
+    if cached is None or now - cached[0] > BACKLOG_CACHE_SECONDS:
+        cached = (now, Job.objects.filter(queue=queue, status=JobStatus.QUEUED).count())
+        _backlog_cache[queue] = cached
+    return cached[1]
+
+
 def _admit(queue: str) -> None:
-    backlog = Job.objects.filter(queue=queue, status=JobStatus.QUEUED).count()
+    backlog = _queued_count(queue)
     if backlog >= settings.JOBS_QUEUE_MAX_BACKLOG:
         raise ServiceUnavailable(
             f"Queue '{queue}' holds {backlog} queued jobs (maximum {settings.JOBS_QUEUE_MAX_BACKLOG}); retry later.",
@@ -139,19 +161,25 @@ def _broker_priority(priority: int) -> int:
 
 
 def job_dispatch(*, job_id: uuid.UUID, countdown: float | None = None) -> None:
-    """Publish the job's run message. The one place that talks to the broker for jobs."""
-    from project.celery import app
-
+    """Publish a queued job's run message again (retry, reaper, requeue)."""
     job = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).first()
     if job is None:
         return
+    job.task_id = str(uuid.uuid4())
+    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), task_id=job.task_id)
+    _publish(job=job, countdown=countdown)
+
+
+def _publish(*, job: Job, countdown: float | None = None) -> bool:
+    """Send the run message: the one place that talks to the broker for jobs. It carries only the id."""
+    from project.celery import app
+
     kind = get_kind(job.kind)
-    task_id = str(uuid.uuid4())
     try:
         app.send_task(
             RUN_JOB_TASK,
             args=[str(job.id)],
-            task_id=task_id,
+            task_id=job.task_id,
             queue=queues.direct_queue(job.queue),
             priority=_broker_priority(job.priority),
             countdown=countdown,
@@ -161,37 +189,63 @@ def job_dispatch(*, job_id: uuid.UUID, countdown: float | None = None) -> None:
     except Exception:
         # The job is safe in PostgreSQL; the reaper publishes it again once the broker is back.
         logger.exception("job.dispatch_failed", extra={"job_id": str(job.id), "queue": job.queue})
-        return
-    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), task_id=task_id)
+        return False
+    return True
 
 
 # --- worker side -------------------------------------------------------------------------
 
 
+# Claim and finish are single statements (a conditional UPDATE and its audit event in one
+# CTE): they run once per job on every worker, and as ORM calls their query building cost
+# more CPU than the database work (`manage.py bench jobs`).
+_CLAIM_SQL = """
+WITH claimed AS (
+    UPDATE jobs_job
+       SET status = 'running', attempt = attempt + 1, started_at = now(), finished_at = NULL,
+           lease_expires_at = now() + make_interval(secs => %(lease)s), worker_host = %(worker)s,
+           progress = 0, progress_message = '', updated_at = now()
+     WHERE id = %(job_id)s AND status = 'queued' AND attempt < max_attempts
+ RETURNING *
+), event AS (
+    INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
+    SELECT id, now(), 'queued', 'running', attempt, %(worker)s, 'attempt ' || attempt || ' of ' || max_attempts
+      FROM claimed
+)
+SELECT * FROM claimed
+"""
+
+_FINISH_SQL = """
+WITH previous AS (
+    SELECT id, status FROM jobs_job
+     WHERE id = %(job_id)s AND attempt = %(attempt)s AND status IN ('running', 'cancelling')
+       FOR UPDATE
+), finished AS (
+    UPDATE jobs_job AS job
+       SET status = %(status)s, result = %(result)s::jsonb, error = %(error)s::jsonb, finished_at = now(),
+           lease_expires_at = NULL, updated_at = now(),
+           progress = CASE WHEN %(status)s = 'succeeded' THEN 1 ELSE job.progress END
+      FROM previous
+     WHERE job.id = previous.id
+ RETURNING job.id, job.attempt, previous.status AS from_status
+), event AS (
+    INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
+    SELECT id, now(), from_status, %(status)s, attempt, %(worker)s, %(message)s FROM finished
+)
+SELECT count(*) FROM finished
+"""
+
+
+def _jsonb(value) -> str | None:
+    return None if value is None else json.dumps(value, cls=DjangoJSONEncoder)
+
+
 def job_claim(*, job_id: uuid.UUID | str, worker: str) -> Job | None:
     """queued -> running, taking a lease and the next attempt; None when there is nothing to claim."""
-    now = timezone.now()
-    with transaction.atomic():
-        claimed = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED, attempt__lt=F("max_attempts")).update(
-            status=JobStatus.RUNNING,
-            attempt=F("attempt") + 1,
-            lease_expires_at=now + timedelta(seconds=settings.JOBS_LEASE_SECONDS),
-            started_at=now,
-            finished_at=None,
-            worker_host=worker,
-            progress=0.0,
-            progress_message="",
-        )
-        if not claimed:
-            return None
-        job = Job.objects.get(pk=job_id)
-        _event(
-            job,
-            from_status=JobStatus.QUEUED,
-            to_status=JobStatus.RUNNING,
-            worker=worker,
-            message=f"attempt {job.attempt} of {job.max_attempts}",
-        )
+    params = {"job_id": str(job_id), "worker": worker, "lease": settings.JOBS_LEASE_SECONDS}
+    job = next(iter(Job.objects.raw(_CLAIM_SQL, params)), None)
+    if job is None:
+        return None
     logger.info("job.claimed", extra={"job_id": str(job.id), "attempt": job.attempt, "worker": worker})
     return job
 
@@ -226,25 +280,21 @@ def job_finish(
     """running|cancelling -> succeeded|failed|cancelled, only for the attempt that holds the job."""
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {status}")
-    now = timezone.now()
-    with transaction.atomic():
-        job = Job.objects.select_for_update().filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).first()
-        if job is None:
-            logger.warning("job.finish_fenced", extra={"job_id": str(job_id), "attempt": attempt})
-            return False
-        previous = job.status
-        job.status = status
-        job.result = result
-        job.error = error
-        job.finished_at = now
-        job.lease_expires_at = None
-        if status == JobStatus.SUCCEEDED:
-            job.progress = 1.0
-        job.save(
-            update_fields=["status", "result", "error", "finished_at", "lease_expires_at", "progress", "updated_at"]
-        )
-        message = error["message"] if error else ""
-        _event(job, from_status=previous, to_status=status, worker=worker, message=message)
+    params = {
+        "job_id": str(job_id),
+        "attempt": attempt,
+        "status": str(status),
+        "worker": worker,
+        "result": _jsonb(result),
+        "error": _jsonb(error),
+        "message": error["message"] if error else "",
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_FINISH_SQL, params)
+        (finished,) = cursor.fetchone()
+    if not finished:
+        logger.warning("job.finish_fenced", extra={"job_id": str(job_id), "attempt": attempt})
+        return False
     logger.info("job.finished", extra={"job_id": str(job_id), "attempt": attempt, "status": status})
     return True
 

@@ -5,9 +5,10 @@ import sys
 
 import psycopg2
 import pytest
+from django.conf import settings as django_settings
 from django.test import override_settings
 
-from tests.workers import REPO_ROOT
+REPO_ROOT = django_settings.BASE_DIR
 
 
 def test_healthz_answers_without_authentication(client):

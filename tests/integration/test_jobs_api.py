@@ -135,8 +135,9 @@ def test_list_filters_and_cursor_pagination(member):
     assert client.get("/api/v1/jobs/", {"created_after": future}).json()["results"] == []
 
 
-def test_full_queue_answers_503_with_retry_after(member, settings):
+def test_full_queue_answers_503_with_retry_after(member, settings, monkeypatch):
     settings.JOBS_QUEUE_MAX_BACKLOG = 2
+    monkeypatch.setattr(services, "BACKLOG_CACHE_SECONDS", 0)
     _, client = member("developer")
     submit(client)
     submit(client)

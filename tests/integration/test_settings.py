@@ -3,8 +3,9 @@ import subprocess
 import sys
 
 from django.conf import settings
+from django.conf import settings as django_settings
 
-from tests.workers import REPO_ROOT
+REPO_ROOT = django_settings.BASE_DIR
 
 
 def _manage(*args, settings_module: str, **env_overrides) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""Real Celery worker processes for tests, pointed at the test database and broker."""
+"""A real `celery worker` in a subprocess, for tests and benchmarks on this machine."""
 
 import os
 import signal
@@ -11,21 +11,29 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_database_url() -> str:
+def current_database_url() -> str:
+    """The URL of the database this process is connected to (the test database under pytest)."""
     db = connection.settings_dict
     return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
 class WorkerProcess:
-    """`celery worker` in a subprocess; `kill()` is SIGKILL to the whole process group."""
+    """`celery worker` in its own process group; `kill()` is SIGKILL to all of it."""
 
-    def __init__(self, queues: str, *, name: str | None = None, concurrency: int = 1, extra_args=(), env=None):
+    def __init__(
+        self,
+        queues: str,
+        *,
+        name: str | None = None,
+        concurrency: int = 1,
+        extra_args=(),
+        env=None,
+        loglevel: str = "INFO",
+    ):
         self.queues = queues
-        self.name = name or f"{queues.split(',')[0]}@test-{uuid.uuid4().hex[:8]}"
-        self.log_path = Path(settings.BASE_DIR) / ".data" / "test-logs" / f"{self.name}.log"
+        self.name = name or f"{queues.split(',')[0]}@w-{uuid.uuid4().hex[:8]}"
+        self.log_path = Path(settings.BASE_DIR) / ".data" / "worker-logs" / f"{self.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.command = [
             sys.executable,
@@ -42,13 +50,13 @@ class WorkerProcess:
             f"--concurrency={concurrency}",
             "--without-mingle",
             "--without-gossip",
-            "--loglevel=INFO",
+            f"--loglevel={loglevel}",
             *extra_args,
         ]
         self.env = {
             **os.environ,
-            "DJANGO_SETTINGS_MODULE": "project.settings.test",
-            "DATABASE_URL": test_database_url(),
+            "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "project.settings.local"),
+            "DATABASE_URL": current_database_url(),
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             **(env or {}),
         }
@@ -57,16 +65,20 @@ class WorkerProcess:
     def start(self, timeout: float = 60.0) -> "WorkerProcess":
         from project.celery import app
 
-        log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=settings.BASE_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited early:\n{self.log_path.read_text()[-3000:]}")
-            replies = app.control.ping(destination=[self.name], timeout=1.0)
-            if replies:
+                raise RuntimeError(f"worker {self.name} exited early:\n{self.log()[-3000:]}")
+            if app.control.ping(destination=[self.name], timeout=1.0):
                 return self
         self.stop()
         raise RuntimeError(f"worker {self.name} did not answer ping in {timeout}s:\n{self.log()[-3000:]}")

@@ -1,0 +1,38 @@
+"""How management commands act as a user in an organization (`--as`, `--org`)."""
+
+import os
+
+from django.core.management.base import CommandError
+
+from apps.accounts.models import Membership
+
+USAGE_ERROR = 2
+
+
+def add_actor_arguments(parser) -> None:
+    parser.add_argument(
+        "--as",
+        dest="as_user",
+        default=os.environ.get("SWITCHYARD_USER", "admin"),
+        help="username to act as (default: $SWITCHYARD_USER, else 'admin'); permissions are that user's role",
+    )
+    parser.add_argument(
+        "--org",
+        default=os.environ.get("SWITCHYARD_ORG"),
+        help="organization slug (default: $SWITCHYARD_ORG, else the user's first organization)",
+    )
+
+
+def resolve_membership(options) -> Membership:
+    memberships = Membership.objects.select_related("user", "organization").filter(
+        user__username=options["as_user"], user__is_active=True
+    )
+    if options.get("org"):
+        memberships = memberships.filter(organization__slug=options["org"])
+    membership = memberships.order_by("created_at").first()
+    if membership is None:
+        where = f" in organization '{options['org']}'" if options.get("org") else ""
+        raise CommandError(
+            f"--as: no active user '{options['as_user']}' with a membership{where}", returncode=USAGE_ERROR
+        )
+    return membership

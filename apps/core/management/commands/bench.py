@@ -1,0 +1,25 @@
+"""`manage.py bench KIND`: benchmarks that measure against a baseline in the same run."""
+
+from django.core.management.base import BaseCommand
+
+BENCHMARKS = {
+    "jobs": ("apps.jobs.bench", "the job path vs a raw Celery no-op task on the same broker"),
+}
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a benchmark against its baseline, measured in the same run on this machine. "
+        "The last line printed is a key=value summary for scripts. Benchmarks: "
+        + "; ".join(f"{name}: {text}" for name, (_, text) in BENCHMARKS.items())
+    )
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+        for name, (module, text) in BENCHMARKS.items():
+            bench_parser = sub.add_parser(name, help=text)
+            __import__(module, fromlist=["add_arguments"]).add_arguments(bench_parser)
+
+    def handle(self, *args, benchmark, **options):
+        module = __import__(BENCHMARKS[benchmark][0], fromlist=["run"])
+        module.run(self.stdout, **options)

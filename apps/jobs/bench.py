@@ -1,0 +1,93 @@
+"""`manage.py bench jobs`: no-op jobs through the whole job path against a raw Celery no-op task.
+
+Both run on the same broker, queue and worker process (prefork, acks_late, prefetch 1),
+measured from the first publish to the last completion.
+"""
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from apps.accounts.models import Organization, Role, User
+from apps.accounts.services import membership_set
+from apps.core.worker_process import WorkerProcess
+from apps.jobs import services
+from apps.jobs.models import Job, JobStatus
+from project import queues
+
+TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--jobs", type=int, default=400, help="jobs (and raw tasks) per round (default 400)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating baseline and job path (default 3)")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
+
+
+def _bench_membership():
+    user, _ = User.objects.get_or_create(username="bench-service")
+    organization, _ = Organization.objects.get_or_create(slug="bench", defaults={"name": "Benchmarks"})
+    return membership_set(user=user, organization=organization, role=Role.SERVICE)
+
+
+def _wait(done, total: int, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while done() < total:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark stalled at {done()}/{total}")
+        time.sleep(0.02)
+
+
+def _raw_celery_round(app, n: int, workdir: Path) -> float:
+    counter = workdir / f"raw-{time.monotonic_ns()}"
+    counter.touch()
+    queue = queues.direct_queue(queues.CPU)
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for _ in range(n):
+            app.send_task("bench.noop", args=[str(counter)], queue=queue, producer=producer)
+    _wait(lambda: counter.stat().st_size, n)
+    return n / (time.perf_counter() - started)
+
+
+def _job_path_round(membership, n: int) -> float:
+    started = time.perf_counter()
+    ids = []
+    for _ in range(n):
+        job, _ = services.job_submit(membership=membership, kind="sleep", params={"duration_s": 0})
+        ids.append(job.id)
+    _wait(lambda: Job.objects.filter(pk__in=ids, status__in=TERMINAL).count(), n)
+    elapsed = time.perf_counter() - started
+    failed = Job.objects.filter(pk__in=ids).exclude(status=JobStatus.SUCCEEDED).count()
+    if failed:
+        raise RuntimeError(f"{failed} of {n} benchmark jobs did not succeed")
+    return n / elapsed
+
+
+def run(stdout, *, jobs: int, rounds: int, concurrency: int, **_) -> None:
+    from project.celery import app
+
+    membership = _bench_membership()
+    worker = WorkerProcess("cpu", name="cpu@bench", concurrency=concurrency, loglevel="WARNING").start()
+    raw_rates, job_rates = [], []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            _raw_celery_round(app, 50, workdir)  # warm-up: worker children, connections
+            _job_path_round(membership, 50)
+            for round_no in range(1, rounds + 1):
+                raw_rates.append(_raw_celery_round(app, jobs, workdir))
+                job_rates.append(_job_path_round(membership, jobs))
+                stdout.write(
+                    f"round {round_no}: raw_celery={raw_rates[-1]:.0f}/s job_path={job_rates[-1]:.0f}/s "
+                    f"ratio={job_rates[-1] / raw_rates[-1]:.2f}"
+                )
+    finally:
+        worker.stop()
+        Job.objects.filter(organization=membership.organization).delete()
+    raw, job_path = statistics.median(raw_rates), statistics.median(job_rates)
+    stdout.write(f"median of {rounds} rounds, {jobs} tasks each, worker concurrency {concurrency}:")
+    stdout.write(f"  raw Celery no-op:   {raw:8.0f} tasks/s")
+    stdout.write(f"  job path (sleep 0): {job_path:8.0f} jobs/s")
+    stdout.write(f"ratio={job_path / raw:.2f} job_path_per_s={job_path:.0f} raw_celery_per_s={raw:.0f}")

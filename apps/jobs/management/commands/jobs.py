@@ -1,0 +1,188 @@
+"""`manage.py jobs submit|list|show|cancel|retry`: the job contract from the command line."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership
+from apps.core.errors import DomainError
+from apps.jobs import selectors, services
+from apps.jobs.api.serializers import JobEventOutputSerializer, JobOutputSerializer
+from apps.jobs.kinds import all_kinds
+from apps.jobs.models import Job, JobStatus
+
+EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 3}
+
+
+class Command(BaseCommand):
+    help = (
+        "Submit, list, show, cancel and retry jobs as a user. With `submit --wait` the exit code is the job's "
+        "outcome: 0 succeeded, 1 failed, 3 cancelled; 2 means the command itself was used wrongly "
+        "(bad params, unknown job, no permission)."
+    )
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+        submit = sub.add_parser("submit", help="submit a job")
+        submit.add_argument("kind", help=f"job kind: {', '.join(sorted(all_kinds())) or 'see /api/v1/jobs/kinds/'}")
+        submit.add_argument("--params", default="{}", help="parameters as JSON, or @path/to/file.json")
+        submit.add_argument("--priority", type=int, default=5, help="0 (least urgent) to 9 (most urgent); default 5")
+        submit.add_argument("--max-attempts", type=int, help="attempts before the job fails (default: the kind's)")
+        submit.add_argument("--idempotency-key", help="repeat a submit safely: the same key returns the same job")
+        submit.add_argument("--wait", action="store_true", help="wait with a progress bar; exit with its outcome")
+        submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up after N seconds")
+
+        listing = sub.add_parser("list", help="list recent jobs of the organization")
+        listing.add_argument("--status", choices=JobStatus.values, help="only jobs in this status")
+        listing.add_argument("--kind", help="only jobs of this kind")
+        listing.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+
+        show = sub.add_parser("show", help="show one job with its events")
+        show.add_argument("job_id", help="job id (a unique prefix is enough)")
+        show.add_argument("--json", action="store_true", help="print JSON")
+
+        for name, text in (("cancel", "cancel a job"), ("retry", "retry a failed or cancelled job")):
+            action = sub.add_parser(name, help=text)
+            action.add_argument("job_id", help="job id (a unique prefix is enough)")
+
+        for action in sub.choices.values():
+            add_actor_arguments(action)
+
+    def handle(self, *args, action, **options):
+        membership = resolve_membership(options)
+        try:
+            return getattr(self, f"_{action}")(membership, options)
+        except DomainError as exc:
+            fields = "".join(f"\n  {name}: {'; '.join(map(str, errs))}" for name, errs in exc.fields.items())
+            raise CommandError(f"{exc.message}{fields}", returncode=USAGE_ERROR) from exc
+
+    # -- actions --
+
+    def _submit(self, membership, options):
+        params = _load_params(options["params"])
+        job, created = services.job_submit(
+            membership=membership,
+            kind=options["kind"],
+            params=params,
+            priority=options["priority"],
+            max_attempts=options["max_attempts"],
+            idempotency_key=options["idempotency_key"],
+        )
+        self.stdout.write(f"{'submitted' if created else 'existing'} {job.id} ({job.kind} on {job.queue})")
+        if options["wait"]:
+            job = self._wait(job, options["timeout"])
+            self._print_outcome(job)
+            sys.exit(EXIT_CODES.get(job.status, 1))
+
+    def _wait(self, job: Job, timeout: float | None) -> Job:
+        deadline = time.monotonic() + timeout if timeout else None
+        with tqdm(
+            total=100,
+            unit="%",
+            desc=f"{job.kind} {job.short_id}",
+            file=sys.stderr,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+        ) as bar:
+            while True:
+                job.refresh_from_db()
+                bar.n = round(job.progress * 100)
+                bar.set_postfix_str(f"{job.status} {job.progress_message}".strip())
+                if job.is_terminal:
+                    return job
+                if deadline and time.monotonic() > deadline:
+                    raise CommandError(f"--timeout: job {job.id} still {job.status} after {timeout}s", returncode=4)
+                time.sleep(0.25)
+
+    def _print_outcome(self, job: Job) -> None:
+        self.stdout.write(f"{job.status} after {job.attempt} attempt(s)")
+        if job.result is not None:
+            self.stdout.write(json.dumps(job.result, indent=2))
+        if job.error:
+            self.stderr.write(f"error {job.error.get('code')}: {job.error.get('message')}")
+
+    def _list(self, membership, options):
+        jobs = selectors.job_list(membership=membership)
+        if options["status"]:
+            jobs = jobs.filter(status=options["status"])
+        if options["kind"]:
+            jobs = jobs.filter(kind=options["kind"])
+        self.stdout.write(f"{'ID':36}  {'KIND':10} {'STATUS':10} {'QUEUE':7} {'PRI':>3} {'PROG':>5}  CREATED")
+        for job in jobs[: options["limit"]]:
+            self.stdout.write(
+                f"{job.id}  {job.kind:10} {job.status:10} {job.queue:7} {job.priority:>3} "
+                f"{round(job.progress * 100):>4}%  {job.created_at:%Y-%m-%d %H:%M:%S}"
+            )
+
+    def _show(self, membership, options):
+        job = _find(membership, options["job_id"])
+        data = JobOutputSerializer(job).data
+        data["events"] = JobEventOutputSerializer(selectors.job_events(job=job), many=True).data
+        if options["json"]:
+            self.stdout.write(json.dumps(data, indent=2, default=str))
+            return
+        for key in (
+            "id",
+            "kind",
+            "status",
+            "queue",
+            "priority",
+            "progress",
+            "attempt",
+            "max_attempts",
+            "owner",
+            "worker_host",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration_s",
+        ):
+            self.stdout.write(f"{key:>13}: {data[key]}")
+        self.stdout.write(f"{'params':>13}: {json.dumps(data['params'])}")
+        if data["result"] is not None:
+            self.stdout.write(f"{'result':>13}: {json.dumps(data['result'])}")
+        if data["error"]:
+            self.stdout.write(f"{'error':>13}: {data['error']['code']}: {data['error']['message']}")
+        self.stdout.write("events:")
+        for event in data["events"]:
+            self.stdout.write(
+                f"  {event['created_at']}  {event['from_status'] or '-':>10} -> {event['to_status']:10}"
+                f" #{event['attempt']} {event['worker']} {event['message']}"
+            )
+
+    def _cancel(self, membership, options):
+        job = services.job_cancel(job=_find(membership, options["job_id"]), actor=membership)
+        self.stdout.write(f"{job.id} {job.status}")
+
+    def _retry(self, membership, options):
+        job = services.job_retry(job=_find(membership, options["job_id"]), actor=membership)
+        self.stdout.write(f"{job.id} {job.status}")
+
+
+def _load_params(raw: str) -> dict:
+    text = raw
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        if not path.is_file():
+            raise CommandError(f"--params: no such file {path}", returncode=USAGE_ERROR)
+        text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"--params: not valid JSON ({exc})", returncode=USAGE_ERROR) from exc
+
+
+def _find(membership, job_id: str) -> Job:
+    matches = (
+        list(selectors.job_list(membership=membership).filter(id__startswith=job_id.lower())[:2])
+        if len(job_id) >= 4
+        else []
+    )
+    if len(matches) != 1:
+        reason = "no such job" if not matches else "ambiguous prefix"
+        raise CommandError(f"job_id: {reason} '{job_id}'", returncode=USAGE_ERROR)
+    return matches[0]
