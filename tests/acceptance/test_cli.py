@@ -1,0 +1,93 @@
+"""The manage.py commands as a user runs them: real processes, real database, real worker."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+
+from apps.accounts.models import Role
+from apps.core.worker_process import current_database_url
+from apps.jobs.models import Job
+from tests.factories import MembershipFactory
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def manage(*args, timeout=60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.test", "DATABASE_URL": current_database_url(),
+           "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "JOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.1"}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def operator():
+    return MembershipFactory(role=Role.OPERATOR, user__username="ops")
+
+
+def test_submit_wait_shows_progress_and_exits_with_the_outcome(start_worker, operator):
+    start_worker("cpu")
+    result = manage("jobs", "submit", "sleep", "--params", '{"duration_s": 1, "steps": 4}', "--wait", "--as", "ops")
+    assert result.returncode == 0, result.stderr
+    assert "submitted" in result.stdout and "succeeded after 1 attempt(s)" in result.stdout
+    assert "100%" in result.stderr  # the tqdm bar
+    job = Job.objects.get()
+    assert job.status == "succeeded" and job.owner == operator.user
+
+
+def test_failed_job_exits_1(start_worker, operator):
+    start_worker("cpu", env={"JOBS_RETRY_BACKOFF_SECONDS": "0.1"})
+    result = manage("jobs", "submit", "sleep", "--params", '{"fail_first_attempts": 3}', "--max-attempts", "1",
+                    "--wait", "--as", "ops")
+    assert result.returncode == 1
+    assert "error attempts_exhausted" in result.stderr
+
+
+def test_invalid_params_exit_2_naming_the_field_and_submit_nothing(operator):
+    result = manage("jobs", "submit", "sleep", "--params", '{"duration_s": -3}', "--as", "ops")
+    assert result.returncode == 2
+    assert "params.duration_s" in result.stderr and "Traceback" not in result.stderr
+    bad_json = manage("jobs", "submit", "sleep", "--params", "{nope", "--as", "ops")
+    assert bad_json.returncode == 2 and "--params: not valid JSON" in bad_json.stderr
+    assert Job.objects.count() == 0
+
+
+def test_unknown_user_is_a_usage_error(operator):
+    result = manage("jobs", "list", "--as", "nobody")
+    assert result.returncode == 2
+    assert "no active user 'nobody'" in result.stderr
+
+
+def test_list_show_cancel_retry(operator):
+    submitted = manage("jobs", "submit", "sleep", "--params", "{}", "--as", "ops")
+    job_id = submitted.stdout.split()[1]
+    assert job_id in manage("jobs", "list", "--as", "ops").stdout
+    cancelled = manage("jobs", "cancel", job_id[:8], "--as", "ops")
+    assert cancelled.returncode == 0 and cancelled.stdout.strip().endswith("cancelled")
+    shown = json.loads(manage("jobs", "show", job_id, "--json", "--as", "ops").stdout)
+    assert shown["status"] == "cancelled"
+    assert [e["to_status"] for e in shown["events"]] == ["queued", "cancelled"]
+    retried = manage("jobs", "retry", job_id, "--as", "ops")
+    assert retried.returncode == 0 and retried.stdout.strip().endswith("queued")
+
+
+def test_workers_lists_live_hosts_with_their_queues(start_worker):
+    worker = start_worker("gpu")
+    result = manage("workers", "--alive")
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith(worker.name))
+    assert " yes " in line and "gpu" in line and "CPU" in line
+
+
+def test_tokens_are_printed_once_and_listed_without_secret(operator):
+    created = manage("tokens", "create", "--name", "ci", "--as", "ops")
+    token = created.stdout.strip()
+    assert token.startswith("sy_") and "cannot be shown again" in created.stderr
+    listed = manage("tokens", "list", "--as", "ops").stdout
+    prefix = token.split("_")[1]
+    assert f"sy_{prefix}_…" in listed and token not in listed
+    assert manage("tokens", "revoke", prefix, "--as", "ops").returncode == 0
+    assert "revoked" in manage("tokens", "list", "--as", "ops").stdout
