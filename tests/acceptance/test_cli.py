@@ -17,10 +17,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def manage(*args, timeout=60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.test", "DATABASE_URL": current_database_url(),
-           "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "JOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.1"}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings.test",
+        "DATABASE_URL": current_database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "JOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.1",
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -40,8 +51,18 @@ def test_submit_wait_shows_progress_and_exits_with_the_outcome(start_worker, ope
 
 def test_failed_job_exits_1(start_worker, operator):
     start_worker("cpu", env={"JOBS_RETRY_BACKOFF_SECONDS": "0.1"})
-    result = manage("jobs", "submit", "sleep", "--params", '{"fail_first_attempts": 3}', "--max-attempts", "1",
-                    "--wait", "--as", "ops")
+    result = manage(
+        "jobs",
+        "submit",
+        "sleep",
+        "--params",
+        '{"fail_first_attempts": 3}',
+        "--max-attempts",
+        "1",
+        "--wait",
+        "--as",
+        "ops",
+    )
     assert result.returncode == 1
     assert "error attempts_exhausted" in result.stderr
 
