@@ -1,0 +1,419 @@
+"""The sandbox executor against hostile programs: each gets its verdict, and the next run is clean."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from workers.sandbox import (
+    BASE_UID,
+    SYSTEM_MAXIMUM,
+    VERDICTS,
+    SandboxLimitError,
+    SandboxLimits,
+    SandboxRequest,
+    SandboxRequestError,
+    bwrap_available,
+    run_sandbox,
+    runner,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+# A slot no worker on a development machine is likely to use, so the sweeps hit nothing else.
+SLOT = 200
+SLOT_UID = BASE_UID + SLOT
+SMALL = {
+    "cpu_seconds": 1,
+    "wall_seconds": 3,
+    "memory_mb": 128,
+    "processes": 32,
+    "output_bytes": 10_000,
+    "file_size_mb": 16,
+    "tmpfs_mb": 8,
+}
+AVAILABLE, WHY = bwrap_available(probe_slot=SLOT)
+needs_bwrap = pytest.mark.skipif(not AVAILABLE, reason=f"sandbox unavailable: {WHY}")
+# Root switches each run to the slot's uid; other users run the sandbox as themselves.
+SWITCHES_UID = os.geteuid() == 0
+
+
+def slot_processes(uid: int = SLOT_UID) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+
+
+def run(source: str, slot: int = SLOT, files: dict | None = None, stdin: str = "", **limits):
+    request = SandboxRequest(source=source, files=files or {}, stdin=stdin, limits=SandboxLimits(**{**SMALL, **limits}))
+    return run_sandbox(request, slot=slot)
+
+
+def run_hostile(source: str, files: dict | None = None, stdin: str = "", **limits):
+    """Run `source`, then check that it left no process behind and that the slot still works."""
+    result = run(source, files=files, stdin=stdin, **limits)
+    assert result.verdict in VERDICTS
+    if SWITCHES_UID:
+        assert slot_processes() == []
+    after = run("print(1)")
+    assert (after.verdict, after.stdout, after.stderr) == ("ok", "1\n", "")
+    return result
+
+
+@needs_bwrap
+def test_a_plain_program_runs_ok_and_reports_its_usage():
+    result = run("print(1)")
+    assert result.verdict == "ok"
+    assert (result.exit_code, result.signal, result.timeout_kind) == (0, None, None)
+    assert (result.stdout, result.stderr) == ("1\n", "")
+    assert 0 < result.wall_seconds < 3
+    # Peak memory is the sandboxed Python's, not the worker's (which is far bigger under pytest).
+    assert 1 < result.peak_memory_mb < 60
+
+
+@needs_bwrap
+def test_cpu_and_memory_usage_count_the_program_not_bwrap():
+    source = """
+import time
+x = bytearray(64 * 2**20)
+started = time.process_time()
+while time.process_time() - started < 0.3:
+    pass
+"""
+    result = run(source)
+    assert result.verdict == "ok"
+    assert result.cpu_seconds >= 0.3
+    assert 64 <= result.peak_memory_mb < 128
+
+
+@needs_bwrap
+def test_fork_bomb_is_bounded_and_leaves_no_process():
+    source = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    started = time.monotonic()
+    result = run_hostile(source)
+    assert result.verdict in {"killed", "timeout", "runtime_error"}
+    assert time.monotonic() - started < SMALL["wall_seconds"] + 4
+
+
+@needs_bwrap
+def test_memory_bomb_hits_the_memory_limit():
+    result = run_hostile("chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 2**20))\n")
+    assert result.verdict == "memory_limit"
+    assert "MemoryError" in result.stderr
+
+
+@needs_bwrap
+def test_busy_loop_times_out_on_cpu():
+    result = run_hostile("while True:\n    pass\n")
+    assert (result.verdict, result.timeout_kind, result.signal) == ("timeout", "cpu", "SIGXCPU")
+    # rusage and the kernel's RLIMIT_CPU clock differ by a few milliseconds.
+    assert result.cpu_seconds > 0.9 * SMALL["cpu_seconds"]
+    assert result.wall_seconds < SMALL["wall_seconds"]
+
+
+@needs_bwrap
+def test_a_program_that_ignores_sigxcpu_is_killed_at_the_hard_cpu_limit():
+    source = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n"
+    result = run_hostile(source)
+    assert (result.verdict, result.timeout_kind, result.signal) == ("timeout", "cpu", "SIGKILL")
+    # Past the soft limit (SIGXCPU, ignored) up to the hard one a second later.
+    assert result.cpu_seconds > SMALL["cpu_seconds"] + 0.5
+
+
+@needs_bwrap
+def test_a_program_killed_by_a_signal_is_killed():
+    result = run_hostile("import os\nos.abort()\n")
+    assert (result.verdict, result.signal, result.exit_code) == ("killed", "SIGABRT", None)
+
+
+@needs_bwrap
+def test_sleeping_past_the_wall_limit_times_out_on_wall():
+    result = run_hostile("import time\nprint('before', flush=True)\ntime.sleep(60)\n")
+    assert (result.verdict, result.timeout_kind) == ("timeout", "wall")
+    assert result.stdout == "before\n"
+    assert SMALL["wall_seconds"] <= result.wall_seconds < SMALL["wall_seconds"] + 1
+
+
+@needs_bwrap
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_output_flood_is_cut_at_the_limit(stream):
+    result = run_hostile(f"import sys\nwhile True:\n    sys.{stream}.write('x' * 1000)\n")
+    assert result.verdict == "output_limit"
+    assert getattr(result, f"{stream}_truncated") is True
+    assert getattr(result, stream) == "x" * SMALL["output_bytes"]
+
+
+@needs_bwrap
+def test_filling_the_tmpfs_fails_with_no_space_left():
+    source = "with open('fill', 'wb') as f:\n    while True:\n        f.write(bytes(2**20))\n"
+    result = run_hostile(source)
+    assert result.verdict == "runtime_error"
+    assert "No space left on device" in result.stderr
+
+
+@needs_bwrap
+def test_a_file_above_the_file_size_limit_fails():
+    source = "with open('big', 'wb') as f:\n    for _ in range(4):\n        f.write(bytes(2**20))\n"
+    result = run_hostile(source, file_size_mb=1)
+    assert result.verdict == "runtime_error"
+    assert "File too large" in result.stderr
+
+
+@needs_bwrap
+def test_database_broker_and_internet_are_unreachable():
+    source = """
+import socket
+for host, port in [("127.0.0.1", 5432), ("127.0.0.1", 6379), ("1.1.1.1", 53)]:
+    try:
+        socket.create_connection((host, port), timeout=2)
+        print(host, port, "connected")
+    except OSError as error:
+        print(host, port, "failed", error)
+"""
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    assert "connected" not in result.stdout
+    assert result.stdout.count("failed") == 3
+    assert "Connection refused" in result.stdout
+    assert "Network is unreachable" in result.stdout
+
+
+@needs_bwrap
+def test_host_names_do_not_resolve():
+    source = """
+import socket
+for name in ("example.com", "postgres", "redis"):
+    try:
+        print(name, socket.getaddrinfo(name, 443))
+    except OSError as error:
+        print(name, "failed", type(error).__name__)
+"""
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    assert result.stdout.count("failed gaierror") == 3
+
+
+@needs_bwrap
+def test_environment_secrets_do_not_reach_the_program(monkeypatch):
+    secrets = {
+        "SECRET_KEY": "fake-secret-key-4f1d",
+        "DATABASE_URL": "postgres://user:fake-db-password-9c2e@db/switchyard",
+        "CELERY_BROKER_URL": "redis://:fake-redis-password-77aa@redis:6379/0",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    source = (
+        "import json, os\nprint(json.dumps(dict(os.environ)))\n"
+        "print(open('/proc/1/environ', 'rb').read())\nprint(open('/proc/self/environ', 'rb').read())\n"
+    )
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    environment = json.loads(result.stdout.splitlines()[0])
+    # bwrap adds PWD for --chdir.
+    allowed = {"PATH", "HOME", "LANG", "PWD", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "MALLOC_ARENA_MAX"}
+    assert set(environment) <= allowed
+    for name, value in secrets.items():
+        assert name not in result.stdout
+        assert value not in result.stdout
+
+
+@needs_bwrap
+def test_project_files_and_worker_home_are_invisible():
+    paths = [str(REPO / "manage.py"), str(REPO), "/root", "/root/.bashrc", "/home", "/etc/passwd", "/tmp", "/var/run"]
+    source = f"""
+import os
+for path in {paths!r}:
+    try:
+        print(path, "listed", os.listdir(path)) if os.path.isdir(path) else print(path, "read", open(path).read(50))
+    except OSError as error:
+        print(path, "failed", type(error).__name__)
+"""
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(paths)
+    for line in lines:
+        assert line.split()[1] == "failed", line
+        assert line.split()[2] in {"FileNotFoundError", "PermissionError"}, line
+
+
+@needs_bwrap
+def test_proc_shows_only_the_sandbox_processes():
+    source = "import json, os\nprint(json.dumps(sorted(int(p) for p in os.listdir('/proc') if p.isdigit())))\n"
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    pids = json.loads(result.stdout)
+    # bwrap's init and the program itself, numbered from 1 in their own pid namespace.
+    assert pids == [1, 2]
+    assert os.getpid() not in pids
+
+
+@needs_bwrap
+def test_the_program_runs_as_the_slot_uid_without_capabilities():
+    source = (
+        "import ctypes, os\nprint(os.getuid(), os.getgid(), os.getgroups())\n"
+        "print(*sorted({line.split()[1] for line in open('/proc/self/status') if line.startswith('Cap')}))\n"
+        "print('unshare', ctypes.CDLL(None).unshare(0x10000000))  # CLONE_NEWUSER\n"
+    )
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    ids, caps, unshare = result.stdout.splitlines()
+    assert ids == f"{SLOT_UID} {SLOT_UID} []"
+    assert caps == "0000000000000000"
+    # No nested user namespace: the program cannot become root of one.
+    assert unshare == "unshare -1"
+
+
+@needs_bwrap
+def test_the_system_is_read_only_and_only_work_is_writable():
+    source = """
+for path in ("/x", "/etc/x", "/dev/x", "/usr/x", "/code/main.py", "/work/x", "/dev/shm/x"):
+    try:
+        open(path, "a").write("x")
+        print(path, "written")
+    except OSError as error:
+        print(path, "failed", type(error).__name__)
+"""
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    written = [line.split()[0] for line in result.stdout.splitlines() if line.endswith("written")]
+    # /dev/shm points into /work, so it shares the tmpfs size limit.
+    assert written == ["/work/x", "/dev/shm/x"]
+
+
+@needs_bwrap
+def test_subprocesses_run_within_the_process_limit():
+    source = """
+import subprocess, sys
+print(subprocess.run([sys.executable, "-c", "print(2)"], capture_output=True, text=True).stdout.strip())
+print(subprocess.run("echo shell", shell=True, capture_output=True, text=True).stdout.strip())
+"""
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    assert result.stdout == "2\nshell\n"
+
+
+@needs_bwrap
+def test_signalling_the_parent_and_the_worker_does_not_hurt_the_worker():
+    source = f"""
+import os, signal
+os.kill(os.getppid(), signal.SIGKILL)
+try:
+    # Every process the program may signal; there is none but itself and init.
+    os.kill(-1, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+try:
+    os.kill({os.getpid()}, signal.SIGKILL)
+    print("worker signalled")
+except OSError as error:
+    print("worker", type(error).__name__)
+print("still here")
+"""
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    assert result.stdout == "worker ProcessLookupError\nstill here\n"
+
+
+@needs_bwrap
+def test_a_double_forked_orphan_does_not_outlive_the_run():
+    source = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(60)
+    os._exit(0)
+os.wait()
+print("parent exits")
+"""
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    assert result.stdout == "parent exits\n"
+    assert result.wall_seconds < 2
+    if SWITCHES_UID:
+        assert slot_processes() == []
+
+
+@needs_bwrap
+def test_stdin_and_files_reach_the_program():
+    source = "import sys\nprint(sys.stdin.read().upper(), open('data.csv').read(), end='')\n"
+    result = run_hostile(source, files={"data.csv": "a,b\n1,2\n"}, stdin="hello\n")
+    assert result.verdict == "ok"
+    assert result.stdout == "HELLO\n a,b\n1,2\n"
+
+
+@needs_bwrap
+def test_an_uncaught_exception_is_a_runtime_error_with_its_exit_code():
+    result = run_hostile("import sys\nprint('partial')\nraise SystemExit(3)\n")
+    assert (result.verdict, result.exit_code, result.stdout) == ("runtime_error", 3, "partial\n")
+    result = run_hostile("1 / 0\n")
+    assert (result.verdict, result.exit_code) == ("runtime_error", 1)
+    assert "ZeroDivisionError" in result.stderr
+
+
+@needs_bwrap
+def test_a_bwrap_setup_failure_is_an_internal_error(monkeypatch):
+    real_command = runner.bwrap_command
+
+    def broken_command(**kwargs):
+        argv = real_command(**kwargs)
+        return [argv[0], "--ro-bind", "/nonexistent-switchyard", "/x", *argv[1:]]
+
+    monkeypatch.setattr(runner, "bwrap_command", broken_command)
+    result = run("print(1)")
+    assert result.verdict == "internal_error"
+    assert "bwrap" in result.message
+    assert result.stdout == ""
+
+
+@needs_bwrap
+def test_two_slots_run_side_by_side():
+    started = time.monotonic()
+
+    def sleep_and_print_slot(slot: int):
+        return run(f"import time\ntime.sleep(0.5)\nprint({slot})", slot=slot)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(sleep_and_print_slot, [SLOT, SLOT + 1]))
+    assert [(r.verdict, r.stdout) for r in results] == [("ok", f"{SLOT}\n"), ("ok", f"{SLOT + 1}\n")]
+    assert time.monotonic() - started < 1.5
+
+
+def test_result_to_dict_is_plain_json():
+    result = runner.SandboxResult(verdict="ok", exit_code=0, stdout="1\n")
+    assert json.loads(json.dumps(result.to_dict()))["stdout"] == "1\n"
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("value", [0, -1, "high", True])
+def test_limits_refuse_non_positive_or_non_numbers(name, value):
+    if value == "high":
+        value = SYSTEM_MAXIMUM[name] + 1
+    with pytest.raises(SandboxLimitError) as error:
+        SandboxLimits(**{name: value})
+    assert error.value.field == name
+    assert isinstance(error.value, ValueError)
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "dir/file", ".hidden", "..", "", "a\0b", "x" * 200])
+def test_file_names_with_paths_or_dots_are_refused(name):
+    with pytest.raises(SandboxRequestError) as error:
+        SandboxRequest(source="", files={name: "x"})
+    assert error.value.field == "files"
+
+
+def test_slots_outside_the_range_are_refused():
+    for slot in (-1, runner.MAX_SLOTS, True):
+        with pytest.raises(SandboxRequestError):
+            runner.sandbox_uid(slot)
+
+
+def test_importing_the_sandbox_does_not_import_django():
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    check = "import sys, workers.sandbox, workers.sandbox.bench; print('django' in sys.modules, 'apps' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout == "False False\n"

