@@ -1,5 +1,5 @@
-"""Switchyard: a job backend for AI workloads."""
+"""Switchyard: a job backend for AI workloads.
 
-from project.celery import app as celery_app
-
-__all__ = ("celery_app",)
+The Celery app lives in project.celery (`celery -A project` finds it). It is not imported
+here: the sandbox host imports project.queues and must not pick up Django from it.
+"""

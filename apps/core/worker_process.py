@@ -30,6 +30,8 @@ class WorkerProcess:
         extra_args=(),
         env=None,
         loglevel: str = "INFO",
+        app: str = "project",
+        broker_only: bool = False,
     ):
         self.queues = queues
         self.name = name or f"{queues.split(',')[0]}@w-{uuid.uuid4().hex[:8]}"
@@ -40,7 +42,7 @@ class WorkerProcess:
             "-m",
             "celery",
             "-A",
-            "project",
+            app,
             "worker",
             "-Q",
             queues,
@@ -53,6 +55,16 @@ class WorkerProcess:
             f"--loglevel={loglevel}",
             *extra_args,
         ]
+        if broker_only:
+            # What a sandbox host gets: the broker and nothing else (no database, no secrets).
+            self.env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "LANG": "C.UTF-8",
+                "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+                **(env or {}),
+            }
+            self.process: subprocess.Popen | None = None
+            return
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "project.settings.local"),

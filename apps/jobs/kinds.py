@@ -32,6 +32,11 @@ class JobKind:
     default_max_attempts: int = 3
     # Only these exceptions are retried (with backoff); anything else fails the job.
     transient_errors: tuple[type[BaseException], ...] = field(default=())
+    # message(job) -> (task name, args) for kinds whose host cannot read the Job row
+    # (sandbox); default: `workers.run_job(job_id)`.
+    message: Callable[..., tuple[str, list]] | None = None
+    # Cancel kills the running task (revoke with terminate) instead of waiting for a check.
+    terminate_on_cancel: bool = False
 
 
 _KINDS: dict[str, JobKind] = {}
@@ -85,7 +90,10 @@ def _execute_sleep(context) -> dict:
 
 
 def register_builtin_kinds() -> None:
+    from apps.jobs.sandbox_kind import SANDBOX
     from workers.sleep import TransientDrillError
+
+    register(SANDBOX)
 
     register(
         JobKind(

@@ -194,10 +194,11 @@ def _publish(*, job: Job, countdown: float | None = None) -> bool:
     from project.celery import app
 
     kind = get_kind(job.kind)
+    task_name, args = kind.message(job) if kind and kind.message else (RUN_JOB_TASK, [str(job.id)])
     try:
         app.send_task(
-            RUN_JOB_TASK,
-            args=[str(job.id)],
+            task_name,
+            args=args,
             task_id=job.task_id,
             queue=queues.direct_queue(job.queue),
             priority=_broker_priority(job.priority),
@@ -225,6 +226,7 @@ WITH claimed AS (
            lease_expires_at = now() + make_interval(secs => %(lease)s), worker_host = %(worker)s,
            progress = 0, progress_message = '', updated_at = now()
      WHERE id = %(job_id)s AND status = 'queued' AND attempt < max_attempts
+       AND (%(task_id)s::text IS NULL OR task_id = %(task_id)s::text)
  RETURNING *
 ), event AS (
     INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
@@ -259,9 +261,20 @@ def _jsonb(value) -> str | None:
     return None if value is None else json.dumps(value, cls=DjangoJSONEncoder)
 
 
-def job_claim(*, job_id: uuid.UUID | str, worker: str) -> Job | None:
-    """queued -> running, taking a lease and the next attempt; None when there is nothing to claim."""
-    params = {"job_id": str(job_id), "worker": worker, "lease": settings.JOBS_LEASE_SECONDS}
+def job_claim(
+    *, job_id: uuid.UUID | str, worker: str, task_id: str | None = None, lease_seconds: float | None = None
+) -> Job | None:
+    """queued -> running, taking a lease and the next attempt; None when there is nothing to claim.
+
+    With `task_id`, only the job's latest dispatch may claim it (hosts that report back
+    through `control` instead of claiming themselves).
+    """
+    params = {
+        "job_id": str(job_id),
+        "worker": worker,
+        "task_id": task_id,
+        "lease": lease_seconds or settings.JOBS_LEASE_SECONDS,
+    }
     job = next(iter(Job.objects.raw(_CLAIM_SQL, params)), None)
     if job is None:
         return None
@@ -379,9 +392,22 @@ def _cancel(*, job_id: uuid.UUID, actor: User | None, message: str = "cancel req
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
         if job.status == JobStatus.QUEUED:
+            if _terminates_on_cancel(job):
+                _terminate(job)  # its message may already sit on a host that cannot read this row
             job.status, job.finished_at = JobStatus.CANCELLED, now
             job.save(update_fields=["status", "finished_at", "updated_at"])
             _event(job, from_status=JobStatus.QUEUED, to_status=JobStatus.CANCELLED, actor=actor, message=message)
+        elif job.status == JobStatus.RUNNING and _terminates_on_cancel(job):
+            _terminate(job)
+            job.status, job.finished_at, job.lease_expires_at = JobStatus.CANCELLED, now, None
+            job.save(update_fields=["status", "finished_at", "lease_expires_at", "updated_at"])
+            _event(
+                job,
+                from_status=JobStatus.RUNNING,
+                to_status=JobStatus.CANCELLED,
+                actor=actor,
+                message=f"{message}; run terminated",
+            )
         elif job.status == JobStatus.RUNNING:
             job.status = JobStatus.CANCELLING
             job.save(update_fields=["status", "updated_at"])
@@ -391,6 +417,22 @@ def _cancel(*, job_id: uuid.UUID, actor: User | None, message: str = "cancel req
         for child_id in job.children.exclude(status__in=TERMINAL_STATUSES).values_list("id", flat=True):
             _cancel(job_id=child_id, actor=actor, message=f"parent {job.short_id} cancelled")
     return job
+
+
+def _terminates_on_cancel(job: Job) -> bool:
+    kind = get_kind(job.kind)
+    return bool(kind and kind.terminate_on_cancel)
+
+
+def _terminate(job: Job) -> None:
+    """Revoke the job's task everywhere; a worker running it kills the process (and its sandbox)."""
+    from project.celery import app
+
+    if job.task_id:
+        transaction.on_commit(
+            # SIGTERM: the sandbox task's handler kills its run (see workers/sandbox/app.py).
+            partial(app.control.revoke, job.task_id, terminate=True, signal="SIGTERM")
+        )
 
 
 def job_retry(*, job: Job, actor: Membership) -> Job:
@@ -533,3 +575,50 @@ def worker_host_stopped(*, hostname: str) -> None:
     from apps.jobs.models import WorkerHost
 
     WorkerHost.objects.filter(hostname=hostname).update(stopped_at=timezone.now())
+
+
+# --- runs reported by hosts without database access (sandbox) ----------------------------------
+
+
+def remote_run_started(*, job_id: str, task_id: str, worker: str) -> Job | None:
+    """A sandbox host started the dispatch `task_id`: claim the job for it, leased for the run's wall limit."""
+    job = Job.objects.filter(pk=job_id).only("params").first()
+    if job is None:
+        return None
+    wall = float(job.params.get("limits", {}).get("wall_seconds", 60))
+    # The host cannot renew a lease; it covers the wall limit plus time to report back.
+    return job_claim(job_id=job_id, worker=worker, task_id=task_id, lease_seconds=wall + 60)
+
+
+def remote_run_finished(*, job_id: str, task_id: str, worker: str, outcome: dict) -> bool:
+    """Finish the job with a sandbox outcome, only for the dispatch that holds it."""
+    job = Job.objects.filter(pk=job_id, task_id=task_id).first()
+    if job is None:
+        return False
+    if job.status == JobStatus.QUEUED:
+        # The outcome overtook the `started` report on the control queue.
+        job = remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
+        if job is None:
+            return False
+    verdict = outcome.get("verdict", "internal_error")
+    if verdict == "ok":
+        return job_finish(job_id=job.id, attempt=job.attempt, status=JobStatus.SUCCEEDED, result=outcome, worker=worker)
+    message = outcome.get("message") or f"verdict {verdict}"
+    if verdict == "runtime_error":
+        message = f"program exited with code {outcome.get('exit_code')}"
+    error = {"code": verdict, "message": message, "details": {"verdict": verdict}}
+    return job_finish(
+        job_id=job.id, attempt=job.attempt, status=JobStatus.FAILED, result=outcome, error=error, worker=worker
+    )
+
+
+def worker_host_report(
+    *, hostname: str, event: str, queues: list[str], capabilities: dict, version: str, pid: int
+) -> None:
+    """WorkerHost upkeep for hosts that report through `control` instead of writing themselves."""
+    if event == "ready":
+        worker_host_register(hostname=hostname, queues=queues, capabilities=capabilities, version=version, pid=pid)
+    elif event == "heartbeat":
+        worker_host_heartbeat(hostname=hostname)
+    elif event == "stopped":
+        worker_host_stopped(hostname=hostname)

@@ -10,5 +10,22 @@ def reap() -> dict:
     return services.jobs_reap()
 
 
+@shared_task(name="jobs.sandbox_started", ignore_result=True)
+def sandbox_started(job_id: str, task_id: str, worker: str) -> None:
+    services.remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
+
+
+@shared_task(name="jobs.sandbox_finished", ignore_result=True, acks_late=True)
+def sandbox_finished(job_id: str, task_id: str, worker: str, outcome: dict) -> None:
+    services.remote_run_finished(job_id=job_id, task_id=task_id, worker=worker, outcome=outcome)
+
+
+@shared_task(name="jobs.worker_host_report", ignore_result=True)
+def worker_host_report(hostname: str, event: str, queues: list, capabilities: dict, version: str, pid: int) -> None:
+    services.worker_host_report(
+        hostname=hostname, event=event, queues=queues, capabilities=capabilities, version=version, pid=pid
+    )
+
+
 # Connects the WorkerHost signals in every worker that loads the tasks.
 from apps.jobs import workerhost  # noqa: E402, F401

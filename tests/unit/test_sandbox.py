@@ -417,3 +417,27 @@ def test_importing_the_sandbox_does_not_import_django():
     check = "import sys, workers.sandbox, workers.sandbox.bench; print('django' in sys.modules, 'apps' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert out.stdout == "False False\n"
+
+
+def test_the_sandbox_hosts_celery_app_loads_no_django_settings_models_or_apps():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # kombu.utils.json imports django.utils.functional when Django is installed (for lazy
+    # strings); what must never load here is settings, the ORM, or any project app.
+    code = (
+        "import sys, workers.sandbox.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'apps' "
+        "or m.startswith(('django.conf', 'django.db', 'django.apps'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

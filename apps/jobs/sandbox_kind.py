@@ -1,0 +1,85 @@
+"""The `sandbox` job kind: untrusted Python on sandbox hosts, which see the broker only."""
+
+from rest_framework import serializers
+
+from apps.jobs.kinds import JobKind
+from project import queues
+from workers.sandbox.runner import SYSTEM_MAXIMUM, SandboxLimits, SandboxRequest, SandboxRequestError
+
+MAX_SOURCE_BYTES = 1_000_000
+DEFAULTS = SandboxLimits()
+
+
+class SandboxLimitsParams(serializers.Serializer):
+    cpu_seconds = serializers.IntegerField(
+        min_value=1, max_value=SYSTEM_MAXIMUM["cpu_seconds"], default=DEFAULTS.cpu_seconds
+    )
+    wall_seconds = serializers.FloatField(
+        min_value=0.1, max_value=SYSTEM_MAXIMUM["wall_seconds"], default=DEFAULTS.wall_seconds
+    )
+    memory_mb = serializers.IntegerField(
+        min_value=16, max_value=SYSTEM_MAXIMUM["memory_mb"], default=DEFAULTS.memory_mb
+    )
+    processes = serializers.IntegerField(min_value=1, max_value=SYSTEM_MAXIMUM["processes"], default=DEFAULTS.processes)
+    output_bytes = serializers.IntegerField(
+        min_value=1, max_value=SYSTEM_MAXIMUM["output_bytes"], default=DEFAULTS.output_bytes
+    )
+    file_size_mb = serializers.IntegerField(
+        min_value=1, max_value=SYSTEM_MAXIMUM["file_size_mb"], default=DEFAULTS.file_size_mb
+    )
+    tmpfs_mb = serializers.IntegerField(min_value=1, max_value=SYSTEM_MAXIMUM["tmpfs_mb"], default=DEFAULTS.tmpfs_mb)
+
+
+class SandboxParams(serializers.Serializer):
+    source = serializers.CharField(
+        max_length=MAX_SOURCE_BYTES,
+        trim_whitespace=False,
+        help_text="Python source, run as /code/main.py with /work as working directory.",
+    )
+    files = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        default=dict,
+        help_text="Extra files placed in /work: plain name -> text content.",
+    )
+    stdin = serializers.CharField(allow_blank=True, trim_whitespace=False, default="", help_text="Standard input.")
+    limits = SandboxLimitsParams(default=dict, help_text="CPU s, wall s, memory MB, processes, output bytes, ...")
+
+    def validate_limits(self, value):
+        # When `limits` is left out, its default ({}) skips the nested serializer's defaults.
+        return {name: value.get(name, field.default) for name, field in SandboxLimitsParams().fields.items()}
+
+    def validate(self, attrs):
+        try:
+            SandboxRequest(
+                source=attrs["source"],
+                files=attrs["files"],
+                stdin=attrs["stdin"],
+                limits=SandboxLimits(**attrs["limits"]),
+            )
+        except SandboxRequestError as exc:
+            raise serializers.ValidationError({exc.field: [exc.message]}) from exc
+        return attrs
+
+
+def _message(job) -> tuple[str, list]:
+    # The sandbox host has no database: the request travels in the message.
+    return "sandbox.execute", [str(job.id), job.params]
+
+
+def _never_runs_here(context) -> dict:
+    raise RuntimeError("sandbox jobs run on sandbox hosts through sandbox.execute, not workers.run_job")
+
+
+SANDBOX = JobKind(
+    name="sandbox",
+    description="Run untrusted Python under bubblewrap: no network, read-only system, private tmpfs, limits.",
+    params_serializer=SandboxParams,
+    execute=_never_runs_here,
+    pick_queue=lambda params: queues.SANDBOX,
+    soft_time_limit_s=SYSTEM_MAXIMUM["wall_seconds"] + 60,
+    time_limit_s=SYSTEM_MAXIMUM["wall_seconds"] + 90,
+    # A program's own failure is its verdict, not something to retry.
+    default_max_attempts=1,
+    message=_message,
+    terminate_on_cancel=True,
+)

@@ -1,0 +1,147 @@
+"""Sandbox jobs end to end: REST -> broker-only sandbox host -> control worker -> Job row."""
+
+import os
+import time
+
+import pytest
+
+from apps.jobs.models import Job, JobEvent, WorkerHost
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def wait_for(predicate, timeout, message):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s: {message}")
+
+
+@pytest.fixture
+def sandbox_host(start_worker):
+    control = start_worker("control")
+    sandbox = start_worker("sandbox", app="workers.sandbox.app", broker_only=True, concurrency=2)
+    return control, sandbox
+
+
+def run(client, source, **params):
+    response = client.post("/api/v1/jobs/", {"kind": "sandbox", "params": {"source": source, **params}}, format="json")
+    assert response.status_code == 201, response.json()
+    job = Job.objects.get(pk=response.json()["id"])
+    wait_for(lambda: Job.objects.get(pk=job.pk).is_terminal, 60, "sandbox job did not finish")
+    job.refresh_from_db()
+    return job
+
+
+def test_print_runs_on_the_sandbox_host_and_the_result_comes_back(sandbox_host, member):
+    _, client = member("developer")
+    job = run(client, "import sys; print(sys.stdin.read().upper())", stdin="hello")
+    assert job.status == "succeeded", job.error
+    assert job.result["verdict"] == "ok" and job.result["stdout"] == "HELLO\n"
+    assert job.worker_host.startswith("sandbox@")
+    assert list(JobEvent.objects.filter(job=job).values_list("to_status", flat=True)) == [
+        "queued",
+        "running",
+        "succeeded",
+    ]
+
+
+def test_sandbox_host_process_holds_no_database_url_and_no_secret(sandbox_host):
+    _, sandbox = sandbox_host
+    environ = open(f"/proc/{sandbox.process.pid}/environ", "rb").read().split(b"\0")  # noqa: SIM115
+    names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
+    assert names == {"PATH", "LANG", "CELERY_BROKER_URL"}
+    assert "DATABASE_URL" not in os.environ or b"DATABASE_URL" not in b"".join(environ)
+
+
+def test_a_busy_loop_fails_with_a_cpu_timeout_verdict(sandbox_host, member):
+    _, client = member("developer")
+    job = run(client, "while True: pass", limits={"cpu_seconds": 1, "wall_seconds": 10})
+    assert job.status == "failed"
+    assert job.error["code"] == "timeout" and job.result["timeout_kind"] == "cpu"
+
+
+def test_program_exit_code_fails_the_job_as_runtime_error(sandbox_host, member):
+    _, client = member("developer")
+    job = run(client, "import sys; print('bye', file=sys.stderr); sys.exit(3)")
+    assert job.status == "failed"
+    assert job.error == {
+        "code": "runtime_error",
+        "message": "program exited with code 3",
+        "details": {"verdict": "runtime_error"},
+    }
+    assert job.result["stderr"] == "bye\n"
+
+
+def test_cancel_terminates_a_running_sandbox_run(sandbox_host, member):
+    _, client = member("developer")
+    response = client.post(
+        "/api/v1/jobs/",
+        {
+            "kind": "sandbox",
+            "params": {
+                "source": "import time\nprint('started', flush=True)\ntime.sleep(60)",
+                "limits": {"wall_seconds": 90},
+            },
+        },
+        format="json",
+    )
+    job_id = response.json()["id"]
+    wait_for(lambda: Job.objects.get(pk=job_id).status == "running", 30, "run did not start")
+    asked = time.monotonic()
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    # The run is gone: no process of the sandbox uids remains within a few seconds.
+    from workers.sandbox.runner import BASE_UID, MAX_SLOTS
+
+    def sandbox_processes():
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                uid = os.stat(f"/proc/{pid}").st_uid
+            except FileNotFoundError:
+                continue
+            if BASE_UID <= uid < BASE_UID + 16 and uid < BASE_UID + MAX_SLOTS:
+                found.append(pid)
+        return found
+
+    wait_for(lambda: not sandbox_processes(), 10, "sandbox processes survived the cancel")
+    assert time.monotonic() - asked < 10
+    assert Job.objects.get(pk=job_id).status == "cancelled"
+
+
+def test_invalid_sandbox_params_are_400_with_the_field(member):
+    _, client = member("developer")
+    for params, field in [
+        ({}, "params.source"),
+        ({"source": "print(1)", "limits": {"memory_mb": 10**9}}, "params.limits"),
+        ({"source": "print(1)", "files": {"../etc/passwd": "x"}}, "params.files"),
+    ]:
+        response = client.post("/api/v1/jobs/", {"kind": "sandbox", "params": params}, format="json")
+        assert response.status_code == 400, (params, response.json())
+        assert field in response.json()["fields"], response.json()
+    assert Job.objects.count() == 0
+
+
+def test_the_sandbox_host_registers_through_control(sandbox_host):
+    _, sandbox = sandbox_host
+    wait_for(lambda: WorkerHost.objects.filter(hostname=sandbox.name).exists(), 15, "no WorkerHost row")
+    host = WorkerHost.objects.get(hostname=sandbox.name)
+    assert host.queues == ["sandbox"] and host.capabilities["bwrap"]
+
+
+def test_cli_sandbox_run_prints_output_and_verdict(sandbox_host, tmp_path):
+    from apps.accounts.models import Role
+    from tests.acceptance.test_cli import manage
+    from tests.factories import MembershipFactory
+
+    MembershipFactory(role=Role.DEVELOPER, user__username="dev")
+    program = tmp_path / "prog.py"
+    program.write_text("import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))\n")
+    numbers = tmp_path / "in.txt"
+    numbers.write_text("1 2 3 4")
+    result = manage("sandbox", "run", str(program), "--stdin", str(numbers), "--as", "dev")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "10\n"
+    assert "verdict: ok exit=0" in result.stderr

@@ -1,0 +1,118 @@
+"""The sandbox host's Celery app: broker only, no Django, no database, no secrets.
+
+Run with `celery -A workers.sandbox.app worker -Q sandbox`. A run's request arrives in
+the message (this host cannot read the Job row); the outcome goes back as tasks on the
+`control` queue, where a worker with database access claims and finishes the job.
+"""
+
+import logging
+import os
+import platform
+import signal
+from functools import partial
+
+import celery
+from billiard.process import current_process
+from celery import Celery
+from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
+
+from project import queues
+from workers.sandbox.runner import (
+    SandboxLimits,
+    SandboxRequest,
+    SandboxRequestError,
+    bwrap_available,
+    kill_uid_processes,
+    run_sandbox,
+    sandbox_uid,
+)
+
+logger = logging.getLogger(__name__)
+
+app = Celery("switchyard-sandbox")
+app.conf.update(queues.celery_config())
+app.conf.broker_url = os.environ.get("CELERY_BROKER_URL")
+
+CONTROL = queues.direct_queue(queues.CONTROL)
+
+
+def _report(task_name: str, *args) -> None:
+    try:
+        app.send_task(task_name, args=list(args), queue=CONTROL)
+    except Exception:
+        # A lost report is recovered on the control side: the job's lease expires and the
+        # reaper requeues or fails it.
+        logger.exception("sandbox.report_failed", extra={"task": task_name})
+
+
+@app.task(name="sandbox.execute", bind=True, acks_late=True, reject_on_worker_lost=True)
+def execute(self, job_id: str, request: dict) -> str:
+    task_id, worker = self.request.id, self.request.hostname
+    _report("jobs.sandbox_started", job_id, task_id, worker)
+    try:
+        limits = SandboxLimits(**request.get("limits", {}))
+        sandbox_request = SandboxRequest(
+            source=request["source"], files=request.get("files", {}), stdin=request.get("stdin", ""), limits=limits
+        )
+    except (SandboxRequestError, TypeError, KeyError) as exc:
+        outcome = {"verdict": "internal_error", "message": f"invalid request: {exc}"}
+    else:
+        # Each pool child owns one slot (and so one uid): runs never share a uid.
+        slot = max(current_process().index or 0, 0)
+        previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
+        try:
+            outcome = run_sandbox(sandbox_request, slot=slot).to_dict()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    _report("jobs.sandbox_finished", job_id, task_id, worker, outcome)
+    return outcome["verdict"]
+
+
+def _kill_slot(slot: int, signum, frame) -> None:
+    """Cancel (revoke with SIGTERM): kill the run, keep the pool process.
+
+    Killing the pool process instead would orphan the sandbox: bwrap's outer process has
+    already exited, so die-with-parent no longer ties the run to anything. The run then
+    ends `killed` and its late report is fenced out (the job is already cancelled).
+    """
+    kill_uid_processes(sandbox_uid(slot))
+
+
+def _capabilities() -> dict:
+    available, bwrap = bwrap_available()
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "providers": [],
+        "bwrap": bwrap if available else None,
+    }
+
+
+@worker_ready.connect
+def _register(sender=None, **kwargs):
+    queue_names = [q.name for q in sender.task_consumer.queues] if sender.task_consumer else []
+    _report(
+        "jobs.worker_host_report",
+        sender.hostname,
+        "ready",
+        queue_names,
+        _capabilities(),
+        f"celery {celery.__version__}",
+        os.getpid(),
+    )
+
+
+_last_beat = {"count": 0}
+
+
+@heartbeat_sent.connect
+def _heartbeat(sender=None, **kwargs):
+    # Every 8th event heartbeat (~16 s): the WorkerHost row needs no more.
+    _last_beat["count"] += 1
+    if _last_beat["count"] % 8 == 0:
+        _report("jobs.worker_host_report", sender.eventer.hostname, "heartbeat", [], {}, "", 0)
+
+
+@worker_shutdown.connect
+def _stopped(sender=None, **kwargs):
+    _report("jobs.worker_host_report", sender.hostname, "stopped", [], {}, "", 0)
