@@ -13,6 +13,8 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
+from workers.errors import JobError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DOMAIN = "ai.onnx"
@@ -31,14 +33,8 @@ KNOWN_RUNTIME_LIMITS: dict[tuple[int, int], tuple[int, int]] = {
 _READ_CHUNK_BYTES = 1 << 20
 
 
-class ModelValidationError(Exception):
+class ModelValidationError(JobError):
     """The uploaded file is not a model the workers can run; `code` says which check refused it."""
-
-    def __init__(self, code: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,10 @@ from dataclasses import dataclass, field
 from rest_framework import serializers
 
 from project import queues
+from workers.errors import JobError
 
-
-class PermanentJobError(Exception):
-    """The job cannot succeed, whatever the number of attempts: fail it at once."""
-
-    def __init__(self, code: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}
+# Executors raise it (or a subclass such as ModelValidationError) to fail a job at once.
+PermanentJobError = JobError
 
 
 @dataclass(frozen=True)

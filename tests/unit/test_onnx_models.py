@@ -182,10 +182,11 @@ def test_future_ir_version_is_refused_with_given_and_supported_versions(tmp_path
     assert error.details == {"ir_version": 99, "max_ir_version": limit}
 
 
+# onnx 1.23 stamps IR 14; onnxruntime 1.31 loads up to 13 (docs: GPU.md "Pitfalls").
+@pytest.mark.skipif(
+    runtime_limits().max_ir_version >= onnx.IR_VERSION, reason="the installed onnxruntime loads what this onnx writes"
+)
 def test_ir_version_onnx_writes_by_default_is_refused_when_onnxruntime_is_behind(tmp_path):
-    # onnx 1.23 stamps IR 14; onnxruntime 1.31 loads up to 13 (docs: GPU.md "Pitfalls").
-    if runtime_limits().max_ir_version >= onnx.IR_VERSION:
-        pytest.skip("the installed onnxruntime loads what this onnx writes")
     path = build_test_model("multi_io", tmp_path / "default_ir.onnx", ir_version=onnx.IR_VERSION)
 
     assert refusal(path).code == "unsupported_ir_version"
