@@ -1,0 +1,85 @@
+import pytest
+
+from apps.accounts.models import Role
+from apps.jobs import services
+from apps.jobs.models import Job, WorkerHost
+from tests.factories import MembershipFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def staff_client(client):
+    membership = MembershipFactory(role=Role.OPERATOR, user__is_staff=True, user__is_superuser=True)
+    client.force_login(membership.user)
+    return client, membership
+
+
+def submit(membership, **params):
+    return services.job_submit(membership=membership, kind="sleep", params=params)[0]
+
+
+def test_job_list_shows_progress_bar_status_and_attempts(staff_client):
+    client, membership = staff_client
+    job = submit(membership)
+    services.job_claim(job_id=job.id, worker="cpu@host1")
+    services.job_progress(job_id=job.id, attempt=1, progress=0.4)
+    response = client.get("/admin/jobs/job/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert '<progress value="40" max="100"' in html
+    assert "cpu@host1" in html and "1/3" in html and "running" in html
+
+
+def test_job_page_shows_events_and_the_flower_link(staff_client):
+    client, membership = staff_client
+    job = submit(membership)
+    response = client.get(f"/admin/jobs/job/{job.id}/change/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f"/task/{job.task_id}" in html
+    assert "submitted" in html  # the first JobEvent, inline
+
+
+def test_admin_cancel_and_retry_actions_go_through_the_services(staff_client):
+    client, membership = staff_client
+    job = submit(membership)
+    response = client.post("/admin/jobs/job/", {"action": "cancel_jobs", "_selected_action": [str(job.id)]})
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert job.events.filter(to_status="cancelled", actor=membership.user).exists()
+    client.post("/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [str(job.id)]})
+    job.refresh_from_db()
+    assert job.status == "queued" and job.max_attempts > job.attempt
+
+
+def test_staff_who_is_not_superuser_sees_only_their_organizations_jobs(client):
+    mine = MembershipFactory(role=Role.OPERATOR)
+    theirs = MembershipFactory(role=Role.OPERATOR)
+    own_job, other_job = submit(mine), submit(theirs)
+    staff = UserFactory(is_staff=True)
+    mine.user = staff
+    mine.save()
+    from django.contrib.auth.models import Permission
+
+    staff.user_permissions.add(Permission.objects.get(codename="view_job"))
+    client.force_login(staff)
+    html = client.get("/admin/jobs/job/").content.decode()
+    assert own_job.short_id in html and other_job.short_id not in html
+    assert client.get(f"/admin/jobs/job/{other_job.id}/change/").status_code in (302, 404)
+
+
+def test_worker_host_list_shows_liveness_and_capabilities(staff_client):
+    client, _ = staff_client
+    services.worker_host_register(
+        hostname="gpu@box",
+        queues=["gpu"],
+        version="celery 5.7.0",
+        pid=1,
+        capabilities={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+    )
+    html = client.get("/admin/jobs/workerhost/").content.decode()
+    assert "gpu@box" in html and "CUDAExecutionProvider" in html
+    assert WorkerHost.objects.get(hostname="gpu@box").is_alive
+    assert Job.objects.count() == 0
