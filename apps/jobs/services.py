@@ -125,7 +125,10 @@ def job_submit(
         if idempotency_key is None:
             raise
         return Job.objects.get(organization=membership.organization, idempotency_key=idempotency_key), False
-    logger.info("job.submitted", extra={"job_id": str(job.id), "kind": kind, "queue": queue})
+    logger.info(
+        "job.submitted",
+        extra={"job_id": str(job.id), "organization_id": membership.organization_id, "kind": kind, "queue": queue},
+    )
     return job, True
 
 
@@ -278,7 +281,16 @@ def job_claim(
     job = next(iter(Job.objects.raw(_CLAIM_SQL, params)), None)
     if job is None:
         return None
-    logger.info("job.claimed", extra={"job_id": str(job.id), "attempt": job.attempt, "worker": worker})
+    logger.info(
+        "job.claimed",
+        extra={
+            "job_id": str(job.id),
+            "organization_id": job.organization_id,
+            "kind": job.kind,
+            "attempt": job.attempt,
+            "worker": worker,
+        },
+    )
     return job
 
 
