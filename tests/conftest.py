@@ -1,4 +1,5 @@
 import pytest
+from django.core.cache import cache
 
 from apps.core.worker_process import WorkerProcess
 
@@ -68,3 +69,9 @@ def member():
         return membership, client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Throttle counters from one test must not spend another test's budget."""
+    cache.clear()

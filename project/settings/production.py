@@ -20,3 +20,14 @@ CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Throttle counters must be shared by every web process: Redis (the broker's server, its
+# own database) unless CACHE_URL says otherwise; per-process memory only without Redis.
+CACHES = {
+    "default": env.cache_url(
+        "CACHE_URL",
+        default=CELERY_BROKER_URL.rsplit("/", 1)[0] + "/1"
+        if CELERY_BROKER_URL.startswith("redis")
+        else "locmemcache://",
+    )
+}

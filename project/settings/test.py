@@ -6,6 +6,12 @@ from project.settings.local import env
 
 # Redis database 15 keeps test messages away from a `make run` on the same server.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or devservices.broker_url(db=15)
+# Throttle counters in their own database (14), emptied before each test (tests/conftest.py).
+CACHES = {
+    "default": env.cache_url_config(CELERY_BROKER_URL.rsplit("/", 1)[0] + "/14")
+    if CELERY_BROKER_URL.startswith("redis")
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 # Hashing cost is irrelevant to what the tests check and dominates user creation.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {

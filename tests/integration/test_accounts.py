@@ -77,3 +77,18 @@ def test_session_login_works_alongside_tokens(client):
     assert response.status_code == 200
     assert response.json()["auth"] == "session"
     assert response.json()["organization"] == membership.organization.slug
+
+
+def test_requests_over_the_rate_limit_get_429_with_retry_after(client, monkeypatch):
+    from apps.accounts.throttling import TokenRateThrottle
+
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {"api": "3/minute"})
+    first = api_token_create(membership=MembershipFactory(), name="a").plaintext
+    second = api_token_create(membership=MembershipFactory(), name="b").plaintext
+    codes = [client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Token {first}").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    refused = client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Token {first}")
+    assert 0 < int(refused["Retry-After"]) <= 60
+    assert refused.json()["code"] == "throttled"
+    # Budgets are per token.
+    assert client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Token {second}").status_code == 200
