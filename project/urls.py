@@ -10,6 +10,7 @@ admin.site.site_title = "Switchyard admin"
 api_v1 = [
     path("", include("apps.accounts.api.urls")),
     path("", include("apps.jobs.api.urls")),
+    path("", include("apps.registry.api.urls")),
 ]
 
 urlpatterns = [

@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.accounts",
     "apps.jobs",
+    "apps.registry",
 ]
 
 MIDDLEWARE = [
@@ -168,3 +169,8 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": JOBS_REAPER_INTERVAL_SECONDS},
     },
 }
+
+# --- Model registry ----------------------------------------------------------------------
+REGISTRY_MAX_MODEL_BYTES = env.int("REGISTRY_MAX_MODEL_BYTES", default=512 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # request bodies other than files
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads go to a temporary file

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from apps.registry.api import views
+
+urlpatterns = [
+    path("models/", views.ModelListUploadApi.as_view(), name="models"),
+    path("models/<slug:name>/", views.ModelDetailApi.as_view(), name="model-detail"),
+    path("models/<slug:name>/versions/<int:number>/promote", views.VersionPromoteApi.as_view(), name="model-promote"),
+    path("models/<slug:name>/versions/<int:number>/archive", views.VersionArchiveApi.as_view(), name="model-archive"),
+]

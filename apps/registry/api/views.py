@@ -1,0 +1,123 @@
+"""REST endpoints for the model registry."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.selectors import request_membership
+from apps.registry import selectors, services
+from apps.registry.models import DevicePreference, MLModel, ModelTask, ModelVersion, Stage
+
+
+class VersionOutputSerializer(serializers.ModelSerializer):
+    derived_from = serializers.IntegerField(source="derived_from.number", allow_null=True, default=None)
+    aliases = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "number",
+            "sha256",
+            "size_bytes",
+            "signature",
+            "ir_version",
+            "opset",
+            "producer",
+            "stage",
+            "device_preference",
+            "derived_from",
+            "report",
+            "aliases",
+            "created_at",
+        ]
+
+    def get_aliases(self, version) -> list[str]:
+        return [alias.name for alias in version.aliases.all()]
+
+
+class ModelOutputSerializer(serializers.ModelSerializer):
+    versions = VersionOutputSerializer(many=True)
+    aliases = serializers.SerializerMethodField()
+
+    class Meta:
+        model = MLModel
+        fields = ["name", "task", "description", "created_at", "aliases", "versions"]
+
+    def get_aliases(self, model) -> dict:
+        return {
+            alias.name: {"version": alias.version.number, "weight": alias.weight}
+            for alias in model.aliases.select_related("version")
+        }
+
+
+class ModelListUploadApi(APIView):
+    """List the organization's models, or upload an ONNX file as a model's next version."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField(help_text="The ONNX model (external data is refused).")
+        name = serializers.CharField(help_text="Model name: lowercase letters, digits, '-', '_'.")
+        task = serializers.ChoiceField(choices=ModelTask.choices, default=ModelTask.GENERIC)
+        description = serializers.CharField(required=False, default="", allow_blank=True)
+        device_preference = serializers.ChoiceField(choices=DevicePreference.choices, default=DevicePreference.AUTO)
+
+    @extend_schema(responses=ModelOutputSerializer(many=True), operation_id="models_list")
+    def get(self, request):
+        models = selectors.model_list(membership=request_membership(request))
+        return Response(ModelOutputSerializer(models, many=True).data)
+
+    @extend_schema(
+        request={"multipart/form-data": InputSerializer},
+        responses={201: VersionOutputSerializer},
+        operation_id="models_upload",
+    )
+    def post(self, request):
+        membership = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        version, created = services.model_version_upload(membership=membership, source=values.pop("file"), **values)
+        return Response(
+            {"model": version.model.name, **VersionOutputSerializer(version).data},
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class ModelDetailApi(APIView):
+    @extend_schema(responses=ModelOutputSerializer, operation_id="models_detail")
+    def get(self, request, name):
+        return Response(
+            ModelOutputSerializer(selectors.model_get(membership=request_membership(request), name=name)).data
+        )
+
+
+class VersionPromoteApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        stage = serializers.ChoiceField(choices=Stage.choices)
+        canary_weight = serializers.IntegerField(
+            min_value=0,
+            max_value=100,
+            required=False,
+            help_text="With stage staging: route this percent to it as canary.",
+        )
+
+    @extend_schema(request=InputSerializer, responses=VersionOutputSerializer, operation_id="models_promote")
+    def post(self, request, name, number):
+        membership = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = selectors.version_get(membership=membership, name=name, number=number)
+        version = services.model_version_promote(membership=membership, version=version, **data.validated_data)
+        return Response(VersionOutputSerializer(version).data)
+
+
+class VersionArchiveApi(APIView):
+    @extend_schema(request=None, responses=VersionOutputSerializer, operation_id="models_archive")
+    def post(self, request, name, number):
+        membership = request_membership(request)
+        version = selectors.version_get(membership=membership, name=name, number=number)
+        version = services.model_version_promote(membership=membership, version=version, stage=Stage.ARCHIVED)
+        return Response(VersionOutputSerializer(version).data)
