@@ -15,6 +15,9 @@ class MeApi(APIView):
         role = serializers.CharField(allow_null=True)
         auth = serializers.ChoiceField(choices=["token", "session"])
 
+        class Meta:
+            ref_name = "Me"
+
     @extend_schema(responses=OutputSerializer, operation_id="me")
     def get(self, request):
         membership = membership_for_request(user=request.user, auth=request.auth)

@@ -46,6 +46,9 @@ class JobListCreateApi(APIView):
         priority = serializers.IntegerField(min_value=0, max_value=9, default=5, help_text="9 is the most urgent.")
         max_attempts = serializers.IntegerField(min_value=1, max_value=20, required=False)
 
+        class Meta:
+            ref_name = "JobSubmitInput"
+
     @extend_schema(
         parameters=[OpenApiParameter(name, str) for name in JobFilter.Meta.fields],
         responses=JobOutputSerializer(many=True),

@@ -64,6 +64,9 @@ class ModelListUploadApi(APIView):
         description = serializers.CharField(required=False, default="", allow_blank=True)
         device_preference = serializers.ChoiceField(choices=DevicePreference.choices, default=DevicePreference.AUTO)
 
+        class Meta:
+            ref_name = "ModelUploadInput"
+
     @extend_schema(responses=ModelOutputSerializer(many=True), operation_id="models_list")
     def get(self, request):
         models = selectors.model_list(membership=request_membership(request))
@@ -103,6 +106,9 @@ class VersionPromoteApi(APIView):
             required=False,
             help_text="With stage staging: route this percent to it as canary.",
         )
+
+        class Meta:
+            ref_name = "ModelPromoteInput"
 
     @extend_schema(request=InputSerializer, responses=VersionOutputSerializer, operation_id="models_promote")
     def post(self, request, name, number):
