@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -47,7 +48,7 @@ def _event(job: Job, *, from_status: str, to_status: str, message: str = "", wor
 # --- submit and dispatch -----------------------------------------------------------------
 
 
-def _validate_params(kind_name: str, params) -> tuple:
+def _validate_params(kind_name: str, params, membership: Membership) -> tuple:
     kind = get_kind(kind_name)
     if kind is None:
         from apps.jobs.kinds import all_kinds
@@ -58,7 +59,7 @@ def _validate_params(kind_name: str, params) -> tuple:
         )
     if not isinstance(params, dict):
         raise DomainError("params: must be a JSON object.", fields={"params": ["Must be a JSON object."]})
-    serializer = kind.params_serializer(data=params)
+    serializer = kind.params_serializer(data=params, context={"membership": membership})
     if not serializer.is_valid():
         fields = {f"params.{name}": [str(e) for e in errors] for name, errors in serializer.errors.items()}
         first_name, first_errors = next(iter(fields.items()))
@@ -95,7 +96,7 @@ def job_submit(
         existing = Job.objects.filter(organization=membership.organization, idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing, False
-    job_kind, clean_params = _validate_params(kind, params)
+    job_kind, clean_params = _validate_params(kind, params, membership)
     if max_attempts is not None and not (isinstance(max_attempts, int) and 1 <= max_attempts <= 20):
         raise DomainError("max_attempts: must be an integer from 1 to 20.", fields={"max_attempts": ["Must be 1-20."]})
     queue = job_kind.pick_queue(clean_params)
@@ -634,3 +635,35 @@ def worker_host_report(
         worker_host_heartbeat(hostname=hostname)
     elif event == "stopped":
         worker_host_stopped(hostname=hostname)
+
+
+def job_artifact_add(
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+    path: Path,
+    name: str,
+    sha256: str,
+    content_type: str = "application/octet-stream",
+    role: str = "output",
+) -> bool:
+    """Record a file the job produced, only while `attempt` still holds the job (fenced like every worker write)."""
+    from apps.jobs.models import Artifact
+
+    media_root = Path(settings.MEDIA_ROOT)
+    with transaction.atomic():
+        holder = Job.objects.select_for_update().filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES)
+        if not holder.exists():
+            return False
+        Artifact.objects.filter(job_id=job_id, role=role, name=name).delete()
+        Artifact.objects.create(
+            job_id=job_id,
+            role=role,
+            name=name,
+            file=str(path.relative_to(media_root)),
+            size_bytes=path.stat().st_size,
+            sha256=sha256,
+            content_type=content_type,
+            attempt=attempt,
+        )
+    return True

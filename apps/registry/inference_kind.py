@@ -1,0 +1,113 @@
+"""The `inference` job kind: a registered model version over inline inputs, outputs as an .npz artifact."""
+
+from pathlib import Path
+
+from django.conf import settings
+from rest_framework import serializers
+
+from apps.core.errors import DomainError
+from apps.jobs.kinds import JobKind, PermanentJobError
+from project import queues
+
+MAX_INLINE_ROWS_VALUES = 1_000_000  # inline JSON is for small batches
+
+
+class InferenceParams(serializers.Serializer):
+    model = serializers.CharField(help_text="`name` (production, or canary by weight), `name@N` or `name@production`.")
+    inputs = serializers.DictField(help_text="Inline inputs: input name -> nested list, batch along the first axis.")
+    batch_size = serializers.IntegerField(min_value=1, max_value=65536, default=256)
+    outputs = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list, help_text="Outputs to keep (default: all)."
+    )
+    # Filled in at submit: the version the reference resolved to, so a canary is chosen once.
+    model_version_id = serializers.IntegerField(required=False)
+
+    def validate(self, attrs):
+        from apps.registry.services import model_version_get
+        from workers.inference import InputValidationError, coerce_inline_inputs
+
+        membership = self.context["membership"]
+        try:
+            version = model_version_get(membership=membership, reference=attrs["model"])
+        except DomainError as exc:
+            raise serializers.ValidationError({"model": [exc.message]}) from exc
+        try:
+            arrays = coerce_inline_inputs(version.signature["inputs"], attrs["inputs"])
+        except InputValidationError as exc:
+            raise serializers.ValidationError(
+                {f"inputs.{exc.field}" if exc.field != "inputs" else "inputs": [exc.message]}
+            ) from exc
+        if sum(array.size for array in arrays.values()) > MAX_INLINE_ROWS_VALUES:
+            raise serializers.ValidationError({"inputs": [f"At most {MAX_INLINE_ROWS_VALUES} values inline."]})
+        known = {tensor["name"] for tensor in version.signature["outputs"]}
+        unknown = [name for name in attrs["outputs"] if name not in known]
+        if unknown:
+            raise serializers.ValidationError(
+                {"outputs": [f"Unknown outputs {unknown}; the model has {sorted(known)}."]}
+            )
+        attrs["model"] = f"{version.model.name}@{version.number}"
+        attrs["model_version_id"] = version.pk
+        return attrs
+
+
+def _pick_queue(params: dict) -> str:
+    from apps.jobs.selectors import live_worker_hosts
+    from apps.registry.models import DevicePreference, ModelVersion
+
+    preference = ModelVersion.objects.values_list("device_preference", flat=True).get(pk=params["model_version_id"])
+    if preference == DevicePreference.CPU:
+        return queues.CPU
+    gpu_hosts = [
+        h for h in live_worker_hosts(queue=queues.GPU) if "CUDAExecutionProvider" in h.capabilities.get("providers", [])
+    ]
+    return queues.GPU if gpu_hosts else queues.CPU
+
+
+def _execute(context) -> dict:
+    from apps.jobs.runner import JobCancelled
+    from apps.jobs.services import job_artifact_add
+    from apps.registry.models import ModelVersion
+    from workers.inference import InferenceCancelled, InferenceError, coerce_inline_inputs, run_inference
+
+    params = context.params
+    version = ModelVersion.objects.select_related("model").get(pk=params["model_version_id"])
+    workdir = Path(settings.MEDIA_ROOT) / "artifacts" / str(context.job_id) / f"attempt-{context.attempt}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    output_path = workdir / "outputs.npz"
+    try:
+        inputs = coerce_inline_inputs(version.signature["inputs"], params["inputs"])
+        summary = run_inference(
+            Path(version.file.path),
+            sha256=version.sha256,
+            inputs=inputs,
+            batch_size=params["batch_size"],
+            output_path=output_path,
+            wanted_outputs=params["outputs"] or None,
+            device_preference=version.device_preference,
+            on_progress=lambda done, total: context.report_progress(done / total, f"{done}/{total} rows"),
+            should_cancel=context.should_cancel,
+        )
+    except InferenceCancelled as exc:
+        raise JobCancelled() from exc
+    except InferenceError as exc:
+        raise PermanentJobError(exc.code, exc.message, exc.details) from exc
+    job_artifact_add(
+        job_id=context.job_id,
+        attempt=context.attempt,
+        path=output_path,
+        name="outputs.npz",
+        sha256=summary["output_sha256"],
+        content_type="application/x-npz",
+    )
+    return {"model": params["model"], **summary}
+
+
+INFERENCE = JobKind(
+    name="inference",
+    description="Run a registered ONNX model version over inline inputs in batches; outputs as an .npz artifact.",
+    params_serializer=InferenceParams,
+    execute=_execute,
+    pick_queue=_pick_queue,
+    soft_time_limit_s=3600,
+    time_limit_s=3660,
+)
