@@ -3,31 +3,20 @@ from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from apps.accounts.models import Membership
+from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline
 from apps.core.errors import DomainError
 from apps.jobs import services
 from apps.jobs.models import Artifact, Job, JobEvent, WorkerHost
 
 
-class JobEventInline(admin.TabularInline):
+class JobEventInline(ReadOnlyTabularInline):
     model = JobEvent
-    extra = 0
-    can_delete = False
     fields = ["created_at", "from_status", "to_status", "attempt", "worker", "actor", "message"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
-class ArtifactInline(admin.TabularInline):
+class ArtifactInline(ReadOnlyTabularInline):
     model = Artifact
-    extra = 0
-    can_delete = False
     fields = ["role", "link", "size_bytes", "sha256", "attempt", "created_at"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="file")
     def link(self, artifact):
@@ -60,7 +49,7 @@ def _run_action(modeladmin, request, queryset, service, verb: str):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(OrganizationScopedAdmin):
     list_display = [
         "short_id",
         "kind",
@@ -111,12 +100,6 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
-
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(organization__memberships__user=request.user)
 
     @admin.display(description="progress")
     def progress_bar(self, job):

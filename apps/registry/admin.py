@@ -1,45 +1,32 @@
 from django.contrib import admin
 
+from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline
 from apps.registry.models import MLModel, ModelAlias, ModelVersion
 
 
-class ModelVersionInline(admin.TabularInline):
+class ModelVersionInline(ReadOnlyTabularInline):
     model = ModelVersion
-    extra = 0
-    can_delete = False
     fields = ["number", "stage", "device_preference", "size_bytes", "sha256", "opset", "ir_version", "created_at"]
-    readonly_fields = fields
     show_change_link = True
 
-    def has_add_permission(self, request, obj=None):
-        return False
 
-
-class ModelAliasInline(admin.TabularInline):
+class ModelAliasInline(ReadOnlyTabularInline):
     model = ModelAlias
-    extra = 0
     fields = ["name", "version", "weight"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(MLModel)
-class MLModelAdmin(admin.ModelAdmin):
+class MLModelAdmin(OrganizationScopedAdmin):
     list_display = ["name", "organization", "task", "created_at"]
     list_filter = ["task", "organization"]
     search_fields = ["name", "description"]
     list_select_related = ["organization"]
     inlines = [ModelAliasInline, ModelVersionInline]
 
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        return queryset if request.user.is_superuser else queryset.filter(organization__memberships__user=request.user)
-
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(OrganizationScopedAdmin):
+    organization_path = "model__organization"
     list_display = ["__str__", "stage", "device_preference", "size_bytes", "opset", "created_by", "created_at"]
     list_filter = ["stage", "device_preference"]
     search_fields = ["model__name", "sha256"]
@@ -63,9 +50,3 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
-
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(model__organization__memberships__user=request.user)

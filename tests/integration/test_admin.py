@@ -83,3 +83,18 @@ def test_worker_host_list_shows_liveness_and_capabilities(staff_client):
     assert "gpu@box" in html and "CUDAExecutionProvider" in html
     assert WorkerHost.objects.get(hostname="gpu@box").is_alive
     assert Job.objects.count() == 0
+
+
+def test_model_registry_pages_render_with_versions_and_aliases(staff_client, tmp_path):
+    from apps.registry import services as registry
+    from workers.testing_models import build_test_model
+
+    client, membership = staff_client
+    version, _ = registry.model_version_upload(
+        membership=membership, name="scorer", source=build_test_model("multi_io", tmp_path / "m.onnx")
+    )
+    registry.model_version_promote(membership=membership, version=version, stage="production")
+    model_page = client.get(f"/admin/registry/mlmodel/{version.model.pk}/change/")
+    assert model_page.status_code == 200
+    assert "production" in model_page.content.decode() and version.sha256 in model_page.content.decode()
+    assert client.get("/admin/registry/modelversion/").status_code == 200
