@@ -5,6 +5,7 @@ import os
 from django.core.management.base import CommandError
 
 from apps.accounts.models import Membership
+from apps.core.errors import DomainError
 
 USAGE_ERROR = 2
 
@@ -36,3 +37,9 @@ def resolve_membership(options) -> Membership:
             f"--as: no active user '{options['as_user']}' with a membership{where}", returncode=USAGE_ERROR
         )
     return membership
+
+
+def usage_error(exc: DomainError) -> CommandError:
+    """A refused request as the command's exit 2, with each field's reason on its own line."""
+    fields = "".join(f"\n  {name}: {'; '.join(map(str, errors))}" for name, errors in exc.fields.items())
+    return CommandError(f"{exc.message}{fields}", returncode=USAGE_ERROR)

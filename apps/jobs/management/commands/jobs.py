@@ -8,7 +8,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership
+from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
 from apps.core.errors import DomainError
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import JobEventOutputSerializer, JobOutputSerializer
@@ -58,8 +58,7 @@ class Command(BaseCommand):
         try:
             return getattr(self, f"_{action}")(membership, options)
         except DomainError as exc:
-            fields = "".join(f"\n  {name}: {'; '.join(map(str, errs))}" for name, errs in exc.fields.items())
-            raise CommandError(f"{exc.message}{fields}", returncode=USAGE_ERROR) from exc
+            raise usage_error(exc) from exc
 
     # -- actions --
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership
+from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
 from apps.core.errors import DomainError
 from apps.jobs import services
 
@@ -40,8 +40,7 @@ class Command(BaseCommand):
         try:
             job, _ = services.job_submit(membership=membership, kind="sandbox", params=params)
         except DomainError as exc:
-            fields = "".join(f"\n  {k}: {'; '.join(map(str, v))}" for k, v in exc.fields.items())
-            raise CommandError(f"{exc.message}{fields}", returncode=USAGE_ERROR) from exc
+            raise usage_error(exc) from exc
         while not job.is_terminal:
             time.sleep(0.2)
             job.refresh_from_db()

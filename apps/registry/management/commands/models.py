@@ -5,7 +5,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership
+from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
 from apps.core.errors import DomainError
 from apps.registry import selectors, services
 from apps.registry.api.views import ModelOutputSerializer
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         try:
             getattr(self, f"_{action}")(membership, options)
         except DomainError as exc:
-            raise CommandError(exc.message, returncode=USAGE_ERROR) from exc
+            raise usage_error(exc) from exc
 
     def _upload(self, membership, options):
         version, created = services.model_version_upload(
