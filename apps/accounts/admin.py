@@ -1,7 +1,11 @@
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from apps.accounts.models import ApiToken, Membership, Organization, User
+from apps.accounts.models import ApiToken, AuditEvent, Membership, Organization, OrganizationQuota, User
+from apps.accounts.permissions import PERMISSIONS, READ_AUDIT
+from apps.accounts.services import QUOTA_FIELDS, organization_quota_errors, organization_quota_set
+from apps.core.admin import OrganizationScopedAdmin
 
 
 class MembershipInline(admin.TabularInline):
@@ -20,6 +24,74 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
+
+
+class OrganizationQuotaForm(forms.ModelForm):
+    class Meta:
+        model = OrganizationQuota
+        fields = ["organization", "concurrent_jobs", "sandbox_limits", "gpu_seconds_per_day"]
+
+    def clean(self):
+        cleaned = super().clean()
+        values = {name: cleaned.get(name) for name in QUOTA_FIELDS}
+        for name, messages in organization_quota_errors(values).items():
+            self.add_error(name.split(".")[0], f"{name}: {'; '.join(messages)}")
+        return cleaned
+
+
+@admin.register(OrganizationQuota)
+class OrganizationQuotaAdmin(admin.ModelAdmin):
+    """Quotas are set by platform staff; every change goes through the service, so it is audited."""
+
+    form = OrganizationQuotaForm
+    list_display = ["organization", "concurrent_jobs", "sandbox_limits", "gpu_seconds_per_day", "updated_at"]
+    autocomplete_fields = ["organization"]
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def save_model(self, request, obj, form, change):
+        saved = organization_quota_set(
+            organization=obj.organization,
+            actor=request.user,
+            concurrent_jobs=obj.concurrent_jobs,
+            sandbox_limits=obj.sandbox_limits,
+            gpu_seconds_per_day=obj.gpu_seconds_per_day,
+        )
+        obj.pk = saved.pk
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(OrganizationScopedAdmin):
+    """Read-only: the trail is written by services, never edited."""
+
+    list_display = ["created_at", "organization", "actor", "action", "target_type", "target_id"]
+    list_filter = ["action", "organization"]
+    search_fields = ["action", "target_id", "actor__username"]
+    list_select_related = ["organization", "actor"]
+    date_hierarchy = "created_at"
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        # Staff see the trail only of organizations where their role may read it.
+        return queryset.filter(
+            organization__memberships__user=request.user,
+            organization__memberships__role__in=PERMISSIONS[READ_AUDIT],
+        ).distinct()
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Membership)

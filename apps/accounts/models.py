@@ -82,3 +82,41 @@ class ApiToken(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class OrganizationQuota(models.Model):
+    """What one organization may use at once; unset values fall back to settings.ORGANIZATION_QUOTA_DEFAULTS."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="quota")
+    # kind -> most active (queued, running or cancelling) jobs of that kind at once.
+    concurrent_jobs = models.JSONField(default=dict, blank=True)
+    # sandbox limit name (cpu_seconds, wall_seconds, memory_mb, ...) -> the most a run may ask for.
+    sandbox_limits = models.JSONField(default=dict, blank=True)
+    gpu_seconds_per_day = models.PositiveIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"quota of {self.organization}"
+
+
+class AuditEvent(models.Model):
+    """A security-relevant action: who did what to which object, when. Never changed or deleted."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=64)
+    target_id = models.CharField(max_length=64)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "-created_at"], name="audit_org_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target_type}:{self.target_id}"

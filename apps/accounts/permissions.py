@@ -1,24 +1,109 @@
-"""Who may do what, by role. One matrix; services ask it, views never decide themselves."""
+"""Who may do what, by role, and which token scope each action needs. One matrix.
+
+Services ask `has_permission` (or `require`); views never decide themselves. The tables
+here are the source of truth for docs/permissions.md (a test keeps the two equal).
+"""
 
 from apps.accounts.models import Membership, Role
+from apps.core.errors import PermissionDenied
 
-SUBMIT_JOBS = "jobs.submit"
-MANAGE_ANY_JOB = "jobs.manage_any"  # cancel or retry someone else's job
 READ_JOBS = "jobs.read"
+SUBMIT_JOBS = "jobs.submit"  # the kind decides further: see SUBMIT_BY_KIND
+MANAGE_ANY_JOB = "jobs.manage_any"  # cancel or retry someone else's job
 READ_MODELS = "models.read"
 UPLOAD_MODELS = "models.upload"
 PROMOTE_MODELS = "models.promote"  # promote or archive a version
+OVERRIDE_PROMOTION = "models.promote_override"  # promote despite a failing report, with a reason
+COMPILE_MODELS = "models.compile"
+READ_AGENTS = "agents.read"
+MANAGE_AGENTS = "agents.manage"  # create, change, import memories
+READ_SCENARIOS = "scenarios.read"
+MANAGE_SCENARIOS = "scenarios.manage"
+READ_MEMBERS = "members.read"
+MANAGE_MEMBERS = "members.manage"  # add, change role, remove (only owners grant or take `owner`)
+MANAGE_OWN_TOKENS = "tokens.manage_own"
+MANAGE_ANY_TOKEN = "tokens.manage_any"  # noqa: S105 (an action name); list and revoke other members' tokens
+READ_AUDIT = "audit.read"
+READ_QUOTAS = "quotas.read"
 
-_ALL = set(Role.values)
-PERMISSIONS: dict[str, set[str]] = {
+OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, VIEWER, SERVICE = Role.values
+_ALL = frozenset(Role.values)
+
+PERMISSIONS: dict[str, frozenset[str]] = {
     READ_JOBS: _ALL,
-    SUBMIT_JOBS: {Role.OWNER, Role.ADMIN, Role.OPERATOR, Role.DEVELOPER, Role.SERVICE},
-    MANAGE_ANY_JOB: {Role.OWNER, Role.ADMIN, Role.OPERATOR},
+    SUBMIT_JOBS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, SERVICE}),
+    MANAGE_ANY_JOB: frozenset({OWNER, ADMIN, OPERATOR}),
     READ_MODELS: _ALL,
-    UPLOAD_MODELS: {Role.OWNER, Role.ADMIN, Role.OPERATOR, Role.DEVELOPER, Role.SERVICE},
-    PROMOTE_MODELS: {Role.OWNER, Role.ADMIN, Role.OPERATOR},
+    UPLOAD_MODELS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
+    PROMOTE_MODELS: frozenset({OWNER, ADMIN, OPERATOR}),
+    OVERRIDE_PROMOTION: frozenset({OWNER, ADMIN}),
+    COMPILE_MODELS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
+    READ_AGENTS: _ALL,
+    MANAGE_AGENTS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
+    READ_SCENARIOS: _ALL,
+    MANAGE_SCENARIOS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST}),
+    READ_MEMBERS: frozenset({OWNER, ADMIN, OPERATOR}),
+    MANAGE_MEMBERS: frozenset({OWNER, ADMIN}),
+    MANAGE_OWN_TOKENS: _ALL,
+    MANAGE_ANY_TOKEN: frozenset({OWNER, ADMIN}),
+    READ_AUDIT: frozenset({OWNER, ADMIN}),
+    READ_QUOTAS: _ALL,
 }
+
+# Who may submit each job kind (on top of SUBMIT_JOBS). A kind not listed here is open to
+# every role with SUBMIT_JOBS except analysts, who run only what is listed for them.
+_SUBMITTERS = frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE})
+SUBMIT_BY_KIND: dict[str, frozenset[str]] = {
+    "sleep": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
+    "inference": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, SERVICE}),
+    # Untrusted code: people only, so a leaked service token cannot run programs.
+    "sandbox": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER}),
+    "compile": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
+    "simulation": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, SERVICE}),
+}
+
+# A token carries scopes; each action needs one. `*` grants all, `read` every `:read`.
+SCOPE_BY_ACTION: dict[str, str] = {
+    READ_JOBS: "jobs:read",
+    SUBMIT_JOBS: "jobs:write",
+    MANAGE_ANY_JOB: "jobs:write",
+    READ_MODELS: "models:read",
+    UPLOAD_MODELS: "models:write",
+    PROMOTE_MODELS: "models:write",
+    OVERRIDE_PROMOTION: "models:write",
+    COMPILE_MODELS: "models:write",
+    READ_AGENTS: "agents:read",
+    MANAGE_AGENTS: "agents:write",
+    READ_SCENARIOS: "scenarios:read",
+    MANAGE_SCENARIOS: "scenarios:write",
+    READ_MEMBERS: "members:read",
+    MANAGE_MEMBERS: "members:write",
+    MANAGE_OWN_TOKENS: "tokens:write",
+    MANAGE_ANY_TOKEN: "tokens:write",
+    READ_AUDIT: "audit:read",
+    READ_QUOTAS: "jobs:read",
+}
+_AREAS = sorted({scope.partition(":")[0] for scope in SCOPE_BY_ACTION.values()})
+SCOPES: tuple[str, ...] = ("*", "read", *(f"{area}:{level}" for area in _AREAS for level in ("read", "write")))
+
+
+def scope_grants(scopes, needed: str) -> bool:
+    """Whether a token's scopes cover `needed` (`jobs:read` is also covered by `jobs:write`)."""
+    area, _, level = needed.partition(":")
+    return "*" in scopes or needed in scopes or (level == "read" and ("read" in scopes or f"{area}:write" in scopes))
 
 
 def has_permission(membership: Membership | None, action: str) -> bool:
     return membership is not None and membership.role in PERMISSIONS[action]
+
+
+def may_submit_kind(membership: Membership, kind: str) -> bool:
+    if not has_permission(membership, SUBMIT_JOBS):
+        return False
+    return membership.role in SUBMIT_BY_KIND.get(kind, _SUBMITTERS)
+
+
+def require(membership: Membership, action: str, doing: str) -> None:
+    """Refuse with one message shape: "Role 'viewer' may not <doing>."."""
+    if not has_permission(membership, action):
+        raise PermissionDenied(f"Role '{membership.role}' may not {doing}.", details={"action": action})

@@ -18,3 +18,56 @@ def request_membership(request) -> Membership:
     if membership is None:
         raise PermissionDenied("Your account belongs to no organization.")
     return membership
+
+
+def member_list(*, membership: Membership):
+    from apps.accounts.permissions import READ_MEMBERS, require
+
+    require(membership, READ_MEMBERS, "list members")
+    return (
+        Membership.objects.select_related("user")
+        .filter(organization_id=membership.organization_id)
+        .order_by("user__username")
+    )
+
+
+def member_get(*, membership: Membership, username: str) -> Membership:
+    from apps.core.errors import NotFound
+
+    found = (
+        Membership.objects.select_related("user", "organization")
+        .filter(organization_id=membership.organization_id, user__username=username)
+        .first()
+    )
+    if found is None:
+        raise NotFound("No such member.")
+    return found
+
+
+def token_list(*, membership: Membership):
+    """The caller's own tokens; every member's for roles that manage any token."""
+    from apps.accounts.permissions import MANAGE_ANY_TOKEN, has_permission
+
+    tokens = ApiToken.objects.select_related("membership__user").filter(
+        membership__organization_id=membership.organization_id
+    )
+    if not has_permission(membership, MANAGE_ANY_TOKEN):
+        tokens = tokens.filter(membership=membership)
+    return tokens.order_by("-created_at")
+
+
+def token_get(*, membership: Membership, prefix: str) -> ApiToken:
+    from apps.core.errors import NotFound
+
+    token = token_list(membership=membership).filter(prefix=prefix).first()
+    if token is None:
+        raise NotFound("No such token.")
+    return token
+
+
+def audit_list(*, membership: Membership):
+    from apps.accounts.models import AuditEvent
+    from apps.accounts.permissions import READ_AUDIT, require
+
+    require(membership, READ_AUDIT, "read the audit trail")
+    return AuditEvent.objects.select_related("actor").filter(organization_id=membership.organization_id)

@@ -1,4 +1,4 @@
-"""Writes for accounts: organizations, memberships and API tokens."""
+"""Writes for accounts: organizations, memberships, API tokens, quotas and the audit trail."""
 
 import hashlib
 import secrets
@@ -9,8 +9,16 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from apps.accounts.models import ApiToken, Membership, Organization, Role, User
-from apps.core.errors import Conflict, DomainError
+from apps.accounts.models import ApiToken, AuditEvent, Membership, Organization, OrganizationQuota, Role, User
+from apps.accounts.permissions import (
+    MANAGE_ANY_TOKEN,
+    MANAGE_MEMBERS,
+    MANAGE_OWN_TOKENS,
+    SCOPES,
+    has_permission,
+    require,
+)
+from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
 
 TOKEN_PREFIX_BYTES = 6
 TOKEN_SECRET_BYTES = 32
@@ -49,25 +57,246 @@ class IssuedToken:
 
 
 def api_token_create(
-    *, membership: Membership, name: str, scopes: list[str] | None = None, expires_at: datetime | None = None
+    *,
+    membership: Membership,
+    name: str,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+    actor: Membership | None = None,
 ) -> IssuedToken:
+    """Issue a token acting as `membership`; `actor` (default: that member) must be allowed to."""
+    actor = actor or membership
+    _check_may_manage_tokens(actor, membership)
+    name = (name or "").strip()
+    if not name:
+        raise DomainError("name: a token needs a name.", fields={"name": ["This field may not be blank."]})
+    if len(name) > 100:
+        raise DomainError("name: at most 100 characters.", fields={"name": ["At most 100 characters."]})
+    scopes = list(dict.fromkeys(scopes or ["*"]))
+    unknown = [scope for scope in scopes if scope not in SCOPES]
+    if unknown:
+        raise DomainError(
+            f"scopes: unknown scope '{unknown[0]}'.",
+            fields={"scopes": [f"Unknown scope '{scope}'. Choose from: {', '.join(SCOPES)}." for scope in unknown]},
+        )
     if expires_at is not None and expires_at <= timezone.now():
         raise DomainError("The expiry must be in the future.", fields={"expires_at": ["Must be in the future."]})
     prefix = secrets.token_hex(TOKEN_PREFIX_BYTES)
     secret = secrets.token_urlsafe(TOKEN_SECRET_BYTES)
-    token = ApiToken.objects.create(
-        membership=membership,
-        name=name,
-        prefix=prefix,
-        secret_hash=hash_token_secret(secret),
-        scopes=scopes or ["*"],
-        expires_at=expires_at,
-    )
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            membership=membership,
+            name=name,
+            prefix=prefix,
+            secret_hash=hash_token_secret(secret),
+            scopes=scopes,
+            expires_at=expires_at,
+        )
+        audit_record(
+            organization=membership.organization_id,
+            actor=actor.user,
+            action="token.created",
+            target=token,
+            details={"name": name, "prefix": prefix, "for": membership.user.get_username(), "scopes": scopes},
+        )
     return IssuedToken(token=token, plaintext=f"sy_{prefix}_{secret}")
 
 
-def api_token_revoke(*, token: ApiToken) -> ApiToken:
+def api_token_revoke(*, token: ApiToken, actor: Membership | None = None) -> ApiToken:
+    actor = actor or token.membership
+    _check_may_manage_tokens(actor, token.membership)
     if token.revoked_at is None:
-        token.revoked_at = timezone.now()
-        token.save(update_fields=["revoked_at"])
+        with transaction.atomic():
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at"])
+            audit_record(
+                organization=token.membership.organization_id,
+                actor=actor.user,
+                action="token.revoked",
+                target=token,
+                details={"name": token.name, "prefix": token.prefix, "for": token.membership.user.get_username()},
+            )
     return token
+
+
+def _check_may_manage_tokens(actor: Membership, owner: Membership) -> None:
+    if actor.organization_id != owner.organization_id:
+        raise NotFound("No such token.")
+    if actor.pk == owner.pk:
+        require(actor, MANAGE_OWN_TOKENS, "manage API tokens")
+    elif not has_permission(actor, MANAGE_ANY_TOKEN):
+        raise PermissionDenied(
+            f"Role '{actor.role}' may manage only its own API tokens.", details={"action": MANAGE_ANY_TOKEN}
+        )
+
+
+# --- members -----------------------------------------------------------------------------
+
+
+def member_add(*, actor: Membership, username: str, role: str) -> Membership:
+    """Add an existing user to the actor's organization."""
+    require(actor, MANAGE_MEMBERS, "manage members")
+    _check_role(actor, role)
+    user = User.objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise DomainError(f"username: no active user '{username}'.", fields={"username": ["No such active user."]})
+    with transaction.atomic():
+        membership, created = Membership.objects.get_or_create(
+            user=user, organization_id=actor.organization_id, defaults={"role": role}
+        )
+        if not created:
+            raise Conflict(
+                f"'{username}' is already a member (role {membership.role}).",
+                fields={"username": ["Already a member."]},
+            )
+        audit_record(
+            organization=actor.organization_id,
+            actor=actor.user,
+            action="member.added",
+            target=membership,
+            details={"username": username, "role": role},
+        )
+    return membership
+
+
+def member_set_role(*, actor: Membership, membership: Membership, role: str) -> Membership:
+    require(actor, MANAGE_MEMBERS, "manage members")
+    if membership.organization_id != actor.organization_id:
+        raise NotFound("No such member.")
+    _check_role(actor, role)
+    if membership.role == Role.OWNER and actor.role != Role.OWNER:
+        raise PermissionDenied("Only an owner may change an owner's role.")
+    with transaction.atomic():
+        locked = Membership.objects.select_for_update().get(pk=membership.pk)
+        previous = locked.role
+        if previous == role:
+            return locked
+        if previous == Role.OWNER:
+            _keep_an_owner(locked)
+        locked.role = role
+        locked.save(update_fields=["role"])
+        audit_record(
+            organization=actor.organization_id,
+            actor=actor.user,
+            action="member.role_changed",
+            target=locked,
+            details={"username": locked.user.get_username(), "from": previous, "to": role},
+        )
+    return locked
+
+
+def member_remove(*, actor: Membership, membership: Membership) -> None:
+    require(actor, MANAGE_MEMBERS, "manage members")
+    if membership.organization_id != actor.organization_id:
+        raise NotFound("No such member.")
+    if membership.role == Role.OWNER and actor.role != Role.OWNER:
+        raise PermissionDenied("Only an owner may remove an owner.")
+    with transaction.atomic():
+        locked = Membership.objects.select_for_update().get(pk=membership.pk)
+        if locked.role == Role.OWNER:
+            _keep_an_owner(locked)
+        audit_record(
+            organization=actor.organization_id,
+            actor=actor.user,
+            action="member.removed",
+            target=locked,
+            details={"username": locked.user.get_username(), "role": locked.role},
+        )
+        # Its tokens go with it (cascade): a removed member's credentials stop working at once.
+        locked.delete()
+
+
+def _check_role(actor: Membership, role: str) -> None:
+    if role not in Role.values:
+        raise DomainError(
+            f"role: unknown role '{role}'.", fields={"role": [f"Choose one of {', '.join(Role.values)}."]}
+        )
+    if role == Role.OWNER and actor.role != Role.OWNER:
+        raise PermissionDenied("Only an owner may make someone an owner.")
+
+
+def _keep_an_owner(owner: Membership) -> None:
+    others = (
+        Membership.objects.select_for_update()
+        .filter(organization_id=owner.organization_id, role=Role.OWNER)
+        .exclude(pk=owner.pk)
+    )
+    if not others.exists():
+        raise Conflict("An organization keeps at least one owner; make someone else owner first.")
+
+
+# --- quotas ------------------------------------------------------------------------------
+
+
+QUOTA_FIELDS = ("concurrent_jobs", "sandbox_limits", "gpu_seconds_per_day")
+
+
+def organization_quota_errors(values: dict) -> dict[str, list[str]]:
+    """Field errors for quota values (shared by the service and the admin form)."""
+    from apps.jobs.kinds import all_kinds
+    from workers.sandbox.runner import SYSTEM_MAXIMUM
+
+    errors: dict[str, list[str]] = {name: ["Not a quota."] for name in sorted(set(values) - set(QUOTA_FIELDS))}
+    concurrent = values.get("concurrent_jobs") or {}
+    if not isinstance(concurrent, dict):
+        errors["concurrent_jobs"] = ["Must be an object: job kind -> limit."]
+        concurrent = {}
+    for kind, limit in concurrent.items():
+        if kind not in all_kinds():
+            errors[f"concurrent_jobs.{kind}"] = ["Not a job kind."]
+        elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            errors[f"concurrent_jobs.{kind}"] = ["Must be a whole number >= 0."]
+    caps = values.get("sandbox_limits") or {}
+    if not isinstance(caps, dict):
+        errors["sandbox_limits"] = ["Must be an object: limit name -> cap."]
+        caps = {}
+    for name, cap in caps.items():
+        if name not in SYSTEM_MAXIMUM:
+            errors[f"sandbox_limits.{name}"] = [f"Not a sandbox limit; choose from {', '.join(SYSTEM_MAXIMUM)}."]
+        elif not isinstance(cap, int | float) or isinstance(cap, bool) or not 0 < cap <= SYSTEM_MAXIMUM[name]:
+            errors[f"sandbox_limits.{name}"] = [f"Must be > 0 and at most the system maximum {SYSTEM_MAXIMUM[name]}."]
+    seconds = values.get("gpu_seconds_per_day")
+    if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0):
+        errors["gpu_seconds_per_day"] = ["Must be a whole number >= 0, or null for unlimited."]
+    return errors
+
+
+def organization_quota_set(*, organization: Organization, actor: User | None, **values) -> OrganizationQuota:
+    """Set an organization's quota (platform staff only: the admin and `manage.py quotas`)."""
+    errors = organization_quota_errors(values)
+    if errors:
+        first = next(iter(errors))
+        raise DomainError(f"{first}: {errors[first][0]}", fields=errors)
+    allowed = QUOTA_FIELDS
+    with transaction.atomic():
+        quota, _ = OrganizationQuota.objects.select_for_update().get_or_create(organization=organization)
+        before = {name: getattr(quota, name) for name in allowed}
+        for name, value in values.items():
+            setattr(quota, name, value)
+        quota.save()
+        audit_record(
+            organization=organization.pk,
+            actor=actor,
+            action="quota.changed",
+            target=quota,
+            details={"before": before, "after": {name: getattr(quota, name) for name in allowed}},
+        )
+    return quota
+
+
+# --- audit trail -------------------------------------------------------------------------
+
+
+def audit_record(
+    *, organization: Organization | int | None, actor: User | None, action: str, target, details: dict | None = None
+) -> AuditEvent:
+    """Record a security-relevant action; call it inside the transaction of the action itself."""
+    organization_id = organization.pk if isinstance(organization, Organization) else organization
+    return AuditEvent.objects.create(
+        organization_id=organization_id,
+        actor=actor,
+        action=action,
+        target_type=target._meta.label_lower,
+        target_id=str(target.pk),
+        details=details or {},
+    )

@@ -40,3 +40,10 @@ class ServiceUnavailable(DomainError):
 
     code = "unavailable"
     status_code = 503
+
+
+class QuotaExceeded(DomainError):
+    """The organization's quota does not allow this now."""
+
+    code = "quota_exceeded"
+    status_code = 429

@@ -21,10 +21,12 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from apps.accounts.models import Membership, User
-from apps.accounts.permissions import MANAGE_ANY_JOB, SUBMIT_JOBS, has_permission
+from apps.accounts.permissions import MANAGE_ANY_JOB, SUBMIT_JOBS, has_permission, may_submit_kind
+from apps.accounts.services import audit_record
 from apps.core.errors import Conflict, DomainError, PermissionDenied, ServiceUnavailable
 from apps.jobs.kinds import get_kind
 from apps.jobs.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobEvent, JobStatus
+from apps.jobs.quotas import organization_quota, quota_admit, quota_check_params
 from project import queues
 
 logger = logging.getLogger(__name__)
@@ -88,8 +90,10 @@ def job_submit(
     Returns (job, created); with an idempotency key already used in this organization,
     the existing job comes back with created=False and nothing is published.
     """
-    if not has_permission(membership, SUBMIT_JOBS):
-        raise PermissionDenied(f"Role '{membership.role}' may not submit jobs.")
+    if not may_submit_kind(membership, kind):
+        raise PermissionDenied(
+            f"Role '{membership.role}' may not submit {kind} jobs.", details={"action": SUBMIT_JOBS, "kind": kind}
+        )
     if not isinstance(priority, int) or not 0 <= priority <= queues.MAX_PRIORITY:
         raise DomainError("priority: must be an integer from 0 to 9.", fields={"priority": ["Must be 0-9."]})
     if idempotency_key is not None:
@@ -99,11 +103,14 @@ def job_submit(
     job_kind, clean_params = _validate_params(kind, params, membership)
     if max_attempts is not None and not (isinstance(max_attempts, int) and 1 <= max_attempts <= 20):
         raise DomainError("max_attempts: must be an integer from 1 to 20.", fields={"max_attempts": ["Must be 1-20."]})
+    quota = organization_quota(membership.organization)
+    quota_check_params(quota=quota, kind=kind, params=clean_params)
     queue = job_kind.pick_queue(clean_params)
     _admit(queue)
 
     try:
         with transaction.atomic():
+            quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
             # Recorded as dispatched in the same transaction: one commit per submit. If the
             # publish after commit fails, the reaper publishes again like for a lost message.
             job = Job(
@@ -397,7 +404,21 @@ def _check_may_manage(job: Job, actor_membership: Membership) -> None:
 def job_cancel(*, job: Job, actor: Membership) -> Job:
     """A queued job is cancelled at once; a running one goes `cancelling` and stops at its next check."""
     _check_may_manage(job, actor)
-    return _cancel(job_id=job.id, actor=actor.user)
+    with transaction.atomic():
+        cancelled = _cancel(job_id=job.id, actor=actor.user)
+        _audit_if_someone_elses(job, actor, "job.cancelled", status=cancelled.status)
+    return cancelled
+
+
+def _audit_if_someone_elses(job: Job, actor: Membership, action: str, **details) -> None:
+    if job.owner_id != actor.user_id:
+        audit_record(
+            organization=job.organization_id,
+            actor=actor.user,
+            action=action,
+            target=job,
+            details={"owner": job.owner.get_username() if job.owner_id else None, "kind": job.kind, **details},
+        )
 
 
 def _cancel(*, job_id: uuid.UUID, actor: User | None, message: str = "cancel requested") -> Job:
@@ -469,6 +490,7 @@ def job_retry(*, job: Job, actor: Membership) -> Job:
         locked.progress_message = ""
         locked.save()
         _event(locked, from_status=previous, to_status=JobStatus.QUEUED, actor=actor.user, message="retried")
+        _audit_if_someone_elses(locked, actor, "job.retried", previous_status=previous)
         transaction.on_commit(partial(job_dispatch, job_id=locked.id))
     return locked
 

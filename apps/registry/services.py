@@ -14,6 +14,7 @@ from django.db.models import Max
 
 from apps.accounts.models import Membership
 from apps.accounts.permissions import PROMOTE_MODELS, UPLOAD_MODELS, has_permission
+from apps.accounts.services import audit_record
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
 from apps.registry.models import AliasName, DevicePreference, MLModel, ModelAlias, ModelTask, ModelVersion, Stage
 from workers.onnx_models import ModelValidationError, inspect_model
@@ -195,8 +196,22 @@ def model_version_promote(
         )
     if stage == Stage.ARCHIVED:
         ModelAlias.objects.filter(version=version).delete()
+    previous_stage = version.stage
     version.stage = stage
     version.save(update_fields=["stage"])
+    audit_record(
+        organization=membership.organization_id,
+        actor=membership.user,
+        action="model.archived" if stage == Stage.ARCHIVED else "model.promoted",
+        target=version,
+        details={
+            "model": version.model.name,
+            "version": version.number,
+            "from": previous_stage,
+            "to": stage,
+            "canary_weight": canary_weight,
+        },
+    )
     logger.info(
         "model.promoted",
         extra={

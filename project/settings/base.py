@@ -96,7 +96,10 @@ REST_FRAMEWORK = {
         "apps.accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "apps.accounts.scopes.TokenScopePermission",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "apps.core.api.exception_handler",
@@ -160,6 +163,17 @@ JOBS_PROGRESS_MIN_INTERVAL_SECONDS = env.float("JOBS_PROGRESS_MIN_INTERVAL_SECON
 JOBS_QUEUE_MAX_BACKLOG = env.int("JOBS_QUEUE_MAX_BACKLOG", default=10000)
 JOBS_RETRY_BACKOFF_SECONDS = env.float("JOBS_RETRY_BACKOFF_SECONDS", default=2.0)
 JOBS_RETRY_BACKOFF_MAX_SECONDS = env.float("JOBS_RETRY_BACKOFF_MAX_SECONDS", default=300.0)
+
+# --- Organization quotas (apps/jobs/quotas.py); an OrganizationQuota row overrides them ----
+# Active (queued, running, cancelling) jobs per kind at once; a kind not named is unlimited
+# here and bounded only by the queue backlog above.
+ORGANIZATION_QUOTA_DEFAULTS = {
+    "concurrent_jobs": {"sandbox": 32, "inference": 200, "compile": 8, "simulation": 32},
+    # Caps on what a sandbox run may ask for; unset caps are the system maxima.
+    "sandbox_limits": {},
+    # Wall-clock seconds of gpu-queue jobs started per UTC day; None is unlimited.
+    "gpu_seconds_per_day": env.int("QUOTA_GPU_SECONDS_PER_DAY", default=None),
+}
 
 CELERY_BEAT_SCHEDULE = {
     "reap-jobs": {

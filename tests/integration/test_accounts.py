@@ -26,6 +26,7 @@ def test_token_authenticates_as_its_membership(client):
             "organization": membership.organization.slug,
             "role": "operator",
             "auth": "token",
+            "scopes": ["*"],
         }
 
 

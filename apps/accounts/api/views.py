@@ -1,19 +1,29 @@
-from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+"""REST endpoints for accounts: who am I, members, API tokens and the audit trail."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.selectors import membership_for_request
+from apps.accounts import selectors, services
+from apps.accounts.models import ApiToken
+from apps.accounts.permissions import SCOPES, scope_grants
+from apps.accounts.selectors import membership_for_request, request_membership
+from apps.core.errors import PermissionDenied
 
 
 class MeApi(APIView):
     """Who the caller is: user, organization and role the request acts as."""
+
+    required_scopes = {"GET": "read"}
 
     class OutputSerializer(serializers.Serializer):
         username = serializers.CharField()
         organization = serializers.CharField(allow_null=True)
         role = serializers.CharField(allow_null=True)
         auth = serializers.ChoiceField(choices=["token", "session"])
+        scopes = serializers.ListField(child=serializers.CharField(), allow_null=True)
 
         class Meta:
             ref_name = "Me"
@@ -26,5 +36,178 @@ class MeApi(APIView):
             "organization": membership.organization.slug if membership else None,
             "role": membership.role if membership else None,
             "auth": "token" if request.auth is not None else "session",
+            "scopes": request.auth.scopes if request.auth is not None else None,
         }
         return Response(self.OutputSerializer(data).data)
+
+
+class MemberOutputSerializer(serializers.Serializer):
+    username = serializers.CharField(source="user.username")
+    role = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "Member"
+
+
+class MemberListAddApi(APIView):
+    """The organization's members (owner, admin, operator), or add an existing user (owner, admin)."""
+
+    required_scopes = {"GET": "members:read", "POST": "members:write"}
+
+    class InputSerializer(serializers.Serializer):
+        username = serializers.CharField(max_length=150)
+        role = serializers.CharField(max_length=16)
+
+        class Meta:
+            ref_name = "MemberAddInput"
+
+    @extend_schema(responses=MemberOutputSerializer(many=True), operation_id="members_list")
+    def get(self, request):
+        members = selectors.member_list(membership=request_membership(request))
+        return Response(MemberOutputSerializer(members, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: MemberOutputSerializer}, operation_id="members_add")
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.member_add(actor=request_membership(request), **data.validated_data)
+        return Response(MemberOutputSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailApi(APIView):
+    """Change a member's role, or remove the member (their tokens stop working)."""
+
+    required_scopes = {"PATCH": "members:write", "DELETE": "members:write"}
+
+    class InputSerializer(serializers.Serializer):
+        role = serializers.CharField(max_length=16)
+
+        class Meta:
+            ref_name = "MemberRoleInput"
+
+    @extend_schema(request=InputSerializer, responses=MemberOutputSerializer, operation_id="members_set_role")
+    def patch(self, request, username):
+        actor = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        member = selectors.member_get(membership=actor, username=username)
+        member = services.member_set_role(actor=actor, membership=member, role=data.validated_data["role"])
+        return Response(MemberOutputSerializer(member).data)
+
+    @extend_schema(request=None, responses={204: None}, operation_id="members_remove")
+    def delete(self, request, username):
+        actor = request_membership(request)
+        services.member_remove(actor=actor, membership=selectors.member_get(membership=actor, username=username))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TokenOutputSerializer(serializers.Serializer):
+    prefix = serializers.CharField()
+    name = serializers.CharField()
+    username = serializers.CharField(source="membership.user.username")
+    scopes = serializers.ListField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    active = serializers.BooleanField(source="is_active")
+
+    class Meta:
+        ref_name = "ApiToken"
+
+
+class TokenListCreateApi(APIView):
+    """Your API tokens (every member's for owners and admins), or create one: its secret is shown once."""
+
+    required_scopes = {"GET": "tokens:read", "POST": "tokens:write"}
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=SCOPES), required=False, help_text="Default ['*']."
+        )
+        expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+        class Meta:
+            ref_name = "TokenCreateInput"
+
+    class CreatedSerializer(TokenOutputSerializer):
+        token = serializers.CharField(help_text="The secret: shown this once, stored only as a hash.")
+
+        class Meta:
+            ref_name = "ApiTokenCreated"
+
+    @extend_schema(responses=TokenOutputSerializer(many=True), operation_id="tokens_list")
+    def get(self, request):
+        tokens = selectors.token_list(membership=request_membership(request))
+        return Response(TokenOutputSerializer(tokens, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: CreatedSerializer}, operation_id="tokens_create")
+    def post(self, request):
+        membership = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        if isinstance(request.auth, ApiToken):
+            # A token may mint tokens only as narrow as itself; otherwise `tokens:write` alone
+            # would be a way to every other scope.
+            fields.setdefault("scopes", request.auth.scopes)
+            wider = [scope for scope in fields["scopes"] if not scope_grants(request.auth.scopes, scope)]
+            if wider:
+                raise PermissionDenied(
+                    f"This token cannot create a token with scope '{wider[0]}' that it does not have itself.",
+                    fields={"scopes": [f"'{scope}' is wider than the calling token's scopes." for scope in wider]},
+                )
+        issued = services.api_token_create(membership=membership, actor=membership, **fields)
+        body = dict(TokenOutputSerializer(issued.token).data, token=issued.plaintext)
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class TokenRevokeApi(APIView):
+    required_scopes = {"POST": "tokens:write"}
+
+    @extend_schema(request=None, responses=TokenOutputSerializer, operation_id="tokens_revoke")
+    def post(self, request, prefix):
+        actor = request_membership(request)
+        token = services.api_token_revoke(token=selectors.token_get(membership=actor, prefix=prefix), actor=actor)
+        return Response(TokenOutputSerializer(token).data)
+
+
+class AuditEventOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
+    action = serializers.CharField()
+    target_type = serializers.CharField()
+    target_id = serializers.CharField()
+    details = serializers.JSONField()
+
+    class Meta:
+        ref_name = "AuditEvent"
+
+
+class AuditCursorPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class AuditListApi(APIView):
+    """Security-relevant actions in the organization, newest first (owner, admin)."""
+
+    required_scopes = {"GET": "audit:read"}
+
+    @extend_schema(
+        parameters=[OpenApiParameter("action", str, description="e.g. token.created, member.role_changed")],
+        responses=AuditEventOutputSerializer(many=True),
+        operation_id="audit_list",
+    )
+    def get(self, request):
+        events = selectors.audit_list(membership=request_membership(request))
+        if request.query_params.get("action"):
+            events = events.filter(action=request.query_params["action"])
+        paginator = AuditCursorPagination()
+        page = paginator.paginate_queryset(events, request, view=self)
+        return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)

@@ -3,6 +3,7 @@ from django.urls import path
 from apps.jobs.api import views
 
 urlpatterns = [
+    path("quota", views.QuotaApi.as_view(), name="quota"),
     path("jobs/", views.JobListCreateApi.as_view(), name="jobs"),
     path("jobs/kinds/", views.JobKindsApi.as_view(), name="job-kinds"),
     path("jobs/<uuid:job_id>/", views.JobDetailApi.as_view(), name="job-detail"),

@@ -9,11 +9,13 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.permissions import READ_QUOTAS, require
 from apps.accounts.selectors import request_membership
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import ArtifactOutputSerializer, JobEventOutputSerializer, JobOutputSerializer
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import Job, JobStatus
+from apps.jobs.quotas import quota_usage
 
 
 class JobCursorPagination(CursorPagination):
@@ -39,6 +41,8 @@ class JobFilter(django_filters.FilterSet):
 
 class JobListCreateApi(APIView):
     """List the organization's jobs (filters, cursor pagination), or submit one."""
+
+    required_scopes = {"GET": "jobs:read", "POST": "jobs:write"}
 
     class InputSerializer(serializers.Serializer):
         kind = serializers.CharField(help_text="One of the registered job kinds, e.g. `sleep`.")
@@ -88,6 +92,8 @@ class JobListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
+    required_scopes = {"GET": "jobs:read"}
+
     @extend_schema(responses=JobOutputSerializer, operation_id="jobs_detail")
     def get(self, request, job_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
@@ -95,6 +101,8 @@ class JobDetailApi(APIView):
 
 
 class JobCancelApi(APIView):
+    required_scopes = {"POST": "jobs:write"}
+
     @extend_schema(request=None, responses=JobOutputSerializer, operation_id="jobs_cancel")
     def post(self, request, job_id):
         membership = request_membership(request)
@@ -103,6 +111,8 @@ class JobCancelApi(APIView):
 
 
 class JobRetryApi(APIView):
+    required_scopes = {"POST": "jobs:write"}
+
     @extend_schema(request=None, responses=JobOutputSerializer, operation_id="jobs_retry")
     def post(self, request, job_id):
         membership = request_membership(request)
@@ -111,6 +121,8 @@ class JobRetryApi(APIView):
 
 
 class JobEventsApi(APIView):
+    required_scopes = {"GET": "jobs:read"}
+
     @extend_schema(responses=JobEventOutputSerializer(many=True), operation_id="jobs_events")
     def get(self, request, job_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
@@ -118,6 +130,8 @@ class JobEventsApi(APIView):
 
 
 class JobArtifactsApi(APIView):
+    required_scopes = {"GET": "jobs:read"}
+
     @extend_schema(responses=ArtifactOutputSerializer(many=True), operation_id="jobs_artifacts")
     def get(self, request, job_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
@@ -126,6 +140,8 @@ class JobArtifactsApi(APIView):
 
 
 class ArtifactDownloadApi(APIView):
+    required_scopes = {"GET": "jobs:read"}
+
     @extend_schema(
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, operation_id="jobs_artifact_download"
     )
@@ -144,6 +160,8 @@ class ArtifactDownloadApi(APIView):
 class JobKindsApi(APIView):
     """The job kinds this deployment knows, with their parameters."""
 
+    required_scopes = {"GET": "jobs:read"}
+
     @extend_schema(responses=OpenApiTypes.OBJECT, operation_id="jobs_kinds")
     def get(self, request):
         kinds = []
@@ -161,3 +179,15 @@ class JobKindsApi(APIView):
                 {"name": name, "description": kind.description, "params": fields, "time_limit_s": kind.time_limit_s}
             )
         return Response(kinds)
+
+
+class QuotaApi(APIView):
+    """The organization's quotas beside their current use: active jobs per kind, sandbox caps, GPU seconds today."""
+
+    required_scopes = {"GET": "jobs:read"}
+
+    @extend_schema(responses=OpenApiTypes.OBJECT, operation_id="quota")
+    def get(self, request):
+        membership = request_membership(request)
+        require(membership, READ_QUOTAS, "read quotas")
+        return Response(quota_usage(membership.organization))

@@ -55,6 +55,8 @@ class ModelOutputSerializer(serializers.ModelSerializer):
 class ModelListUploadApi(APIView):
     """List the organization's models, or upload an ONNX file as a model's next version."""
 
+    required_scopes = {"GET": "models:read", "POST": "models:write"}
+
     parser_classes = [MultiPartParser, FormParser]
 
     class InputSerializer(serializers.Serializer):
@@ -90,6 +92,8 @@ class ModelListUploadApi(APIView):
 
 
 class ModelDetailApi(APIView):
+    required_scopes = {"GET": "models:read"}
+
     @extend_schema(responses=ModelOutputSerializer, operation_id="models_detail")
     def get(self, request, name):
         return Response(
@@ -98,6 +102,8 @@ class ModelDetailApi(APIView):
 
 
 class VersionPromoteApi(APIView):
+    required_scopes = {"POST": "models:write"}
+
     class InputSerializer(serializers.Serializer):
         stage = serializers.ChoiceField(choices=Stage.choices)
         canary_weight = serializers.IntegerField(
@@ -121,6 +127,8 @@ class VersionPromoteApi(APIView):
 
 
 class VersionArchiveApi(APIView):
+    required_scopes = {"POST": "models:write"}
+
     @extend_schema(request=None, responses=VersionOutputSerializer, operation_id="models_archive")
     def post(self, request, name, number):
         membership = request_membership(request)

@@ -1,0 +1,137 @@
+"""Organization quotas checked at submit: active jobs per kind, sandbox limit caps, GPU seconds per day.
+
+A refusal names the quota, its limit and the current use, so the caller knows what to
+wait for or whom to ask.
+"""
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
+
+from django.conf import settings
+from django.db import connection, models
+from django.db.models import F, Sum
+from django.db.models.functions import Coalesce, Now
+from django.utils import timezone
+
+from apps.accounts.models import Organization, OrganizationQuota
+from apps.core.errors import DomainError, QuotaExceeded
+from apps.jobs.models import ACTIVE_STATUSES, Job
+from project import queues
+
+QUOTA_RETRY_AFTER_S = 30
+
+
+@dataclass(frozen=True)
+class Quota:
+    concurrent_jobs: dict[str, int] = field(default_factory=dict)
+    sandbox_limits: dict[str, float] = field(default_factory=dict)
+    gpu_seconds_per_day: int | None = None
+
+
+def organization_quota(organization: Organization) -> Quota:
+    """The effective quota: the organization's own values over the settings' defaults."""
+    defaults = settings.ORGANIZATION_QUOTA_DEFAULTS
+    own = OrganizationQuota.objects.filter(organization=organization).first()
+    if own is None:
+        return Quota(
+            concurrent_jobs=dict(defaults["concurrent_jobs"]),
+            sandbox_limits=dict(defaults["sandbox_limits"]),
+            gpu_seconds_per_day=defaults["gpu_seconds_per_day"],
+        )
+    return Quota(
+        concurrent_jobs={**defaults["concurrent_jobs"], **own.concurrent_jobs},
+        sandbox_limits={**defaults["sandbox_limits"], **own.sandbox_limits},
+        gpu_seconds_per_day=(
+            own.gpu_seconds_per_day if own.gpu_seconds_per_day is not None else defaults["gpu_seconds_per_day"]
+        ),
+    )
+
+
+def quota_check_params(*, quota: Quota, kind: str, params: dict) -> None:
+    """Caps on what one job may ask for (before any row is written): sandbox limits."""
+    if kind != "sandbox":
+        return
+    for name, cap in sorted(quota.sandbox_limits.items()):
+        asked = params["limits"].get(name)
+        if asked is not None and asked > cap:
+            raise DomainError(
+                f"params.limits.{name}: {asked} exceeds the organization's quota of {cap}.",
+                fields={f"params.limits.{name}": [f"At most {cap} (organization quota sandbox_limits.{name})."]},
+                details={"quota": f"sandbox_limits.{name}", "limit": cap, "requested": asked},
+            )
+
+
+def quota_admit(*, quota: Quota, organization: Organization, kind: str, queue: str) -> None:
+    """Usage quotas, checked inside the submit transaction so that racing submits cannot both pass."""
+    limit = quota.concurrent_jobs.get(kind)
+    if limit is not None:
+        # Serialises submits of one kind in one organization until commit; other kinds and
+        # organizations are not held up.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [organization.pk, _kind_key(kind)])
+        active = Job.objects.filter(organization=organization, kind=kind, status__in=ACTIVE_STATUSES).count()
+        if active >= limit:
+            raise QuotaExceeded(
+                f"Quota concurrent_jobs.{kind}: {active} of {limit} {kind} jobs are active; "
+                "wait for some to finish or ask for a higher quota.",
+                details={
+                    "quota": f"concurrent_jobs.{kind}",
+                    "limit": limit,
+                    "used": active,
+                    "retry_after_s": QUOTA_RETRY_AFTER_S,
+                },
+            )
+    if queue == queues.GPU and quota.gpu_seconds_per_day is not None:
+        used = gpu_seconds_today(organization)
+        if used >= quota.gpu_seconds_per_day:
+            raise QuotaExceeded(
+                f"Quota gpu_seconds_per_day: {used:.0f} of {quota.gpu_seconds_per_day} GPU seconds used today (UTC).",
+                details={
+                    "quota": "gpu_seconds_per_day",
+                    "limit": quota.gpu_seconds_per_day,
+                    "used": round(used, 1),
+                    "retry_after_s": _seconds_until_utc_midnight(),
+                },
+            )
+
+
+def gpu_seconds_today(organization: Organization) -> float:
+    """Wall-clock seconds of this organization's gpu-queue jobs started today (UTC), running ones so far."""
+    midnight = datetime.combine(timezone.now().astimezone(UTC).date(), time.min, tzinfo=UTC)
+    total = Job.objects.filter(
+        organization=organization, queue=queues.GPU, started_at__gte=midnight, started_at__isnull=False
+    ).aggregate(seconds=Sum(Coalesce(F("finished_at"), Now()) - F("started_at")))["seconds"]
+    return total.total_seconds() if total is not None else 0.0
+
+
+def _kind_key(kind: str) -> int:
+    # pg_advisory_xact_lock(int4, int4): a stable 31-bit number per kind name.
+    return zlib.crc32(kind.encode()) & 0x7FFFFFFF
+
+
+def _seconds_until_utc_midnight() -> int:
+    now = timezone.now().astimezone(UTC)
+    tomorrow = datetime.combine(now.date(), time.min, tzinfo=UTC).timestamp() + 86400
+    return max(1, int(tomorrow - now.timestamp()))
+
+
+def quota_usage(organization: Organization) -> dict:
+    """The effective quota beside the current use, for the quota endpoint and the admin."""
+    from apps.jobs.kinds import all_kinds
+
+    quota = organization_quota(organization)
+    active = dict(
+        Job.objects.filter(organization=organization, status__in=ACTIVE_STATUSES)
+        .values_list("kind")
+        .annotate(n=models.Count("id"))
+        .values_list("kind", "n")
+    )
+    return {
+        "concurrent_jobs": {
+            kind: {"limit": quota.concurrent_jobs.get(kind), "used": active.get(kind, 0)}
+            for kind in sorted(all_kinds())
+        },
+        "sandbox_limits": quota.sandbox_limits,
+        "gpu_seconds_per_day": {"limit": quota.gpu_seconds_per_day, "used": round(gpu_seconds_today(organization), 1)},
+    }
