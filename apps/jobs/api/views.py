@@ -170,7 +170,7 @@ class JobKindsApi(APIView):
                 field_name: {
                     "type": type(field).__name__.replace("Field", "").lower(),
                     "required": field.required,
-                    "default": None if field.default is serializers.empty else field.default,
+                    "default": _field_default(field),
                     "help": str(field.help_text or ""),
                 }
                 for field_name, field in kind.params_serializer().fields.items()
@@ -191,3 +191,10 @@ class QuotaApi(APIView):
         membership = request_membership(request)
         require(membership, READ_QUOTAS, "read quotas")
         return Response(quota_usage(membership.organization))
+
+
+def _field_default(field):
+    if field.default is serializers.empty:
+        return None
+    # A callable default (e.g. `dict` for nested limits) is documented by what it makes.
+    return field.default() if callable(field.default) else field.default
