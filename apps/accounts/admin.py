@@ -4,7 +4,13 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from apps.accounts.models import ApiToken, AuditEvent, Membership, Organization, OrganizationQuota, User
 from apps.accounts.permissions import PERMISSIONS, READ_AUDIT
-from apps.accounts.services import QUOTA_FIELDS, organization_quota_errors, organization_quota_set
+from apps.accounts.services import (
+    QUOTA_FIELDS,
+    api_token_revoke_by_staff,
+    audit_record,
+    organization_quota_errors,
+    organization_quota_set,
+)
 from apps.core.admin import OrganizationScopedAdmin
 
 
@@ -20,7 +26,8 @@ class UserAdmin(BaseUserAdmin):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(OrganizationScopedAdmin):
+    organization_path = ""  # the row is the organization itself
     list_display = ["slug", "name", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
@@ -95,15 +102,28 @@ class AuditEventAdmin(OrganizationScopedAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(OrganizationScopedAdmin):
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role", "organization"]
     search_fields = ["user__username", "organization__slug"]
     list_select_related = ["user", "organization"]
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "role" in form.changed_data:
+            audit_record(
+                organization=obj.organization_id,
+                actor=request.user,
+                action="member.role_changed",
+                target=obj,
+                details={"username": obj.user.get_username(), "from": form.initial.get("role"), "to": obj.role},
+            )
+
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(OrganizationScopedAdmin):
+    organization_path = "membership__organization"
+    actions = ["revoke_tokens"]
     list_display = ["name", "prefix", "membership", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix", "membership__user__username"]
@@ -114,3 +134,11 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke_tokens(self, request, queryset):
+        revoked = 0
+        for token in queryset.filter(revoked_at__isnull=True).select_related("membership__user"):
+            api_token_revoke_by_staff(token=token, staff=request.user)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} token(s).")

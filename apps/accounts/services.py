@@ -119,6 +119,22 @@ def api_token_revoke(*, token: ApiToken, actor: Membership | None = None) -> Api
     return token
 
 
+def api_token_revoke_by_staff(*, token: ApiToken, staff: User) -> ApiToken:
+    """Platform staff revoking a token from the admin (e.g. a leaked one); audited like any revocation."""
+    if token.revoked_at is None:
+        with transaction.atomic():
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at"])
+            audit_record(
+                organization=token.membership.organization_id,
+                actor=staff,
+                action="token.revoked",
+                target=token,
+                details={"name": token.name, "prefix": token.prefix, "for": token.membership.user.get_username()},
+            )
+    return token
+
+
 def _check_may_manage_tokens(actor: Membership, owner: Membership) -> None:
     if actor.organization_id != owner.organization_id:
         raise NotFound("No such token.")

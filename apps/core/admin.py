@@ -19,11 +19,13 @@ class ReadOnlyTabularInline(admin.TabularInline):
 class OrganizationScopedAdmin(admin.ModelAdmin):
     """Staff who are not superusers see only rows of organizations they belong to."""
 
-    # The lookup from the model to Organization, e.g. "organization" or "model__organization".
+    # The lookup from the model to Organization, e.g. "organization" or "model__organization";
+    # "" when the model is Organization itself.
     organization_path = "organization"
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
         if request.user.is_superuser:
             return queryset
-        return queryset.filter(**{f"{self.organization_path}__memberships__user": request.user}).distinct()
+        path = f"{self.organization_path}__memberships__user" if self.organization_path else "memberships__user"
+        return queryset.filter(**{path: request.user}).distinct()

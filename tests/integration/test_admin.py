@@ -98,3 +98,39 @@ def test_model_registry_pages_render_with_versions_and_aliases(staff_client, tmp
     assert model_page.status_code == 200
     assert "production" in model_page.content.decode() and version.sha256 in model_page.content.decode()
     assert client.get("/admin/registry/modelversion/").status_code == 200
+
+
+def test_staff_who_is_not_superuser_sees_only_their_organizations_tokens_and_members(client):
+    from apps.accounts.services import api_token_create
+
+    mine = MembershipFactory(role=Role.ADMIN, user__is_staff=True)
+    theirs = MembershipFactory(role=Role.OWNER)
+    own_token = api_token_create(membership=mine, name="mine").token
+    other_token = api_token_create(membership=theirs, name="theirs").token
+    mine.user.user_permissions.add(*_view_permissions("apitoken", "membership", "organization"))
+    client.force_login(mine.user)
+
+    tokens = client.get("/admin/accounts/apitoken/").content.decode()
+    assert own_token.prefix in tokens and other_token.prefix not in tokens
+    members = client.get("/admin/accounts/membership/").content.decode()
+    assert theirs.user.username not in members
+    organizations = client.get("/admin/accounts/organization/").content.decode()
+    assert mine.organization.slug in organizations and theirs.organization.slug not in organizations
+
+
+def test_admin_revoke_action_revokes_and_audits(staff_client):
+    from apps.accounts.models import AuditEvent
+    from apps.accounts.services import api_token_create
+
+    client, membership = staff_client
+    token = api_token_create(membership=MembershipFactory(), name="leaked").token
+    client.post("/admin/accounts/apitoken/", {"action": "revoke_tokens", "_selected_action": [str(token.pk)]})
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    assert AuditEvent.objects.get(action="token.revoked", target_id=str(token.pk)).actor == membership.user
+
+
+def _view_permissions(*models):
+    from django.contrib.auth.models import Permission
+
+    return Permission.objects.filter(codename__in=[f"view_{model}" for model in models])
