@@ -4,6 +4,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from django.db import transaction
 from django.utils import timezone
@@ -279,6 +280,8 @@ def organization_quota_errors(values: dict) -> dict[str, list[str]]:
 
 def organization_quota_set(*, organization: Organization, actor: User | None, **values) -> OrganizationQuota:
     """Set an organization's quota (platform staff only: the admin and `manage.py quotas`)."""
+    from apps.jobs.quotas import forget_quota
+
     errors = organization_quota_errors(values)
     if errors:
         first = next(iter(errors))
@@ -290,6 +293,8 @@ def organization_quota_set(*, organization: Organization, actor: User | None, **
         for name, value in values.items():
             setattr(quota, name, value)
         quota.save()
+        forget_quota(organization.pk)
+        transaction.on_commit(partial(forget_quota, organization.pk))
         audit_record(
             organization=organization.pk,
             actor=actor,

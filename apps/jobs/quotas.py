@@ -4,6 +4,7 @@ A refusal names the quota, its limit and the current use, so the caller knows wh
 wait for or whom to ask.
 """
 
+import time as monotonic_time
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
@@ -29,8 +30,29 @@ class Quota:
     gpu_seconds_per_day: int | None = None
 
 
+_quota_cache: dict[int, tuple[float, Quota]] = {}
+QUOTA_CACHE_SECONDS = 2.0
+
+
 def organization_quota(organization: Organization) -> Quota:
-    """The effective quota: the organization's own values over the settings' defaults."""
+    """The effective quota, read at most every QUOTA_CACHE_SECONDS per process.
+
+    Submit is on every job's path and the quota row rarely changes: a change reaches
+    other processes within seconds (and this one at once, see `forget_quota`).
+    """
+    now = monotonic_time.monotonic()
+    cached = _quota_cache.get(organization.pk)
+    if cached is None or now - cached[0] > QUOTA_CACHE_SECONDS:
+        cached = (now, _load_quota(organization))
+        _quota_cache[organization.pk] = cached
+    return cached[1]
+
+
+def forget_quota(organization_id: int) -> None:
+    _quota_cache.pop(organization_id, None)
+
+
+def _load_quota(organization: Organization) -> Quota:
     defaults = settings.ORGANIZATION_QUOTA_DEFAULTS
     own = OrganizationQuota.objects.filter(organization=organization).first()
     if own is None:
@@ -60,6 +82,11 @@ def quota_check_params(*, quota: Quota, kind: str, params: dict) -> None:
                 fields={f"params.limits.{name}": [f"At most {cap} (organization quota sandbox_limits.{name})."]},
                 details={"quota": f"sandbox_limits.{name}", "limit": cap, "requested": asked},
             )
+
+
+def quota_needs_transaction(*, quota: Quota, kind: str) -> bool:
+    """Whether admitting this kind takes a lock that must be held until the job row commits."""
+    return quota.concurrent_jobs.get(kind) is not None
 
 
 def quota_admit(*, quota: Quota, organization: Organization, kind: str, queue: str) -> None:

@@ -26,7 +26,7 @@ from apps.accounts.services import audit_record
 from apps.core.errors import Conflict, DomainError, PermissionDenied, ServiceUnavailable
 from apps.jobs.kinds import get_kind
 from apps.jobs.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobEvent, JobStatus
-from apps.jobs.quotas import organization_quota, quota_admit, quota_check_params
+from apps.jobs.quotas import organization_quota, quota_admit, quota_check_params, quota_needs_transaction
 from project import queues
 
 logger = logging.getLogger(__name__)
@@ -108,26 +108,33 @@ def job_submit(
     queue = job_kind.pick_queue(clean_params)
     _admit(queue)
 
+    # Recorded as dispatched with the insert: if the publish after it fails, the reaper
+    # publishes again like for a lost message.
+    job = Job(
+        organization=membership.organization,
+        owner=membership.user,
+        kind=kind,
+        params=clean_params,
+        priority=priority,
+        queue=queue,
+        max_attempts=max_attempts or job_kind.default_max_attempts,
+        idempotency_key=idempotency_key,
+        parent=parent,
+        task_id=str(uuid.uuid4()),
+        dispatched_at=timezone.now(),
+    )
     try:
-        with transaction.atomic():
+        if quota_needs_transaction(quota=quota, kind=kind) or connection.in_atomic_block:
+            with transaction.atomic():
+                quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
+                _insert_submitted(job, actor=membership.user)
+                transaction.on_commit(partial(_publish, job=job))
+        else:
+            # Nothing to hold a lock for and no caller's transaction: the one INSERT statement
+            # (job and first event) commits on its own, saving a BEGIN/COMMIT round trip.
             quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
-            # Recorded as dispatched in the same transaction: one commit per submit. If the
-            # publish after commit fails, the reaper publishes again like for a lost message.
-            job = Job(
-                organization=membership.organization,
-                owner=membership.user,
-                kind=kind,
-                params=clean_params,
-                priority=priority,
-                queue=queue,
-                max_attempts=max_attempts or job_kind.default_max_attempts,
-                idempotency_key=idempotency_key,
-                parent=parent,
-                task_id=str(uuid.uuid4()),
-                dispatched_at=timezone.now(),
-            )
             _insert_submitted(job, actor=membership.user)
-            transaction.on_commit(partial(_publish, job=job))
+            _publish(job=job)
     except IntegrityError:
         # Two submits raced on one idempotency key; the other one won.
         if idempotency_key is None:
