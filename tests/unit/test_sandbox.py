@@ -105,6 +105,31 @@ def test_memory_bomb_hits_the_memory_limit():
     assert "MemoryError" in result.stderr
 
 
+TREE_LIMIT_OK, TREE_LIMIT_WHY = runner.cgroups.available()
+
+
+@needs_bwrap
+@pytest.mark.skipif(not TREE_LIMIT_OK, reason=f"no tree-wide memory limit here: {TREE_LIMIT_WHY}")
+def test_processes_that_each_stay_under_the_limit_are_stopped_by_the_tree_limit():
+    # Each child holds 100 MB, under the 128 MB per-process limit; four of them are not.
+    source = (
+        "import os, time\n"
+        "for _ in range(4):\n"
+        "    if os.fork() == 0:\n"
+        "        block = bytearray(100 * 2**20)\n"
+        "        for i in range(0, len(block), 4096):\n"
+        "            block[i] = 1\n"
+        "        time.sleep(2)\n"
+        "        os._exit(0)\n"
+        "for _ in range(4):\n"
+        "    os.wait()\n"
+        "print('all four held 100 MB')\n"
+    )
+    result = run_hostile(source)
+    assert result.verdict == "memory_limit", (result.verdict, result.message, result.stdout)
+    assert "together exceeded" in result.message
+
+
 @needs_bwrap
 def test_busy_loop_times_out_on_cpu():
     result = run_hostile("while True:\n    pass\n")

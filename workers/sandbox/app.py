@@ -17,6 +17,7 @@ from celery import Celery
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
 
 from project import queues
+from workers.sandbox import cgroups
 from workers.sandbox.runner import (
     SandboxLimits,
     SandboxRequest,
@@ -80,11 +81,15 @@ def _kill_slot(slot: int, signum, frame) -> None:
 
 def _capabilities() -> dict:
     available, bwrap = bwrap_available()
+    tree_limit, tree_limit_detail = cgroups.available()
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "providers": [],
         "bwrap": bwrap if available else None,
+        # Whether the memory limit bounds a run's whole process tree (a cgroup) or each process.
+        "tree_memory_limit": tree_limit,
+        "tree_memory_limit_detail": tree_limit_detail,
     }
 
 

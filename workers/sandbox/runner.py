@@ -47,6 +47,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from workers.sandbox import cgroups
+from workers.sandbox.cgroups import SlotCgroup
+
 logger = logging.getLogger(__name__)
 
 VERDICTS = ("ok", "runtime_error", "timeout", "memory_limit", "output_limit", "killed", "internal_error")
@@ -80,6 +83,9 @@ PR_SET_CHILD_SUBREAPER = 36
 # A SIGKILL we did not send, with the peak this close to the memory limit, is read as the
 # kernel's out-of-memory killer.
 OOM_PEAK_FRACTION = 0.9
+MB = 1024 * 1024
+# bwrap's monitor and init, and the kernel memory of the namespaces, charged to the slot.
+TREE_OVERHEAD_MB = 16
 
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
 # Device nodes bound into the sandbox's /dev; the rest of /dev is a read-only directory.
@@ -398,10 +404,24 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _set_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
-    # Runs in the forked child after the uid switch and before exec; only lowers limits.
+def _child_setup(rlimits: list[tuple[int, tuple[int, int]]], cgroup: SlotCgroup | None) -> None:
+    # Runs in the forked child after the uid switch and before exec: join the slot's memory
+    # cgroup (bwrap and everything it starts are born inside), then only lower limits.
+    if cgroup is not None:
+        cgroup.join()
     for which, value in rlimits:
         resource.setrlimit(which, value)
+
+
+_slot_cgroups: dict[int, SlotCgroup | None] = {}
+
+
+def _slot_cgroup(slot: int) -> SlotCgroup | None:
+    if slot not in _slot_cgroups:
+        _slot_cgroups[slot] = SlotCgroup.for_slot(slot)
+        if _slot_cgroups[slot] is None:
+            logger.warning("sandbox.no_tree_memory_limit", extra={"slot": slot, "reason": cgroups.available()[1]})
+    return _slot_cgroups[slot]
 
 
 def _uid_processes(uid: int) -> list[int]:
@@ -432,6 +452,11 @@ def kill_uid_processes(uid: int, timeout_s: float = KILL_GRACE_S) -> list[int]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
+
+
+def tree_memory_limit_bytes(limits: SandboxLimits) -> int:
+    """What the whole tree may hold: the program's memory, its tmpfs pages, and bwrap itself."""
+    return (limits.memory_mb + limits.tmpfs_mb + TREE_OVERHEAD_MB) * MB
 
 
 def _rlimits(limits: SandboxLimits, processes_already: int) -> list[tuple[int, tuple[int, int]]]:
@@ -471,6 +496,7 @@ class _Run:
         self.init_pid: int | None = None
         self.init_pidfd: int | None = None
         self.init_reaped = False
+        self.cgroup: SlotCgroup | None = None
         self.output_exceeded: str | None = None
         self.wall_exceeded = False
         self.kill_stage = 0
@@ -632,6 +658,12 @@ def _verdict(run: _Run, result: SandboxResult, exit_code: int | None, signal_num
         # The hard RLIMIT_CPU, one second past the soft one, for a program that caught SIGXCPU.
         result.verdict, result.timeout_kind = "timeout", "cpu"
         result.message = f"CPU time limit of {limits.cpu_seconds} s reached"
+    elif run.cgroup is not None and run.cgroup.oom_killed_during_run():
+        result.verdict = "memory_limit"
+        result.message = (
+            f"the sandbox's processes together exceeded {tree_memory_limit_bytes(limits) // MB} MB "
+            f"(memory limit {limits.memory_mb} MB + /work {limits.tmpfs_mb} MB + {TREE_OVERHEAD_MB} MB for bwrap)"
+        )
     elif signal_number == signal.SIGKILL and result.peak_memory_mb >= OOM_PEAK_FRACTION * limits.memory_mb:
         result.verdict = "memory_limit"
         result.message = f"killed at {result.peak_memory_mb:.0f} MB, memory limit {limits.memory_mb} MB"
@@ -668,9 +700,19 @@ def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
                 )
         _clean_slots.discard(slot)
         processes_already = 0
+        cgroup = _slot_cgroup(slot)
+        if cgroup is not None:
+            try:
+                cgroup.prepare(limit_bytes=tree_memory_limit_bytes(limits), uid=uid)
+            except OSError as error:
+                logger.exception("sandbox.cgroup_failed", extra={"slot": slot})
+                return SandboxResult(
+                    verdict="internal_error", message=f"could not set up slot {slot}'s cgroup: {error}"
+                )
     else:
         # RLIMIT_NPROC counts the worker user's own processes too; leave room for them.
         processes_already = len(_uid_processes(os.getuid()))
+        cgroup = None
     if not _become_subreaper():
         logger.warning("sandbox.subreaper_failed", extra={"slot": slot})
 
@@ -710,7 +752,7 @@ def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
                 user=uid if switch_uid else None,
                 group=uid if switch_uid else None,
                 extra_groups=[] if switch_uid else None,
-                preexec_fn=functools.partial(_set_rlimits, _rlimits(limits, processes_already)),
+                preexec_fn=functools.partial(_child_setup, _rlimits(limits, processes_already), cgroup),
             )
         except OSError as error:
             logger.exception("sandbox.start_failed", extra={"slot": slot})
@@ -720,6 +762,7 @@ def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
             os.close(fd)
             fds.remove(fd)
         run = _Run(limits, host_uid=uid if switch_uid else os.getuid())
+        run.cgroup = cgroup
         result = _supervise(process, run=run, status_read=status_read, started=started)
     finally:
         for fd in fds:

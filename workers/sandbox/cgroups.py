@@ -1,0 +1,104 @@
+"""A memory limit for a sandbox run's whole process tree, with a cgroup per slot.
+
+RLIMIT_AS bounds each process, so 64 processes could still take 64 times the memory
+limit between them. A memory cgroup bounds their sum: the kernel's out-of-memory killer
+acts inside the cgroup, and its `oom_kill` counter tells the verdict what happened.
+
+cgroup v1's memory controller (this is what the hosts here have) is used when the worker
+runs as root and can create directories under its own memory cgroup. Elsewhere the tree
+has no shared limit and the per-process rlimits remain (`available()` says why), which
+the worker reports in its capabilities. cgroup v2 needs a delegated subtree from the
+service manager; it is not wired yet.
+"""
+
+import contextlib
+import os
+from pathlib import Path
+
+V1_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
+GROUP_NAME = "switchyard-sandbox"
+
+
+def _own_memory_cgroup() -> str | None:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return path
+    return None
+
+
+def _base() -> Path | None:
+    own = _own_memory_cgroup()
+    if own is None or not V1_MEMORY_ROOT.is_dir():
+        return None
+    return V1_MEMORY_ROOT / own.lstrip("/") / GROUP_NAME
+
+
+def available() -> tuple[bool, str]:
+    """(True, path) when tree-wide memory limits work here, else (False, the reason)."""
+    if os.geteuid() != 0:
+        return False, "the worker is not root: per-process memory limits only"
+    base = _base()
+    if base is None:
+        return False, "no cgroup v1 memory controller: per-process memory limits only"
+    try:
+        base.mkdir(exist_ok=True)
+    except OSError as error:
+        return False, f"cannot create {base}: {error.strerror}"
+    return True, str(base)
+
+
+class SlotCgroup:
+    """The memory cgroup of one sandbox slot, reused run after run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._oom_kills_before = 0
+
+    @classmethod
+    def for_slot(cls, slot: int) -> "SlotCgroup | None":
+        ok, where = available()
+        return cls(Path(where) / f"slot-{slot}") if ok else None
+
+    def prepare(self, *, limit_bytes: int, uid: int) -> None:
+        """Set the limit for the next run and let the slot's uid move its own process in."""
+        self.path.mkdir(exist_ok=True)
+        # A limit below what is already charged fails (EBUSY); a fresh run starts at zero.
+        (self.path / "memory.force_empty").write_text("0")
+        swap = self.path / "memory.memsw.limit_in_bytes"
+        if swap.exists():
+            # memsw may never be below the memory limit: lift it, set the limit, then bound
+            # memory plus swap too, or the tree could page out past its limit.
+            swap.write_text("-1")
+        (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        if swap.exists():
+            swap.write_text(str(limit_bytes))
+        (self.path / "memory.max_usage_in_bytes").write_text("0")
+        self._oom_kills_before = self.oom_kills()
+        # The child joins after it dropped to the slot's uid (Popen runs preexec_fn after
+        # the uid switch), so that uid must be able to write its own pid here.
+        for name in ("cgroup.procs", "tasks"):
+            os.chown(self.path / name, uid, uid)
+
+    def join(self) -> None:
+        """Move the calling process into the cgroup; its children are born inside."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def oom_kills(self) -> int:
+        for line in (self.path / "memory.oom_control").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+        return 0
+
+    def oom_killed_during_run(self) -> bool:
+        return self.oom_kills() > self._oom_kills_before
+
+    def pids(self) -> list[int]:
+        with contextlib.suppress(OSError):
+            return [int(pid) for pid in (self.path / "cgroup.procs").read_text().split()]
+        return []
