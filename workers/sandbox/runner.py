@@ -15,7 +15,11 @@ How a run is put together (root worker, the case on sandbox hosts):
   runs sharing a uid would share one process budget, and the post-run sweep (kill every process
   of the uid) would hit the neighbour.
 - The pid namespace ends every descendant when bwrap's init exits (the kernel kills the rest of
-  the namespace), so double-forked orphans cannot outlive a run; the uid sweep is a second net.
+  the namespace), so double-forked orphans cannot outlive a run. Once the worker has reaped
+  init, the slot's uid provably owns no process; where it could not (init reaped by the monitor
+  after a kill), it sweeps the uid's processes, as it does at a slot's first use.
+- A memory cgroup per slot (workers/sandbox/cgroups.py) bounds the sum of the tree's memory;
+  RLIMIT_AS bounds each process.
 - Source, extra files and stdin travel as memfds (`--ro-bind-data`, `--file`, stdin), so no host
   directory is shared with the sandbox and nothing is left on the host disk.
 - CPU time and peak memory come from the `os.wait4` rusage of bwrap's init, which reaps every
