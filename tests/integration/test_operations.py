@@ -154,7 +154,7 @@ def test_dashboard_shows_queues_charts_slow_and_failing_jobs_and_hosts(staff):
     assert (
         html.count('class="ops-chart"') == 3 and "Jobs waiting per queue" in html and "Jobs finished per minute" in html
     )
-    assert f"/admin/jobs/job/{slow.pk}/change/" in html and "0:10:00" in html
+    assert f"/admin/jobs/job/{slow.pk}/change/" in html and "10 min 00 s" in html
     assert f"/admin/jobs/job/{failed.pk}/change/" in html and "time_limit" in html and "too slow" in html
     assert "gpu@box" in html and "CUDAExecutionProvider" in html and "8 cpus" in html
     queues = {row["queue"]: row for row in response.context["queues"]}
