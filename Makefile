@@ -8,11 +8,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SERVICES := $(PY) -m apps.core.devservices
 PYTEST_ARGS ?=
 
-.PHONY: help install run test lint format services-up services-down services-status clean
+.PHONY: help install run test test-rabbitmq lint format services-up services-down services-status clean
 
 help:
 	@echo "make run    - install, start embedded services, migrate, seed the demo login, start every process"
 	@echo "make test   - install, start embedded services, run the test suite (real PostgreSQL, broker, workers)"
+	@echo "make test-rabbitmq - the broker-dependent tests again, against RABBITMQ_URL (amqp://user:pass@host:5672/vhost)"
 	@echo "make lint   - ruff check and format check"
 	@echo "make services-up | services-down | services-status - the embedded PostgreSQL and Redis under .data/"
 
@@ -38,6 +39,14 @@ run: install
 
 test: install
 	@$(SERVICES) exec -- sh -c '$(PY) manage.py preflight && $(PY) -m pytest $(PYTEST_ARGS)'
+
+# The tests marked `broker` (tests/conftest.py) against RabbitMQ; PostgreSQL is still the embedded one.
+test-rabbitmq: install
+	@test -n "$(RABBITMQ_URL)" || { echo "error: set RABBITMQ_URL, e.g. amqp://guest:guest@127.0.0.1:5672//"; exit 2; }
+	@# CELERY_BROKER_URL too: Celery prefers that environment variable to the settings, and with
+	@# it set, devservices starts no Redis.
+	@CELERY_BROKER_URL="$(RABBITMQ_URL)" RABBITMQ_URL="$(RABBITMQ_URL)" \
+		$(SERVICES) exec -- sh -c '$(PY) manage.py preflight && $(PY) -m pytest -m broker $(PYTEST_ARGS)'
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,16 @@ from django.core.cache import cache
 
 from apps.core.worker_process import WorkerProcess
 
+# Tests using these fixtures talk to the broker; `make test-rabbitmq` runs them (-m broker)
+# a second time against RabbitMQ.
+BROKER_FIXTURES = {"broker", "start_worker", "queue_depth"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
 
 @pytest.fixture
 def broker():

@@ -15,6 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from apps.core.logs import log_context
 from apps.jobs import services
 from apps.jobs.kinds import JobKind, PermanentJobError, get_kind
 from apps.jobs.models import Job, JobStatus
@@ -126,6 +127,11 @@ def _error(code: str, message: str, details: dict | None = None) -> dict:
 
 def run_job(*, job_id: str, worker: str) -> str:
     """Claim and run one job. Returns what happened, for logs and tests."""
+    with log_context(job_id=str(job_id)):
+        return _claim_and_run(job_id=job_id, worker=worker)
+
+
+def _claim_and_run(*, job_id: str, worker: str) -> str:
     close_old_connections()
     try:
         job_uuid = uuid.UUID(str(job_id))
@@ -147,7 +153,9 @@ def run_job(*, job_id: str, worker: str) -> str:
             error=_error("unknown_kind", f"No executor for kind '{job.kind}' on {worker}."),
         )
         return JobStatus.FAILED
-    return _execute(job, kind, worker)
+    # Whatever the executor and services log from here names the organization too.
+    with log_context(organization_id=job.organization_id, kind=job.kind, attempt=job.attempt):
+        return _execute(job, kind, worker)
 
 
 def _execute(job: Job, kind: JobKind, worker: str) -> str:

@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from apps.core.logs import log_context
 from apps.jobs import services
 
 
@@ -12,12 +13,14 @@ def reap() -> dict:
 
 @shared_task(name="jobs.sandbox_started", ignore_result=True)
 def sandbox_started(job_id: str, task_id: str, worker: str) -> None:
-    services.remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
+    with log_context(job_id=job_id):
+        services.remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
 
 
 @shared_task(name="jobs.sandbox_finished", ignore_result=True, acks_late=True)
 def sandbox_finished(job_id: str, task_id: str, worker: str, outcome: dict) -> None:
-    services.remote_run_finished(job_id=job_id, task_id=task_id, worker=worker, outcome=outcome)
+    with log_context(job_id=job_id):
+        services.remote_run_finished(job_id=job_id, task_id=task_id, worker=worker, outcome=outcome)
 
 
 @shared_task(name="jobs.worker_host_report", ignore_result=True)

@@ -26,10 +26,12 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.jobs",
     "apps.registry",
+    "apps.operations",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "apps.core.logs.RequestLogContextMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -122,6 +124,12 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT",
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 FLOWER_URL = env.str("FLOWER_URL", default="http://127.0.0.1:5555")
+
+# --- Operations (docs/operations.md) ------------------------------------------------------
+# /metrics answers a matching `Authorization: Bearer <METRICS_TOKEN>`, or a client whose
+# REMOTE_ADDR is in one of these networks; anyone else gets 401.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"])
 
 # JSON lines by default (web and workers alike); LOG_FORMAT=plain for reading by eye.
 # Context passed as `extra=` (job_id, kind, attempt, ...) and the Celery task id appear in both.

@@ -5,7 +5,10 @@ from project.settings.local import *  # noqa: F403
 from project.settings.local import env
 
 # Redis database 15 keeps test messages away from a `make run` on the same server.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or devservices.broker_url(db=15)
+# RABBITMQ_URL runs the same suite against RabbitMQ instead (`make test-rabbitmq`).
+CELERY_BROKER_URL = (
+    env.str("RABBITMQ_URL", default="") or env.str("CELERY_BROKER_URL", default="") or devservices.broker_url(db=15)
+)
 # Throttle counters in their own database (14), emptied before each test (tests/conftest.py).
 CACHES = {
     "default": env.cache_url_config(CELERY_BROKER_URL.rsplit("/", 1)[0] + "/14")

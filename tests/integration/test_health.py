@@ -18,6 +18,7 @@ def test_healthz_answers_without_authentication(client):
 
 
 @pytest.mark.django_db
+@pytest.mark.broker
 def test_readyz_is_200_when_database_and_broker_are_reachable(client):
     response = client.get("/readyz")
     assert response.status_code == 200, response.content

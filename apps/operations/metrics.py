@@ -1,0 +1,137 @@
+"""Prometheus metrics for `/metrics`, read from PostgreSQL and the broker at scrape time.
+
+No counter lives in a process: web is several gunicorn processes and jobs finish in
+worker processes on other hosts, so in-process counters would each see a slice and reset
+on every restart. The Job and WorkerHost rows see everything (docs/decisions/0006).
+"""
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+from apps.operations import selectors
+from project import queues
+
+PREFIX = "switchyard"
+
+
+def _histogram(name: str, documentation: str, histograms: dict[str, selectors.Histogram]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=["kind"], unit="seconds")
+    for kind, histogram in sorted(histograms.items()):
+        buckets = [
+            (floatToGoString(bound), n) for bound, n in zip(histogram.buckets, histogram.cumulative, strict=True)
+        ]
+        buckets.append(("+Inf", histogram.count))
+        family.add_metric([kind], buckets, histogram.sum)
+    return family
+
+
+class SwitchyardCollector(Collector):
+    """Every Switchyard metric, computed from aggregates on each scrape."""
+
+    def describe(self) -> list[Metric]:
+        # Nothing to announce at registration: describing would mean querying the database at import.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        counts = selectors.job_counts()
+
+        submitted = CounterMetricFamily(
+            f"{PREFIX}_jobs_submitted", "Jobs submitted (rows in the jobs table), by kind.", labels=["kind"]
+        )
+        per_kind: dict[str, int] = {}
+        for kind, _status, n in counts:
+            per_kind[kind] = per_kind.get(kind, 0) + n
+        for kind, n in sorted(per_kind.items()):
+            submitted.add_metric([kind], n)
+        yield submitted
+
+        finished = CounterMetricFamily(
+            f"{PREFIX}_jobs_finished",
+            "Jobs in a final state (succeeded, failed, cancelled), by kind and status.",
+            labels=["kind", "status"],
+        )
+        current = GaugeMetricFamily(
+            f"{PREFIX}_jobs", "Jobs now in each state, by kind and status.", labels=["kind", "status"]
+        )
+        for kind, status, n in sorted(counts):
+            current.add_metric([kind, status], n)
+            if status in ("succeeded", "failed", "cancelled"):
+                finished.add_metric([kind, status], n)
+        yield finished
+        yield current
+
+        yield _histogram(
+            f"{PREFIX}_job_duration",
+            "Run time of finished jobs (started to finished), by kind.",
+            selectors.job_duration_histograms(),
+        )
+        yield _histogram(
+            f"{PREFIX}_job_queue_wait",
+            "Time from queued to claimed by a worker, by kind (latest attempt).",
+            selectors.job_queue_wait_histograms(),
+        )
+
+        depths = selectors.broker_queue_depths()
+        broker_up = GaugeMetricFamily(f"{PREFIX}_broker_up", "1 if the broker answered this scrape, else 0.")
+        broker_up.add_metric([], 0 if depths is None else 1)
+        yield broker_up
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth",
+            "Messages ready in each broker queue (not those held by workers).",
+            labels=["queue"],
+        )
+        for name in queues.QUEUE_NAMES:
+            if depths is not None:
+                depth.add_metric([name], depths.get(name, 0))
+        yield depth
+
+        hosts = GaugeMetricFamily(
+            f"{PREFIX}_worker_hosts_alive",
+            "Worker hosts with a recent heartbeat, per queue they consume.",
+            labels=["queue"],
+        )
+        for name, n in sorted(selectors.live_worker_hosts_by_queue().items()):
+            hosts.add_metric([name], n)
+        yield hosts
+
+        rows = CounterMetricFamily(
+            f"{PREFIX}_inference_rows", "Rows run by succeeded inference jobs, by provider.", labels=["provider"]
+        )
+        seconds = CounterMetricFamily(
+            f"{PREFIX}_inference_compute_seconds",
+            "Executor time of succeeded inference jobs (the batch loop), by provider.",
+            labels=["provider"],
+        )
+        for provider, n_rows, n_seconds, _jobs in selectors.inference_totals():
+            rows.add_metric([provider], n_rows)
+            seconds.add_metric([provider], n_seconds)
+        yield rows
+        yield seconds
+        rate = GaugeMetricFamily(
+            f"{PREFIX}_inference_rows_per_second",
+            "Rows per executor-second of inference jobs that finished in the last 5 minutes.",
+        )
+        rate.add_metric([], selectors.inference_recent_rows_per_second())
+        yield rate
+
+        verdicts = CounterMetricFamily(
+            f"{PREFIX}_sandbox_verdicts", "Finished sandbox runs by verdict.", labels=["verdict"]
+        )
+        for verdict, n in sorted(selectors.sandbox_verdicts()):
+            verdicts.add_metric([verdict], n)
+        yield verdicts
+
+        took = GaugeMetricFamily(f"{PREFIX}_metrics_collect_seconds", "Time this scrape spent collecting.")
+        took.add_metric([], time.perf_counter() - started)
+        yield took
+
+
+# Our own registry: the default one adds this process's CPU and memory, which differ per
+# gunicorn process and would make successive scrapes disagree.
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(SwitchyardCollector())

@@ -1,0 +1,93 @@
+"""`/metrics` for Prometheus and the operator dashboard in the admin."""
+
+import hmac
+import ipaddress
+from functools import lru_cache
+
+from django.conf import settings
+from django.contrib import admin
+from django.http import HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client.exposition import choose_encoder
+
+from apps.operations import charts, selectors
+from apps.operations.metrics import REGISTRY
+
+
+@lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def metrics_access_allowed(request) -> bool:
+    """A matching `Authorization: Bearer <METRICS_TOKEN>`, or a client address in METRICS_ALLOWED_NETWORKS.
+
+    The address is REMOTE_ADDR only: X-Forwarded-For is whatever the client wrote.
+    """
+    token = settings.METRICS_TOKEN
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return True
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(address in network for network in _networks(tuple(settings.METRICS_ALLOWED_NETWORKS)))
+
+
+@require_GET
+@never_cache
+def metrics(request):
+    if not metrics_access_allowed(request):
+        response = JsonResponse(
+            {
+                "detail": "Metrics need 'Authorization: Bearer <METRICS_TOKEN>' "
+                "or a client address in METRICS_ALLOWED_NETWORKS.",
+                "code": "not_authenticated",
+                "fields": {},
+            },
+            status=401,
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    # Prometheus says in Accept which format it reads (OpenMetrics or text 0.0.4); give it that.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encode(REGISTRY), content_type=content_type)
+
+
+@never_cache
+def dashboard(request):
+    """Queues, throughput and failures over the last hour, slow and failing jobs, worker hosts.
+
+    Staff only (wrapped in admin_view); jobs are limited to the user's organizations unless
+    they are a superuser. Queues and hosts are shared infrastructure and shown to all staff.
+    """
+    user = request.user
+    throughput = selectors.throughput_by_minute(user=user)
+    backlog = selectors.backlog_by_minute(user=user)
+    outcomes = {name: throughput.series[name] for name in ("succeeded", "failed", "cancelled")}
+    failures = {"failed": throughput.series["failed"]}
+    context = {
+        **admin.site.each_context(request),
+        "title": "Operations",
+        "scoped": not user.is_superuser,
+        "queues": selectors.queue_overview(user=user),
+        "backlog_chart": charts.lines(backlog.starts, backlog.series, title="Jobs waiting per queue, last hour"),
+        "backlog_legend": charts.legend(list(backlog.series)),
+        "throughput_chart": charts.stacked_bars(
+            throughput.starts, outcomes, title="Jobs finished per minute, last hour", colours=charts.OUTCOME_COLOURS
+        ),
+        "throughput_legend": charts.legend(list(outcomes), charts.OUTCOME_COLOURS),
+        "failures_chart": charts.stacked_bars(
+            throughput.starts, failures, title="Jobs failed per minute, last hour", colours=charts.OUTCOME_COLOURS
+        ),
+        "totals": {name: sum(values) for name, values in throughput.series.items()},
+        "failures_by_code": selectors.failures_by_code(user=user),
+        "slowest": selectors.slowest_jobs(user=user),
+        "failing": selectors.failing_jobs(user=user),
+        "hosts": selectors.worker_hosts(),
+        "flower_url": settings.FLOWER_URL,
+    }
+    return TemplateResponse(request, "operations/dashboard.html", context)
