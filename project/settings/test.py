@@ -1,5 +1,8 @@
 """pytest: real PostgreSQL+pgvector and a real broker, like development."""
 
+import os
+from urllib.parse import urlsplit, urlunsplit
+
 from apps.core import devservices
 from project.settings.local import *  # noqa: F403
 from project.settings.local import env
@@ -9,6 +12,11 @@ from project.settings.local import env
 CELERY_BROKER_URL = (
     env.str("RABBITMQ_URL", default="") or env.str("CELERY_BROKER_URL", default="") or devservices.broker_url(db=15)
 )
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_URL = urlunsplit(urlsplit(CELERY_BROKER_URL)._replace(path="/15"))
+# Celery prefers the CELERY_BROKER_URL environment variable to settings: make the two agree,
+# here and in the worker processes the tests start (they inherit the environment).
+os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
 # Throttle counters in their own database (14), emptied before each test (tests/conftest.py).
 CACHES = {
     "default": env.cache_url_config(CELERY_BROKER_URL.rsplit("/", 1)[0] + "/14")
