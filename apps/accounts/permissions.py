@@ -8,6 +8,8 @@ READ_JOBS = "jobs.read"
 READ_MODELS = "models.read"
 UPLOAD_MODELS = "models.upload"
 PROMOTE_MODELS = "models.promote"  # promote or archive a version
+READ_AGENTS = "agents.read"  # agents, memories, search
+MANAGE_AGENTS = "agents.manage"  # create agents, add and import memories
 
 _ALL = set(Role.values)
 PERMISSIONS: dict[str, set[str]] = {
@@ -17,6 +19,8 @@ PERMISSIONS: dict[str, set[str]] = {
     READ_MODELS: _ALL,
     UPLOAD_MODELS: {Role.OWNER, Role.ADMIN, Role.OPERATOR, Role.DEVELOPER, Role.SERVICE},
     PROMOTE_MODELS: {Role.OWNER, Role.ADMIN, Role.OPERATOR},
+    READ_AGENTS: _ALL,
+    MANAGE_AGENTS: {Role.OWNER, Role.ADMIN, Role.OPERATOR, Role.DEVELOPER, Role.SERVICE},
 }
 
 
