@@ -120,4 +120,4 @@ def agent_similar(*, membership: Membership, agent: Agent, k: int = 10, kind: st
     agents = agent_list(membership=membership).exclude(pk=agent.pk).filter(embedding__isnull=False)
     if kind:
         agents = agents.filter(kind=kind)
-    return _nearest(agents.defer("embedding"), agent.embedding.tolist(), k, None)
+    return _nearest(agents.defer("embedding"), [float(x) for x in agent.embedding], k, None)
