@@ -13,7 +13,7 @@ from django.db import transaction
 
 from apps.accounts.models import Membership
 from apps.accounts.permissions import MANAGE_AGENTS, has_permission
-from apps.agents.embeddings import SHIPPED_MODEL_NAME, text_embed
+from apps.agents.embeddings import SHIPPED_MODEL_NAME, NoEmbeddingModel, text_embed
 from apps.agents.models import Agent, AgentKind, Memory, MemoryKind
 from apps.core.errors import DomainError, PermissionDenied
 from apps.jobs.models import ACTIVE_STATUSES, Job
@@ -83,7 +83,7 @@ def agent_create(
     config: dict | None = None,
     embedding: list[float] | None = None,
 ) -> Agent:
-    """Create an agent. Without a vector, a non-empty persona is embedded by the production embedding model."""
+    """Create an agent. Without a vector, a non-empty persona is embedded by the production embedding model, if any."""
     _require_manage(membership)
     name = (name or "").strip() if isinstance(name, str) else ""
     if not name or len(name) > 100:
@@ -103,8 +103,12 @@ def agent_create(
     if embedding is not None:
         agent.embedding, agent.embedding_source = vector_clean(embedding), "client"
     elif agent.persona.strip():
-        vectors, source = text_embed(organization=membership.organization, texts=[agent.persona])
-        agent.embedding, agent.embedding_source = vectors[0], source
+        try:
+            vectors, source = text_embed(organization=membership.organization, texts=[agent.persona])
+            agent.embedding, agent.embedding_source = vectors[0], source
+        except NoEmbeddingModel:
+            # An agent is useful without a vector; only `similar` needs one, and says so.
+            logger.info("agent.persona_not_embedded", extra={"organization_id": membership.organization_id})
     agent.save()
     logger.info("agent.created", extra={"agent_id": agent.pk, "organization_id": membership.organization_id})
     return agent
@@ -173,6 +177,14 @@ def memory_import_submit(
             kind="memory_import",
             params={"agent_id": agent.pk, "source": relative, "format": fmt, "batch_size": batch_size},
         )
+    except DomainError as exc:
+        stored.unlink(missing_ok=True)
+        # The caller sent a file, not job params: name its fields, not the job's.
+        renamed = {"params.source": "file", "params.format": "format", "params.batch_size": "batch_size"}
+        exc.fields = {renamed.get(name, name): errors for name, errors in exc.fields.items()}
+        for old, new in renamed.items():
+            exc.message = exc.message.replace(f"{old}:", f"{new}:", 1)
+        raise
     except Exception:
         stored.unlink(missing_ok=True)
         raise
