@@ -42,7 +42,10 @@ def synthetic_vectors(rows: int, dim: int, clusters: int, seed: int) -> tuple[np
     directions = rng.standard_normal((clusters, 48, dim)).astype(np.float32) * 0.3
     label = rng.integers(0, clusters, size=rows)
     latent = rng.standard_normal((rows, 48)).astype(np.float32)
-    vectors = centres[label] + np.einsum("rk,rkd->rd", latent, directions[label])
+    vectors = centres[label]
+    for cluster in range(clusters):  # per cluster: a (rows, 48, dim) gather would need gigabytes
+        members = label == cluster
+        vectors[members] += latent[members] @ directions[cluster]
     vectors += rng.standard_normal((rows, dim)).astype(np.float32) * 0.3
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors.astype(np.float32), label
