@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--clusters", type=int, default=10, help="clusters the vectors are drawn around (default 10)")
     parser.add_argument("--queries", type=int, default=200, help="query vectors, held out of the table (default 200)")
     parser.add_argument(
-        "--ef", type=int, nargs="+", default=[40, 100], help="hnsw.ef_search values to measure (default 40 100)"
+        "--ef", type=int, nargs="+", default=[40, 64, 100], help="hnsw.ef_search values to measure (default 40 64 100)"
     )
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     parser.add_argument("--seed", type=int, default=6, help="random seed (default 6)")
@@ -134,7 +134,9 @@ def run(stdout, *, rows, dim, clusters, queries, ef, k, seed, maintenance_work_m
     write(f"exact numpy (brute force, one query at a time): p50={numpy_ms:.2f} ms")
 
     with connection.cursor() as cursor:
-        cursor.execute(f"CREATE UNLOGGED TABLE {table} (id integer PRIMARY KEY, kind smallint, embedding vector({dim}))")
+        cursor.execute(
+            f"CREATE UNLOGGED TABLE {table} (id integer PRIMARY KEY, kind smallint, embedding vector({dim}))"
+        )
     try:
         with connection.cursor() as cursor:
             started = time.perf_counter()

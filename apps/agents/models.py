@@ -7,8 +7,8 @@ from pgvector.django import HnswIndex, VectorField
 
 from apps.accounts.models import Organization
 
-# pgvector's defaults; the benchmark (docs/benchmarks.md) measured recall@10 0.99 with them
-# at ef_search 100 on 100k x 384, so there is no reason to pay a slower build for more.
+# pgvector's defaults; `manage.py bench vectors` measured recall@10 0.95 at ef_search 64 and
+# 0.98 at 100 with them on 100k x 384 (docs/benchmarks.md): no reason to pay a slower build.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 

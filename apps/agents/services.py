@@ -99,7 +99,9 @@ def agent_create(
         created_by=membership.user,
     )
     if Agent.objects.filter(organization=membership.organization, name=name).exists():
-        raise DomainError(f"name: an agent named '{name}' exists.", fields={"name": ["An agent with this name exists."]})
+        raise DomainError(
+            f"name: an agent named '{name}' exists.", fields={"name": ["An agent with this name exists."]}
+        )
     if embedding is not None:
         agent.embedding, agent.embedding_source = vector_clean(embedding), "client"
     elif agent.persona.strip():

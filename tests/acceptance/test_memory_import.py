@@ -35,9 +35,7 @@ def agent(member):
 def upload(client, agent_id, content: str, name: str, **fields):
     handle = io.BytesIO(content.encode())
     handle.name = name
-    return client.post(
-        f"/api/v1/agents/{agent_id}/memories/import", {"file": handle, **fields}, format="multipart"
-    )
+    return client.post(f"/api/v1/agents/{agent_id}/memories/import", {"file": handle, **fields}, format="multipart")
 
 
 def test_a_jsonl_import_is_embedded_by_a_worker_and_searchable(start_worker, agent):
@@ -85,7 +83,9 @@ def test_a_csv_import_runs_too(start_worker, agent):
 
 def test_a_bad_file_is_refused_at_upload_naming_each_line(agent):
     client, agent_id = agent
-    content = "\n".join([json.dumps({"text": "fine"}), json.dumps({"text": ""}), json.dumps({"text": "x", "kind": "?"})])
+    content = "\n".join(
+        [json.dumps({"text": "fine"}), json.dumps({"text": ""}), json.dumps({"text": "x", "kind": "?"})]
+    )
     response = upload(client, agent_id, content, "m.jsonl")
     assert response.status_code == 400
     body = response.json()
@@ -100,7 +100,9 @@ def test_import_params_cannot_point_outside_the_organizations_uploads(agent, mem
     client, agent_id = agent
     for source in ("../../etc/passwd", "imports/999999/x.jsonl", "models/x.onnx"):
         response = client.post(
-            "/api/v1/jobs/", {"kind": "memory_import", "params": {"agent_id": agent_id, "source": source}}, format="json"
+            "/api/v1/jobs/",
+            {"kind": "memory_import", "params": {"agent_id": agent_id, "source": source}},
+            format="json",
         )
         assert response.status_code == 400
         assert response.json()["fields"]["params.source"] == ["No such uploaded file for this organization."]

@@ -127,9 +127,9 @@ def test_search_goes_through_the_hnsw_index_with_iterative_scans(seeded):
     queryset = selectors.memory_list(membership=seeded["membership"], agent=agent).filter(kind="fact")
     from pgvector.django import CosineDistance
 
-    query = queryset.annotate(distance=CosineDistance("embedding", seeded["queries"][0].tolist())).order_by(
-        "distance"
-    )[:10]
+    query = queryset.annotate(distance=CosineDistance("embedding", seeded["queries"][0].tolist())).order_by("distance")[
+        :10
+    ]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         plan = query.explain()
@@ -155,7 +155,11 @@ def test_wrong_dimension_and_bad_vectors_are_refused_with_the_reason(seeded):
     assert response.status_code == 400 and "k" in response.json()["fields"]
     response = client.post(
         url,
-        {"vector": seeded["queries"][0].tolist(), "created_after": "2026-03-01T00:00:00Z", "created_before": "2026-02-01"},
+        {
+            "vector": seeded["queries"][0].tolist(),
+            "created_after": "2026-03-01T00:00:00Z",
+            "created_before": "2026-02-01",
+        },
         format="json",
     )
     assert response.status_code == 400 and "created_before" in response.json()["fields"]
@@ -232,7 +236,7 @@ def test_agent_input_is_validated_field_by_field(member):
 def test_a_viewer_may_search_but_not_create(member, seeded):
     from apps.agents.models import Agent
 
-    viewer_membership, viewer = member("viewer", organization=Agent.objects.get(pk=seeded["agent"]).organization)
+    _, viewer = member("viewer", organization=Agent.objects.get(pk=seeded["agent"]).organization)
     assert viewer.post("/api/v1/agents/", {"name": "v", "kind": "test"}, format="json").status_code == 403
     results = search(viewer, seeded["agent"], seeded["queries"][0], k=3)
     assert len(results) == 3
@@ -243,7 +247,9 @@ def test_text_search_embeds_the_query_with_the_production_embedding_model(member
 
     membership, client = member("operator")
     agent = client.post(
-        "/api/v1/agents/", {"name": "ada", "kind": "research", "persona": "Reads papers about databases."}, format="json"
+        "/api/v1/agents/",
+        {"name": "ada", "kind": "research", "persona": "Reads papers about databases."},
+        format="json",
     ).json()
     assert agent["has_embedding"] is False  # no embedding model yet: the persona stays unembedded
     response = client.post(f"/api/v1/agents/{agent['id']}/memories/", {"text": "I met Bob."}, format="json")

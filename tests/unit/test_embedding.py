@@ -67,7 +67,9 @@ def test_a_model_without_token_inputs_is_not_an_embedding_model():
     with pytest.raises(EmbeddingModelUnusable, match="input_ids"):
         embedding_dimension({"inputs": [{"name": "x", "dtype": "float32", "shape": [None, 4]}], "outputs": []})
     signature = {
-        "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in ("input_ids", "attention_mask")],
+        "inputs": [
+            {"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in ("input_ids", "attention_mask")
+        ],
         "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "sequence", 384]}],
     }
     assert embedding_dimension(signature) == 384

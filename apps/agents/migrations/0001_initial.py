@@ -15,74 +15,151 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('core', '0001_pgvector'),
-        ('accounts', '0001_initial'),
-        ('jobs', '0001_initial'),
+        ("core", "0001_pgvector"),
+        ("accounts", "0001_initial"),
+        ("jobs", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Agent',
+            name="Agent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('kind', models.CharField(choices=[('code', 'Code'), ('research', 'Research'), ('analysis', 'Analysis'), ('creative', 'Creative'), ('test', 'Test'), ('user-proxy', 'User proxy'), ('partner', 'Partner'), ('scenario-generator', 'Scenario generator')], max_length=32)),
-                ('persona', models.TextField(blank=True, help_text='Who the agent is, in prose; embedded when no vector is given.')),
-                ('traits', models.JSONField(blank=True, default=dict, help_text='Name -> value in [0, 1], e.g. the Big Five.')),
-                ('config', models.JSONField(blank=True, default=dict)),
-                ('embedding', pgvector.django.vector.VectorField(blank=True, dimensions=settings.AGENTS_EMBEDDING_DIM, null=True)),
-                ('embedding_source', models.CharField(blank=True, max_length=120)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='agents', to='accounts.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("code", "Code"),
+                            ("research", "Research"),
+                            ("analysis", "Analysis"),
+                            ("creative", "Creative"),
+                            ("test", "Test"),
+                            ("user-proxy", "User proxy"),
+                            ("partner", "Partner"),
+                            ("scenario-generator", "Scenario generator"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                (
+                    "persona",
+                    models.TextField(
+                        blank=True, help_text="Who the agent is, in prose; embedded when no vector is given."
+                    ),
+                ),
+                (
+                    "traits",
+                    models.JSONField(blank=True, default=dict, help_text="Name -> value in [0, 1], e.g. the Big Five."),
+                ),
+                ("config", models.JSONField(blank=True, default=dict)),
+                (
+                    "embedding",
+                    pgvector.django.vector.VectorField(blank=True, dimensions=settings.AGENTS_EMBEDDING_DIM, null=True),
+                ),
+                ("embedding_source", models.CharField(blank=True, max_length=120)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="agents", to="accounts.organization"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Memory',
+            name="Memory",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('text', models.TextField()),
-                ('embedding', pgvector.django.vector.VectorField(dimensions=settings.AGENTS_EMBEDDING_DIM)),
-                ('embedding_source', models.CharField(blank=True, max_length=120)),
-                ('importance', models.FloatField(default=0.5)),
-                ('kind', models.CharField(choices=[('observation', 'Observation'), ('reflection', 'Reflection'), ('plan', 'Plan'), ('conversation', 'Conversation'), ('fact', 'Fact')], default='observation', max_length=16)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('import_line', models.PositiveIntegerField(blank=True, null=True)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memories', to='agents.agent')),
-                ('import_job', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='jobs.job')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("text", models.TextField()),
+                ("embedding", pgvector.django.vector.VectorField(dimensions=settings.AGENTS_EMBEDDING_DIM)),
+                ("embedding_source", models.CharField(blank=True, max_length=120)),
+                ("importance", models.FloatField(default=0.5)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("observation", "Observation"),
+                            ("reflection", "Reflection"),
+                            ("plan", "Plan"),
+                            ("conversation", "Conversation"),
+                            ("fact", "Fact"),
+                        ],
+                        default="observation",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("import_line", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="memories", to="agents.agent"
+                    ),
+                ),
+                (
+                    "import_job",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="jobs.job",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'memories',
-                'ordering': ['-created_at'],
+                "verbose_name_plural": "memories",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddIndex(
-            model_name='agent',
-            index=pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='agent_embedding_hnsw', opclasses=['vector_cosine_ops']),
+            model_name="agent",
+            index=pgvector.django.indexes.HnswIndex(
+                ef_construction=64,
+                fields=["embedding"],
+                m=16,
+                name="agent_embedding_hnsw",
+                opclasses=["vector_cosine_ops"],
+            ),
         ),
         migrations.AddConstraint(
-            model_name='agent',
-            constraint=models.UniqueConstraint(fields=('organization', 'name'), name='agent_unique_name_per_org'),
+            model_name="agent",
+            constraint=models.UniqueConstraint(fields=("organization", "name"), name="agent_unique_name_per_org"),
         ),
         migrations.AddIndex(
-            model_name='memory',
-            index=pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='memory_embedding_hnsw', opclasses=['vector_cosine_ops']),
+            model_name="memory",
+            index=pgvector.django.indexes.HnswIndex(
+                ef_construction=64,
+                fields=["embedding"],
+                m=16,
+                name="memory_embedding_hnsw",
+                opclasses=["vector_cosine_ops"],
+            ),
         ),
         migrations.AddIndex(
-            model_name='memory',
-            index=models.Index(fields=['agent', 'created_at'], name='memory_agent_created'),
+            model_name="memory",
+            index=models.Index(fields=["agent", "created_at"], name="memory_agent_created"),
         ),
         migrations.AddConstraint(
-            model_name='memory',
-            constraint=models.CheckConstraint(condition=models.Q(('importance__gte', 0.0), ('importance__lte', 1.0)), name='memory_importance_0_1'),
+            model_name="memory",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("importance__gte", 0.0), ("importance__lte", 1.0)), name="memory_importance_0_1"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='memory',
-            constraint=models.UniqueConstraint(fields=('import_job', 'import_line'), name='memory_unique_import_line'),
+            model_name="memory",
+            constraint=models.UniqueConstraint(fields=("import_job", "import_line"), name="memory_unique_import_line"),
         ),
     ]
