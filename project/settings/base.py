@@ -183,3 +183,9 @@ AGENTS_EMBEDDING_DIM = env.int("AGENTS_EMBEDDING_DIM", default=384)
 AGENTS_SEARCH_EF_SEARCH = env.int("AGENTS_SEARCH_EF_SEARCH", default=100)
 AGENTS_IMPORT_MAX_BYTES = env.int("AGENTS_IMPORT_MAX_BYTES", default=64 * 1024 * 1024)
 AGENTS_IMPORT_MAX_ROWS = env.int("AGENTS_IMPORT_MAX_ROWS", default=200_000)
+# Agents and memories both have a `kind` choice field; name their enums in the schema.
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    **SPECTACULAR_SETTINGS.get("ENUM_NAME_OVERRIDES", {}),
+    "AgentKindEnum": "apps.agents.models.AgentKind",
+    "MemoryKindEnum": "apps.agents.models.MemoryKind",
+}

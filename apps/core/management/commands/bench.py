@@ -24,4 +24,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, benchmark, **options):
         module = __import__(BENCHMARKS[benchmark][0], fromlist=["run"])
+        # call_command(..., stdout=...) puts stdout/stderr among the options as well.
+        options = {key: value for key, value in options.items() if key not in ("stdout", "stderr")}
         module.run(self.stdout, **options)
