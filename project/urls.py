@@ -12,6 +12,7 @@ api_v1 = [
     path("", include("apps.accounts.api.urls")),
     path("", include("apps.jobs.api.urls")),
     path("", include("apps.registry.api.urls")),
+    path("", include("apps.agents.api.urls")),
 ]
 
 urlpatterns = [

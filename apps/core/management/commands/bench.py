@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand
 BENCHMARKS = {
     "jobs": ("apps.jobs.bench", "the job path vs a raw Celery no-op task on the same broker"),
     "sandbox": ("apps.jobs.bench_sandbox", "a sandboxed print(1) vs a bare interpreter start; sandbox runs/s"),
+    "vectors": ("apps.agents.bench", "pgvector HNSW search vs an exact numpy ranking: recall@10, latency, build time"),
 }
 
 
@@ -23,4 +24,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, benchmark, **options):
         module = __import__(BENCHMARKS[benchmark][0], fromlist=["run"])
+        # call_command(..., stdout=...) puts stdout/stderr among the options as well.
+        options = {key: value for key, value in options.items() if key not in ("stdout", "stderr")}
         module.run(self.stdout, **options)
