@@ -60,6 +60,8 @@ SUBMIT_BY_KIND: dict[str, frozenset[str]] = {
     "sandbox": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER}),
     "compile": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
     "simulation": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, SERVICE}),
+    # Imports write memories: the same roles as agents.manage.
+    "memory_import": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
 }
 
 # A token carries scopes; each action needs one. `*` grants all, `read` every `:read`.

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
@@ -17,6 +18,7 @@ from rest_framework.test import APIClient
 from apps.accounts import permissions as p
 from apps.accounts.models import Role
 from apps.accounts.services import api_token_create
+from apps.agents.services import agent_create, memory_create
 from apps.jobs.models import Artifact, Job, JobStatus
 from apps.jobs.services import job_submit
 from apps.registry.services import model_version_upload
@@ -24,6 +26,8 @@ from tests.factories import MembershipFactory, OrganizationFactory
 from workers.testing_models import build_test_model
 
 ALL = frozenset(Role.values)
+VECTOR = [1.0] + [0.0] * 383
+MEMORIES_JSONL = b'{"text": "imported", "embedding": [1.0' + b", 0.0" * 383 + b"]}\n"
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Endpoint:
     ok: int = 200
     denied: int = 403  # 404 where a role may not even see the object exists
     body: dict | None = None
-    multipart: bool = False
+    upload: str = ""  # multipart body: "onnx" (a model) or "memories" (a JSONL import)
     object_scoped: bool = True  # False: a collection; the other-organization case checks what it lists
     scope: str = ""
     case: str = field(default="")
@@ -105,7 +109,7 @@ ENDPOINTS = [
         "/api/v1/models/",
         p.PERMISSIONS[p.UPLOAD_MODELS],
         ok=201,
-        multipart=True,
+        upload="onnx",
         object_scoped=False,
         scope="models:write",
     ),
@@ -177,6 +181,61 @@ ENDPOINTS = [
         case="someone else's",
     ),
     Endpoint("audit", "GET", "/api/v1/audit/", p.PERMISSIONS[p.READ_AUDIT], object_scoped=False, scope="audit:read"),
+    Endpoint(
+        "agents", "GET", "/api/v1/agents/", p.PERMISSIONS[p.READ_AGENTS], object_scoped=False, scope="agents:read"
+    ),
+    Endpoint(
+        "agents",
+        "POST",
+        "/api/v1/agents/",
+        p.PERMISSIONS[p.MANAGE_AGENTS],
+        ok=201,
+        body={"name": "new-agent", "kind": "research", "embedding": "{vector}"},
+        object_scoped=False,
+        scope="agents:write",
+    ),
+    Endpoint("agent-detail", "GET", "/api/v1/agents/{agent}/", p.PERMISSIONS[p.READ_AGENTS], scope="agents:read"),
+    Endpoint(
+        "agent-similar", "GET", "/api/v1/agents/{agent}/similar", p.PERMISSIONS[p.READ_AGENTS], scope="agents:read"
+    ),
+    Endpoint(
+        "agent-memories", "GET", "/api/v1/agents/{agent}/memories/", p.PERMISSIONS[p.READ_AGENTS], scope="agents:read"
+    ),
+    Endpoint(
+        "agent-memories",
+        "POST",
+        "/api/v1/agents/{agent}/memories/",
+        p.PERMISSIONS[p.MANAGE_AGENTS],
+        ok=201,
+        body={"text": "met at the workshop", "embedding": "{vector}"},
+        scope="agents:write",
+    ),
+    Endpoint(
+        "agent-memories-search",
+        "GET",
+        "/api/v1/agents/{agent}/memories/search?q=workshop",
+        p.PERMISSIONS[p.READ_AGENTS],
+        # No embedding model in this world: text search is allowed, then answers that none is installed.
+        ok=409,
+        scope="agents:read",
+    ),
+    Endpoint(
+        "agent-memories-search",
+        "POST",
+        "/api/v1/agents/{agent}/memories/search",
+        p.PERMISSIONS[p.READ_AGENTS],
+        body={"vector": "{vector}", "k": 3},
+        scope="agents:read",
+    ),
+    Endpoint(
+        "agent-memories-import",
+        "POST",
+        "/api/v1/agents/{agent}/memories/import",
+        p.SUBMIT_BY_KIND["memory_import"],
+        ok=202,
+        upload="memories",
+        scope="agents:write",
+    ),
 ]
 
 # Own-object variants where the rule differs from the someone-else's case above.
@@ -216,11 +275,15 @@ def _seed_organization(organization, tmp_path: Path, tag: str) -> dict:
         sha256=hashlib.sha256(content).hexdigest(),
     )
     token = api_token_create(membership=colleague, name="colleague").token
+    agent = agent_create(membership=colleague, name=f"agent-{tag}", kind="research", embedding=VECTOR)
+    memory_create(membership=colleague, agent=agent, text=f"memory of {tag}", embedding=VECTOR)
     return {
+        "agent": agent.pk,
         "job": job.pk,
         "failed_job": failed.pk,
         "artifact": artifact.pk,
         "model": version.model.name,
+        "agent_name": agent.name,
         "colleague": colleague.user.username,
         "colleague_token": token.prefix,
     }
@@ -248,17 +311,22 @@ def world(db, settings, tmp_path):
 
 def _call(client: APIClient, endpoint: Endpoint, values: dict, onnx: Path):
     path = endpoint.path.format(**values)
-    if endpoint.multipart:
+    if endpoint.upload == "onnx":
         with onnx.open("rb") as handle:
             return client.post(path, {"file": handle, "name": "uploaded"}, format="multipart")
-    body = {
-        key: value.format(**values) if isinstance(value, str) else value for key, value in (endpoint.body or {}).items()
-    }
-    return (
-        getattr(client, endpoint.method.lower())(path, body, format="json")
-        if endpoint.method != "GET"
-        else client.get(path)
-    )
+    if endpoint.upload == "memories":
+        upload = SimpleUploadedFile("memories.jsonl", MEMORIES_JSONL)
+        return client.post(path, {"file": upload}, format="multipart")
+    body = {key: _fill(value, values) for key, value in (endpoint.body or {}).items()}
+    if endpoint.method == "GET":
+        return client.get(path)
+    return getattr(client, endpoint.method.lower())(path, body, format="json")
+
+
+def _fill(value, values: dict):
+    if value == "{vector}":
+        return VECTOR
+    return value.format(**values) if isinstance(value, str) else value
 
 
 def _client_for(membership, scopes=None) -> APIClient:
@@ -318,7 +386,8 @@ def test_collections_never_list_another_organizations_objects(world, endpoint):
     caller = MembershipFactory(organization=world.home, role=Role.OWNER)
     body = _call(_client_for(caller), endpoint, world.values, world.onnx).content.decode()
     for name, value in world.away_values.items():
-        if name != "outsider":
+        # Small integer ids could match any number in the body; names and UUIDs cannot.
+        if name != "outsider" and len(str(value)) >= 6:
             assert str(value) not in body, f"{endpoint.path} shows the other organization's {name}"
 
 

@@ -71,6 +71,8 @@ def _vector_field(**kwargs):
 class AgentListCreateApi(APIView):
     """List the organization's agents, or create one."""
 
+    required_scopes = {"GET": "agents:read", "POST": "agents:write"}
+
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=100)
         kind = serializers.ChoiceField(choices=AgentKind.choices)
@@ -99,6 +101,8 @@ class AgentListCreateApi(APIView):
 
 
 class AgentDetailApi(APIView):
+    required_scopes = {"GET": "agents:read"}
+
     @extend_schema(responses=AgentOutputSerializer, operation_id="agents_detail")
     def get(self, request, agent_id):
         agent = selectors.agent_get(membership=request_membership(request), agent_id=agent_id)
@@ -107,6 +111,8 @@ class AgentDetailApi(APIView):
 
 class MemoryListCreateApi(APIView):
     """An agent's memories, newest first (cursor pagination), or add one."""
+
+    required_scopes = {"GET": "agents:read", "POST": "agents:write"}
 
     class InputSerializer(serializers.Serializer):
         text = serializers.CharField(trim_whitespace=True)
@@ -148,6 +154,8 @@ class SearchFilters(serializers.Serializer):
 
 class MemorySearchApi(APIView):
     """An agent's memories nearest to a text (GET ?q=) or a vector (POST), with filters that keep recall."""
+
+    required_scopes = {"GET": "agents:read", "POST": "agents:read"}
 
     class TextInputSerializer(SearchFilters):
         q = serializers.CharField(
@@ -196,6 +204,8 @@ class MemorySearchApi(APIView):
 class AgentSimilarApi(APIView):
     """Agents of the organization nearest to this one (cosine distance of their embeddings)."""
 
+    required_scopes = {"GET": "agents:read"}
+
     class InputSerializer(serializers.Serializer):
         k = serializers.IntegerField(min_value=1, max_value=selectors.MAX_K, default=10)
         kind = serializers.ChoiceField(choices=AgentKind.choices, required=False)
@@ -221,6 +231,8 @@ class AgentSimilarApi(APIView):
 
 class MemoryImportApi(APIView):
     """Upload a JSONL or CSV file of memories; answers 202 with the `memory_import` job that imports it."""
+
+    required_scopes = {"POST": "agents:write"}
 
     parser_classes = [MultiPartParser, FormParser]
 
