@@ -383,7 +383,9 @@ def _judge(per_output: dict[str, dict], tolerance: Mapping[str, float | None]) -
                 f"output '{name}': max absolute error {metrics['max_abs_error']:.6g} exceeds {limit_error:g}"
             )
         if limit_cosine is not None and not metrics["mean_cosine"] >= limit_cosine:
-            failures.append(f"output '{name}': mean cosine similarity {metrics['mean_cosine']:.6f} below {limit_cosine:g}")
+            failures.append(
+                f"output '{name}': mean cosine similarity {metrics['mean_cosine']:.6f} below {limit_cosine:g}"
+            )
     return failures
 
 
@@ -405,7 +407,9 @@ def _check_same_signature(source: ort.InferenceSession, result: ort.InferenceSes
 def _session(path: Path, *, providers: list[str], threads: int, role: str) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(
-            str(path), sess_options=_session_options(threads=threads), providers=list(dict.fromkeys([*providers, "CPUExecutionProvider"]))
+            str(path),
+            sess_options=_session_options(threads=threads),
+            providers=list(dict.fromkeys([*providers, "CPUExecutionProvider"])),
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         raise _load_error(exc, role, providers[0]) from exc
