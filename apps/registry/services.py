@@ -362,7 +362,7 @@ def model_version_register_compiled(
     try:
         with transaction.atomic():
             job = (
-                Job.objects.select_for_update()
+                Job.objects.select_for_update(of=("self",))
                 .select_related("owner")
                 .filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES)
                 .first()
