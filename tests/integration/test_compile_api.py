@@ -236,3 +236,36 @@ def test_a_passing_compiled_version_is_promoted_without_a_reason(scorer, member,
     response = operator.post("/api/v1/models/scorer/versions/2/promote", {"stage": "production"}, format="json")
     assert response.status_code == 200, response.json()
     assert not AuditEvent.objects.filter(action="model.promotion_overridden").exists()
+
+
+def test_admin_compile_action_submits_a_job_per_version_through_the_service(client, tmp_path):
+    from apps.accounts.models import Role
+    from apps.registry.services import model_version_upload
+    from tests.factories import MembershipFactory
+
+    staff = MembershipFactory(role=Role.DEVELOPER, user__is_staff=True, user__is_superuser=True)
+    analyst = MembershipFactory(
+        role=Role.ANALYST, user__is_staff=True, user__is_superuser=True, organization=staff.organization
+    )
+    path = build_test_model("mlp", tmp_path / "mlp.onnx")
+    version, _ = model_version_upload(membership=staff, name="encoder", source=path)
+
+    client.force_login(staff.user)
+    page = client.get("/admin/registry/modelversion/").content.decode()
+    assert "Compile to cpu-int8" in page and "Compile to gpu-fp16" in page
+    client.post(
+        "/admin/registry/modelversion/", {"action": "compile_to_cpu_int8", "_selected_action": [str(version.pk)]}
+    )
+    job = Job.objects.get()
+    assert job.kind == "compile" and job.owner == staff.user
+    assert job.params["target"] == "cpu-int8" and job.params["model"] == "encoder@1"
+
+    # The role in the version's organization decides, as everywhere else: analysts may not compile.
+    client.force_login(analyst.user)
+    response = client.post(
+        "/admin/registry/modelversion/",
+        {"action": "compile_to_cpu_int8", "_selected_action": [str(version.pk)]},
+        follow=True,
+    )
+    assert "may not compile models" in response.content.decode()
+    assert Job.objects.count() == 1
