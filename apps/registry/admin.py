@@ -1,7 +1,11 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from apps.accounts.models import Membership, Role
 from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline
+from apps.core.errors import DomainError
+from apps.registry import services
 from apps.registry.models import MLModel, ModelAlias, ModelVersion
+from workers.compile import TARGETS
 
 
 class ModelVersionInline(ReadOnlyTabularInline):
@@ -27,8 +31,19 @@ class MLModelAdmin(OrganizationScopedAdmin):
 @admin.register(ModelVersion)
 class ModelVersionAdmin(OrganizationScopedAdmin):
     organization_path = "model__organization"
-    list_display = ["__str__", "stage", "device_preference", "size_bytes", "opset", "created_by", "created_at"]
+    list_display = [
+        "__str__",
+        "stage",
+        "device_preference",
+        "size_bytes",
+        "opset",
+        "derived_from",
+        "report_passed",
+        "created_by",
+        "created_at",
+    ]
     list_filter = ["stage", "device_preference"]
+    actions = [f"compile_to_{target.replace('-', '_')}" for target in TARGETS]
     search_fields = ["model__name", "sha256"]
     list_select_related = ["model", "created_by"]
     readonly_fields = [
@@ -50,3 +65,45 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="report", boolean=True)
+    def report_passed(self, version):
+        return version.report.get("passed") if version.report else None
+
+    def _compile(self, request, queryset, target: str):
+        submitted, refused = 0, []
+        for version in queryset.select_related("model", "model__organization"):
+            try:
+                services.model_version_compile(
+                    membership=_acting_membership(request, version), version=version, target=target
+                )
+                submitted += 1
+            except DomainError as exc:
+                refused.append(f"{version}: {exc.message}")
+        if submitted:
+            self.message_user(request, f"Submitted {submitted} compile job(s) for {target}.", messages.SUCCESS)
+        for line in refused[:20]:
+            self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Compile to cpu-optimized (new staging version, validated)")
+    def compile_to_cpu_optimized(self, request, queryset):
+        self._compile(request, queryset, "cpu-optimized")
+
+    @admin.action(description="Compile to cpu-int8 (new staging version, validated)")
+    def compile_to_cpu_int8(self, request, queryset):
+        self._compile(request, queryset, "cpu-int8")
+
+    @admin.action(description="Compile to gpu-fp16 (new staging version, validated)")
+    def compile_to_gpu_fp16(self, request, queryset):
+        self._compile(request, queryset, "gpu-fp16")
+
+
+def _acting_membership(request, version: ModelVersion) -> Membership:
+    organization = version.model.organization
+    membership = Membership.objects.filter(user=request.user, organization=organization).first()
+    if membership is None and request.user.is_superuser:
+        # A superuser operates every organization as its administrator (as in the jobs admin).
+        membership = Membership(user=request.user, organization=organization, role=Role.ADMIN)
+    if membership is None:
+        raise DomainError(f"You are not a member of {organization}.")
+    return membership

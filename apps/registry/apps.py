@@ -8,6 +8,8 @@ class RegistryConfig(AppConfig):
 
     def ready(self):
         from apps.jobs.kinds import register
+        from apps.registry.compile_kind import COMPILE
         from apps.registry.inference_kind import INFERENCE
 
         register(INFERENCE)
+        register(COMPILE)

@@ -13,7 +13,13 @@ from django.db import transaction
 from django.db.models import Max
 
 from apps.accounts.models import Membership
-from apps.accounts.permissions import PROMOTE_MODELS, UPLOAD_MODELS, has_permission
+from apps.accounts.permissions import (
+    COMPILE_MODELS,
+    OVERRIDE_PROMOTION,
+    PROMOTE_MODELS,
+    UPLOAD_MODELS,
+    has_permission,
+)
 from apps.accounts.services import audit_record
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
 from apps.registry.models import AliasName, DevicePreference, MLModel, ModelAlias, ModelTask, ModelVersion, Stage
@@ -67,7 +73,8 @@ def model_version_upload(
                 f"file: {exc.message}", fields={"file": [exc.message]}, details={"code": exc.code, **exc.details}
             ) from exc
         return _register(
-            membership=membership,
+            organization=membership.organization,
+            user=membership.user,
             name=name,
             staged=staged,
             info=info,
@@ -100,9 +107,22 @@ def _stage(source, target: Path) -> None:
 
 
 @transaction.atomic
-def _register(*, membership, name, staged: Path, info, task, description, device_preference):
+def _register(
+    *,
+    organization,
+    user,
+    name,
+    staged: Path,
+    info,
+    task,
+    description,
+    device_preference,
+    stage: str = Stage.DRAFT,
+    derived_from: ModelVersion | None = None,
+    report: dict | None = None,
+):
     model, _ = MLModel.objects.get_or_create(
-        organization=membership.organization, name=name, defaults={"task": task, "description": description}
+        organization=organization, name=name, defaults={"task": task, "description": description}
     )
     model = MLModel.objects.select_for_update().get(pk=model.pk)  # numbers are handed out one at a time
     existing = model.versions.filter(sha256=info.sha256).first()
@@ -119,9 +139,12 @@ def _register(*, membership, name, staged: Path, info, task, description, device
         opset=info.opset,
         producer=info.producer or "",
         device_preference=device_preference,
-        created_by=membership.user,
+        stage=stage,
+        derived_from=derived_from,
+        report=report or {},
+        created_by=user,
     )
-    storage_name = f"{membership.organization.slug}/{name}/{number}-{info.sha256[:12]}.onnx"
+    storage_name = f"{organization.slug}/{name}/{number}-{info.sha256[:12]}.onnx"
     with staged.open("rb") as handle:
         version.file.save(storage_name, File(handle), save=False)
     stored = version.file.name
@@ -133,7 +156,7 @@ def _register(*, membership, name, staged: Path, info, task, description, device
         raise
     logger.info(
         "model.uploaded",
-        extra={"model": name, "version": number, "sha256": info.sha256, "organization_id": membership.organization_id},
+        extra={"model": name, "version": number, "sha256": info.sha256, "organization_id": organization.pk},
     )
     return version, True
 
@@ -169,9 +192,18 @@ def model_version_get(*, membership: Membership, reference: str) -> ModelVersion
 
 @transaction.atomic
 def model_version_promote(
-    *, membership: Membership, version: ModelVersion, stage: str, canary_weight: int | None = None
+    *,
+    membership: Membership,
+    version: ModelVersion,
+    stage: str,
+    canary_weight: int | None = None,
+    override_reason: str = "",
 ) -> ModelVersion:
-    """Move a version to a stage; `production` also moves the production alias (the previous one is archived)."""
+    """Move a version to a stage; `production` also moves the production alias (the previous one is archived).
+
+    A compiled version whose validation report did not pass reaches `production` only with
+    a written `override_reason` from a role allowed to override; the override is audited.
+    """
     if not has_permission(membership, PROMOTE_MODELS):
         raise PermissionDenied(f"Role '{membership.role}' may not promote models.")
     _validate_choice(stage, Stage, "stage")
@@ -180,6 +212,8 @@ def model_version_promote(
         raise NotFound("No such model.")
     if version.stage == Stage.ARCHIVED and stage != Stage.ARCHIVED:
         raise Conflict(f"{version} is archived; upload it again to use it.")
+    override_reason = (override_reason or "").strip()
+    overridden = stage == Stage.PRODUCTION and _check_promotion_gate(membership, version, override_reason)
     if stage == Stage.PRODUCTION:
         previous = ModelAlias.objects.filter(model=version.model, name=AliasName.PRODUCTION).first()
         if previous is not None and previous.version_id != version.pk:
@@ -212,6 +246,20 @@ def model_version_promote(
             "canary_weight": canary_weight,
         },
     )
+    if overridden:
+        audit_record(
+            organization=membership.organization_id,
+            actor=membership.user,
+            action="model.promotion_overridden",
+            target=version,
+            details={
+                "model": version.model.name,
+                "version": version.number,
+                "reason": override_reason,
+                "failures": version.report.get("failures", []),
+                "target": version.report.get("target"),
+            },
+        )
     logger.info(
         "model.promoted",
         extra={
@@ -222,3 +270,130 @@ def model_version_promote(
         },
     )
     return version
+
+
+def _check_promotion_gate(membership: Membership, version: ModelVersion, override_reason: str) -> bool:
+    """Whether promoting `version` to production overrides a failed report; refuses when it may not."""
+    if version.derived_from_id is None or version.report.get("passed") is True:
+        return False
+    failures = "; ".join(version.report.get("failures") or ["the version has no passing validation report"])
+    if not override_reason:
+        raise Conflict(
+            f"{version.model.name}@{version.number} did not pass validation ({failures}); "
+            "give override_reason to promote it anyway.",
+            fields={"override_reason": ["Required to promote a version whose validation report did not pass."]},
+            details={"failures": version.report.get("failures", [])},
+        )
+    if not has_permission(membership, OVERRIDE_PROMOTION):
+        raise PermissionDenied(
+            f"Role '{membership.role}' may not override a failed validation report.",
+            details={"action": OVERRIDE_PROMOTION},
+        )
+    if len(override_reason) > 2000:
+        raise DomainError("override_reason: at most 2000 characters.", fields={"override_reason": ["At most 2000."]})
+    return True
+
+
+# --- compilation --------------------------------------------------------------------------------
+
+
+def model_version_compile(
+    *,
+    membership: Membership,
+    version: ModelVersion,
+    target: str,
+    tolerance: dict | None = None,
+    sample_inputs: dict | None = None,
+    sample_rows: int | None = None,
+    seed: int | None = None,
+    latency_runs: int | None = None,
+    priority: int = 5,
+    idempotency_key: str | None = None,
+):
+    """Submit a `compile` job for `version`; its result is a new `staging` version derived from it.
+
+    Fields refused by the kind's parameters come back without the `params.` prefix: here
+    they are the caller's own fields.
+    """
+    from apps.jobs.services import job_submit
+
+    if not has_permission(membership, COMPILE_MODELS):
+        raise PermissionDenied(f"Role '{membership.role}' may not compile models.", details={"action": COMPILE_MODELS})
+    if version.model.organization_id != membership.organization_id:
+        raise NotFound("No such model.")
+    optional = {
+        "tolerance": tolerance,
+        "sample_inputs": sample_inputs,
+        "sample_rows": sample_rows,
+        "seed": seed,
+        "latency_runs": latency_runs,
+    }
+    params = {
+        "model": f"{version.model.name}@{version.number}",
+        "target": target,
+        **{key: value for key, value in optional.items() if value is not None},
+    }
+    try:
+        job, _ = job_submit(
+            membership=membership, kind="compile", params=params, priority=priority, idempotency_key=idempotency_key
+        )
+    except DomainError as exc:
+        if not exc.fields:
+            raise
+        fields = {name.removeprefix("params."): errors for name, errors in exc.fields.items()}
+        raise type(exc)(exc.message.removeprefix("params."), fields=fields, details=exc.details) from exc
+    return job
+
+
+def model_version_register_compiled(
+    *, source: ModelVersion, path: Path, report: dict, target: str, job_id, attempt: int
+) -> tuple[ModelVersion, bool] | None:
+    """Register a compile job's output as a `staging` version derived from `source`.
+
+    Runs the upload's own validation, and inserts only while `attempt` still holds the
+    job (fenced like every worker write): None when it does not. Returns (version,
+    created); identical bytes already registered come back with created=False. Nothing is
+    left behind when it refuses: no row, no stored file.
+    """
+    from apps.jobs.models import ACTIVE_STATUSES, Job
+
+    info = inspect_model(path, max_bytes=settings.REGISTRY_MAX_MODEL_BYTES)  # ModelValidationError fails the job
+    created_version = None
+    try:
+        with transaction.atomic():
+            job = (
+                Job.objects.select_for_update(of=("self",))
+                .select_related("owner")
+                .filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES)
+                .first()
+            )
+            if job is None:
+                return None
+            model = source.model
+            version, created = _register(
+                organization=model.organization,
+                user=job.owner,
+                name=model.name,
+                staged=path,
+                info=info,
+                task=model.task,
+                description=model.description,
+                device_preference=COMPILED_DEVICE_PREFERENCE[target],
+                stage=Stage.STAGING,
+                derived_from=source,
+                report={**report, "job_id": str(job_id), "source": f"{model.name}@{source.number}"},
+            )
+            created_version = version if created else None
+    except Exception:
+        # The insert rolled back after the file was stored: the file goes too.
+        if created_version is not None:
+            created_version.file.storage.delete(created_version.file.name)
+        raise
+    return version, created
+
+
+COMPILED_DEVICE_PREFERENCE = {
+    "cpu-optimized": DevicePreference.CPU,  # fused CPU kernels (FusedGemm, ...)
+    "cpu-int8": DevicePreference.CPU,
+    "gpu-fp16": DevicePreference.GPU,
+}

@@ -194,6 +194,8 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- Model registry ----------------------------------------------------------------------
+# Per compile target, over the defaults in workers/compile.py: {"cpu-int8": {"min_cosine": 0.995}}.
+COMPILE_TOLERANCES = env.json("COMPILE_TOLERANCES", default={})
 REGISTRY_MAX_MODEL_BYTES = env.int("REGISTRY_MAX_MODEL_BYTES", default=512 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # request bodies other than files
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads go to a temporary file

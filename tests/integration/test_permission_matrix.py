@@ -123,6 +123,15 @@ ENDPOINTS = [
         scope="models:write",
     ),
     Endpoint(
+        "model-compile",
+        "POST",
+        "/api/v1/models/{model}/versions/1/compile",
+        p.PERMISSIONS[p.COMPILE_MODELS],
+        ok=202,
+        body={"target": "cpu-int8"},
+        scope="models:write",
+    ),
+    Endpoint(
         "model-archive",
         "POST",
         "/api/v1/models/{model}/versions/1/archive",

@@ -7,4 +7,5 @@ urlpatterns = [
     path("models/<slug:name>/", views.ModelDetailApi.as_view(), name="model-detail"),
     path("models/<slug:name>/versions/<int:number>/promote", views.VersionPromoteApi.as_view(), name="model-promote"),
     path("models/<slug:name>/versions/<int:number>/archive", views.VersionArchiveApi.as_view(), name="model-archive"),
+    path("models/<slug:name>/versions/<int:number>/compile", views.VersionCompileApi.as_view(), name="model-compile"),
 ]

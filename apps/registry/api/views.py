@@ -7,8 +7,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.selectors import request_membership
+from apps.jobs.api.serializers import JobOutputSerializer
 from apps.registry import selectors, services
 from apps.registry.models import DevicePreference, MLModel, ModelTask, ModelVersion, Stage
+from workers.compile import TARGETS
 
 
 class VersionOutputSerializer(serializers.ModelSerializer):
@@ -112,6 +114,13 @@ class VersionPromoteApi(APIView):
             required=False,
             help_text="With stage staging: route this percent to it as canary.",
         )
+        override_reason = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=2000,
+            help_text="To promote a compiled version whose validation report did not pass to production "
+            "(owner, admin); recorded in the audit trail.",
+        )
 
         class Meta:
             ref_name = "ModelPromoteInput"
@@ -135,3 +144,39 @@ class VersionArchiveApi(APIView):
         version = selectors.version_get(membership=membership, name=name, number=number)
         version = services.model_version_promote(membership=membership, version=version, stage=Stage.ARCHIVED)
         return Response(VersionOutputSerializer(version).data)
+
+
+class VersionCompileApi(APIView):
+    """Start a compile job: the version compiled for a target, validated, registered as a new staging version."""
+
+    required_scopes = {"POST": "models:write"}
+
+    class InputSerializer(serializers.Serializer):
+        target = serializers.ChoiceField(choices=TARGETS)
+        tolerance = serializers.DictField(
+            required=False, help_text="`max_abs_error` (or null) and `min_cosine`; defaults per target."
+        )
+        sample_inputs = serializers.DictField(
+            required=False, help_text="Input name -> nested list; default: generated from the signature."
+        )
+        sample_rows = serializers.IntegerField(required=False, help_text="Rows of generated samples (1-4096).")
+        seed = serializers.IntegerField(required=False, help_text="Seed of generated samples.")
+        latency_runs = serializers.IntegerField(required=False, help_text="Timed runs each (3-1000).")
+        priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
+
+        class Meta:
+            ref_name = "ModelCompileInput"
+
+    @extend_schema(request=InputSerializer, responses={202: JobOutputSerializer}, operation_id="models_compile")
+    def post(self, request, name, number):
+        membership = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 128:
+            raise serializers.ValidationError({"Idempotency-Key": ["At most 128 characters."]})
+        version = selectors.version_get(membership=membership, name=name, number=number)
+        job = services.model_version_compile(
+            membership=membership, version=version, idempotency_key=key, **data.validated_data
+        )
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)

@@ -1,21 +1,32 @@
 """`manage.py models upload|list|show|promote|archive`: the model registry from the command line."""
 
 import json
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
 from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
 from apps.core.errors import DomainError
 from apps.registry import selectors, services
 from apps.registry.api.views import ModelOutputSerializer
 from apps.registry.models import DevicePreference, ModelTask, Stage
+from workers.compile import TARGETS
+
+# `compile --wait`: 0 compiled and passed, 1 failed, 3 cancelled, 4 timed out, 5 compiled but
+# the report did not pass (a staging version exists; promoting it needs an override).
+EXIT_FAILED, EXIT_CANCELLED, EXIT_TIMEOUT, EXIT_REPORT_FAILED = 1, 3, 4, 5
 
 
 class Command(BaseCommand):
     help = (
-        "Upload ONNX models as versions, list and show them, promote a version to a stage or archive it. "
-        "Exit code 2 when the command is used wrongly or the registry refuses (the reason is printed)."
+        "Upload ONNX models as versions, list and show them, promote a version to a stage or archive it, "
+        "compile a version for a target. Exit code 2 when the command is used wrongly or the registry refuses "
+        "(the reason is printed); `compile --wait`: 0 compiled and passed, 1 failed, 3 cancelled, 4 timed out, "
+        "5 compiled but its report did not pass."
     )
 
     def add_arguments(self, parser):
@@ -38,6 +49,26 @@ class Command(BaseCommand):
         promote.add_argument("reference", help="NAME@N")
         promote.add_argument("--stage", choices=Stage.values, required=True)
         promote.add_argument("--canary-weight", type=int, help="with --stage staging: percent of traffic as canary")
+        promote.add_argument(
+            "--override-reason",
+            default="",
+            help="promote a compiled version whose report did not pass to production anyway (owner, admin); audited",
+        )
+        compile_ = sub.add_parser(
+            "compile", help="compile NAME@N for a target into a new staging version, validated against NAME@N"
+        )
+        compile_.add_argument("reference", help="NAME@N, the source version")
+        compile_.add_argument("--target", choices=TARGETS, required=True, help="what to compile for")
+        compile_.add_argument("--max-abs-error", type=float, help="tolerance: largest absolute output error")
+        compile_.add_argument("--min-cosine", type=float, help="tolerance: smallest mean cosine similarity")
+        compile_.add_argument(
+            "--samples", type=Path, help=".npz (one array per input) or .json validation inputs; default: generated"
+        )
+        compile_.add_argument("--sample-rows", type=int, help="rows of generated samples (default 32)")
+        compile_.add_argument("--seed", type=int, help="seed of generated samples (default 0)")
+        compile_.add_argument("--latency-runs", type=int, help="timed runs of source and result each (default 20)")
+        compile_.add_argument("--wait", action="store_true", help="wait with a progress bar; print the report")
+        compile_.add_argument("--timeout", type=float, help="with --wait: give up after N seconds (exit 4)")
         archive = sub.add_parser("archive", help="archive NAME@N (drops its aliases)")
         archive.add_argument("reference", help="NAME@N")
         for action in sub.choices.values():
@@ -87,11 +118,73 @@ class Command(BaseCommand):
             version=self._version(membership, options["reference"]),
             stage=options["stage"],
             canary_weight=options["canary_weight"],
+            override_reason=options["override_reason"],
         )
         self.stdout.write(f"{version} {version.stage}")
+
+    def _compile(self, membership, options):
+        tolerance = {key: options[key] for key in ("max_abs_error", "min_cosine") if options[key] is not None} or None
+        job = services.model_version_compile(
+            membership=membership,
+            version=self._version(membership, options["reference"]),
+            target=options["target"],
+            tolerance=tolerance,
+            sample_inputs=_load_samples(options["samples"]) if options["samples"] else None,
+            sample_rows=options["sample_rows"],
+            seed=options["seed"],
+            latency_runs=options["latency_runs"],
+        )
+        self.stdout.write(f"submitted compile job {job.id} ({options['reference']} -> {options['target']})")
+        if not options["wait"]:
+            return
+        job = _wait(job, options["timeout"])
+        if job.status == "succeeded":
+            report = job.result["report"]
+            self.stdout.write(
+                f"{job.result['model']} {'passed' if report['passed'] else 'did not pass'}: "
+                f"max_abs_error={report['max_abs_error']} mean_cosine={report['mean_cosine']} "
+                f"latency_p50_ms={report['latency_p50_ms_before']}->{report['latency_p50_ms_after']} "
+                f"speedup={report['speedup']} size={report['size_bytes_before']}->{report['size_bytes_after']}"
+            )
+            for failure in report["failures"]:
+                self.stdout.write(f"  {failure}")
+            if not report["passed"]:
+                sys.exit(EXIT_REPORT_FAILED)
+            return
+        if job.error:
+            self.stderr.write(f"{job.status}: {job.error.get('code')}: {job.error.get('message')}")
+        sys.exit(EXIT_CANCELLED if job.status == "cancelled" else EXIT_FAILED)
 
     def _archive(self, membership, options):
         version = services.model_version_promote(
             membership=membership, version=self._version(membership, options["reference"]), stage=Stage.ARCHIVED
         )
         self.stdout.write(f"{version} {version.stage}")
+
+
+def _load_samples(path: Path) -> dict:
+    if not path.is_file():
+        raise CommandError(f"--samples: no such file {path}", returncode=USAGE_ERROR)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name].tolist() for name in archive.files}
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"--samples: cannot read {path} ({exc})", returncode=USAGE_ERROR) from exc
+
+
+def _wait(job, timeout: float | None):
+    deadline = time.monotonic() + timeout if timeout else None
+    with tqdm(total=100, unit="%", desc=f"compile {job.short_id}", file=sys.stderr) as bar:
+        while True:
+            job.refresh_from_db()
+            bar.n = round(job.progress * 100)
+            bar.set_postfix_str(f"{job.status} {job.progress_message}".strip())
+            if job.is_terminal:
+                return job
+            if deadline and time.monotonic() > deadline:
+                raise CommandError(
+                    f"--timeout: job {job.id} still {job.status} after {timeout}s", returncode=EXIT_TIMEOUT
+                )
+            time.sleep(0.25)
