@@ -4,6 +4,7 @@ Concurrency guards are conditional UPDATEs: a transition names the state (and, f
 worker, the attempt) it starts from, so two actors racing on one job cannot both win.
 """
 
+import functools
 import json
 import logging
 import random
@@ -23,6 +24,7 @@ from rest_framework import serializers
 from apps.accounts.models import Membership, User
 from apps.accounts.permissions import MANAGE_ANY_JOB, SUBMIT_JOBS, has_permission, may_submit_kind
 from apps.accounts.services import audit_record
+from apps.core.db import PreparedStatement
 from apps.core.errors import Conflict, DomainError, PermissionDenied, ServiceUnavailable
 from apps.jobs.kinds import get_kind
 from apps.jobs.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobEvent, JobStatus
@@ -162,21 +164,25 @@ def _queued_count(queue: str) -> int:
     return cached[1]
 
 
-def _insert_submitted(job: Job, *, actor: User) -> None:
-    """INSERT the job and its first event in one statement (submit is on every job's path)."""
-    fields = Job._meta.concrete_fields
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    values = [field.get_db_prep_save(field.pre_save(job, add=True), connection) for field in fields]
+@functools.cache
+def _insert_statement() -> PreparedStatement:
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in Job._meta.concrete_fields)
     # Only column names from the model and %s placeholders are interpolated; values are parameters.
-    placeholders = ", ".join(["%s"] * len(fields))
-    sql = (
+    placeholders = ", ".join(["%s"] * len(Job._meta.concrete_fields))
+    return PreparedStatement(
+        "switchyard_job_submit",
         f"WITH job AS (INSERT INTO jobs_job ({columns}) VALUES ({placeholders})"  # noqa: S608
         " RETURNING id, created_at)"
         " INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message, actor_id)"
-        " SELECT id, created_at, '', 'queued', 0, '', 'submitted', %s FROM job"
+        " SELECT id, created_at, '', 'queued', 0, '', 'submitted', %s::bigint FROM job",
     )
+
+
+def _insert_submitted(job: Job, *, actor: User) -> None:
+    """INSERT the job and its first event in one statement (submit is on every job's path)."""
+    values = [field.get_db_prep_save(field.pre_save(job, add=True), connection) for field in Job._meta.concrete_fields]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, actor.pk])
+        cursor.execute(*_insert_statement().sql_and_args([*values, actor.pk]))
     job._state.adding = False
     job._state.db = "default"
 
@@ -261,18 +267,22 @@ WITH previous AS (
        FOR UPDATE
 ), finished AS (
     UPDATE jobs_job AS job
-       SET status = %(status)s, result = %(result)s::jsonb, error = %(error)s::jsonb, finished_at = now(),
+       SET status = %(status)s::text, result = %(result)s::jsonb, error = %(error)s::jsonb, finished_at = now(),
            lease_expires_at = NULL, updated_at = now(),
-           progress = CASE WHEN %(status)s = 'succeeded' THEN 1 ELSE job.progress END
+           progress = CASE WHEN %(status)s::text = 'succeeded' THEN 1 ELSE job.progress END
       FROM previous
      WHERE job.id = previous.id
  RETURNING job.id, job.attempt, previous.status AS from_status
 ), event AS (
     INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
-    SELECT id, now(), from_status, %(status)s, attempt, %(worker)s, %(message)s FROM finished
+    SELECT id, now(), from_status, %(status)s::text, attempt, %(worker)s, %(message)s::text FROM finished
 )
 SELECT count(*) FROM finished
 """
+
+
+_CLAIM = PreparedStatement("switchyard_job_claim", _CLAIM_SQL)
+_FINISH = PreparedStatement("switchyard_job_finish", _FINISH_SQL)
 
 
 def _jsonb(value) -> str | None:
@@ -293,7 +303,7 @@ def job_claim(
         "task_id": task_id,
         "lease": lease_seconds or settings.JOBS_LEASE_SECONDS,
     }
-    job = next(iter(Job.objects.raw(_CLAIM_SQL, params)), None)
+    job = next(iter(Job.objects.raw(*_CLAIM.sql_and_args(params))), None)
     if job is None:
         return None
     logger.info(
@@ -349,7 +359,7 @@ def job_finish(
         "message": error["message"] if error else "",
     }
     with connection.cursor() as cursor:
-        cursor.execute(_FINISH_SQL, params)
+        cursor.execute(*_FINISH.sql_and_args(params))
         (finished,) = cursor.fetchone()
     if not finished:
         logger.warning("job.finish_fenced", extra={"job_id": str(job_id), "attempt": attempt})

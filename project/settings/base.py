@@ -122,6 +122,9 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT",
 # Celery's Django fixup closes every database connection before and after each task
 # unless this is set: a new scram-sha-256 login per job cut the job path to a third of
 # its throughput (`manage.py bench jobs`). CONN_MAX_AGE and health checks still apply.
+# The submit, claim and finish statements are prepared once per database session
+# (apps/core/db.py); turn off behind a pooler in transaction mode.
+DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 FLOWER_URL = env.str("FLOWER_URL", default="http://127.0.0.1:5555")
