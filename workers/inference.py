@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from workers import array_files
 from workers.onnx_models import TensorSpec, onnxruntime_reason
 
 logger = logging.getLogger(__name__)
@@ -470,44 +471,29 @@ def load_array_inputs(
 ) -> dict[str, np.ndarray]:
     """Read uploaded inputs: a `.npz` keyed by input name, or a `.npy` for a model with one input.
 
-    `input_names` (the model's inputs) names a `.npy` array. Never unpickles. A `.npy` is
+    `input_names` (the model's inputs) names a `.npy` array. Never unpickles. Arrays
+    stored uncompressed (`.npy`, and `.npz` members written by `np.savez`) are
     memory-mapped, so a large upload is read batch by batch instead of all at once;
-    `max_bytes` bounds the uncompressed size, checked before any array is read.
+    `max_bytes` bounds the arrays' size, checked from their headers before any is read.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        if input_names is None or len(input_names) != 1:
+    try:
+        is_npy = array_files.array_file_format(path) == "npy"
+        if is_npy and (input_names is None or len(input_names) != 1):
             count = "several" if input_names is None else len(input_names)
             raise InputValidationError(
                 "inputs",
                 f"a .npy file holds one array, for a model with exactly one input; this model takes {count}: "
                 "upload a .npz with one array per input name",
             )
-        _check_uncompressed_size(path.stat().st_size, max_bytes)
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputValidationError("inputs", f"cannot read {path.name} as a .npy array: {exc}") from exc
-        return {input_names[0]: array}
-    if suffix == ".npz":
-        try:
-            with zipfile.ZipFile(path) as archive:
-                _check_uncompressed_size(sum(info.file_size for info in archive.infolist()), max_bytes)
-            with np.load(path, allow_pickle=False) as archive:
-                return {key: archive[key] for key in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputValidationError("inputs", f"cannot read {path.name} as a .npz archive: {exc}") from exc
-    raise InputValidationError("inputs", f"inputs must be a .npy or .npz file; got {path.name}")
-
-
-def _check_uncompressed_size(size: int, max_bytes: int | None) -> None:
-    if max_bytes is not None and size > max_bytes:
-        raise InputValidationError(
-            "inputs",
-            f"the inputs hold {size} bytes uncompressed; the limit is {max_bytes} bytes",
-            {"max_bytes": max_bytes},
-        )
+        arrays = array_files.open_arrays(path, max_bytes=max_bytes)
+    except array_files.ArrayFileError as exc:
+        raise InputValidationError("inputs", f"cannot use {path.name} as inputs: {exc.message}") from exc
+    except OSError as exc:
+        raise InputValidationError("inputs", f"cannot read {path.name}: {exc}") from exc
+    if is_npy:
+        return {input_names[0]: arrays[""]}
+    return arrays
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -552,11 +538,13 @@ def run_inference(
     step = min(batch_size, rows) if batchable else rows
 
     started = time.perf_counter()
-    outputs, batches = _run_batches(session, feeds, output_names, rows, step, batchable, on_progress, should_cancel)
+    outputs, batches, writer = _run_batches(
+        session, feeds, output_names, rows, step, batchable, on_progress, should_cancel, Path(output_path)
+    )
     seconds = time.perf_counter() - started
 
     write_started = time.perf_counter()
-    output_sha256, output_size = _write_npz(Path(output_path), outputs)
+    output_sha256, output_size = writer.finish()
     write_seconds = time.perf_counter() - write_started
     summary = {
         "rows": rows,
@@ -566,8 +554,8 @@ def run_inference(
         "seconds": round(seconds, 6),
         "rows_per_s": round(rows / seconds, 1) if seconds > 0 else None,
         "session_load_seconds": round(load_seconds, 6),
-        # Writing and hashing the .npz: a cost per output byte (~25 ms for 12.6 MB on a
-        # 2-core host), next to which a fast model's batch loop can be short.
+        # What writing and hashing the .npz took after the last batch: the first output is
+        # written while batches run, so this is its last chunk plus any further outputs.
         "write_seconds": round(write_seconds, 6),
         "provider": session.get_providers()[0],
         "providers_requested": providers,
@@ -619,7 +607,8 @@ def _run_batches(
     batchable: bool,
     on_progress: Callable[[int, int], None] | None,
     should_cancel: Callable[[], bool] | None,
-) -> tuple[dict[str, np.ndarray], int]:
+    output_path: Path,
+) -> tuple[dict[str, np.ndarray], int, "_NpzWriter"]:
     def run(feed: dict[str, np.ndarray], start: int, stop: int) -> list[np.ndarray]:
         try:
             return session.run(output_names, feed)
@@ -632,27 +621,38 @@ def _run_batches(
     if not batchable or step >= rows:
         # One call: its outputs are the results, no copy.
         produced = run(dict(feeds), 0, rows)
+        results = dict(zip(output_names, produced, strict=True))
+        writer = _NpzWriter(output_path, results, rows=None)
+        writer.advance(rows)
         if on_progress is not None:
             on_progress(rows, rows)
-        return dict(zip(output_names, produced, strict=True)), 1
+        return results, 1, writer
     results: dict[str, np.ndarray] = {}
+    writer: _NpzWriter | None = None
     batches = 0
-    for start in range(0, rows, step):
-        if batches and should_cancel is not None and should_cancel():
-            raise InferenceCancelled(rows_done=start, rows_total=rows)
-        stop = min(start + step, rows)
-        produced = run({name: array[start:stop] for name, array in feeds.items()}, start, stop)
-        if not results:
-            results = _preallocate(output_names, produced, rows, stop - start)
-        for name, value in zip(output_names, produced, strict=True):
-            target = results[name]
-            if value.shape[1:] != target.shape[1:] or value.shape[0] != stop - start:
-                raise _not_batched(name, value, stop - start)
-            target[start:stop] = value
-        batches += 1
-        if on_progress is not None:
-            on_progress(stop, rows)
-    return results, batches
+    try:
+        for start in range(0, rows, step):
+            if batches and should_cancel is not None and should_cancel():
+                raise InferenceCancelled(rows_done=start, rows_total=rows)
+            stop = min(start + step, rows)
+            produced = run({name: array[start:stop] for name, array in feeds.items()}, start, stop)
+            if writer is None:
+                results = _preallocate(output_names, produced, rows, stop - start)
+                writer = _NpzWriter(output_path, results, rows=rows)
+            for name, value in zip(output_names, produced, strict=True):
+                target = results[name]
+                if value.shape[1:] != target.shape[1:] or value.shape[0] != stop - start:
+                    raise _not_batched(name, value, stop - start)
+                target[start:stop] = value
+            writer.advance(stop)
+            batches += 1
+            if on_progress is not None:
+                on_progress(stop, rows)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return results, batches, writer
 
 
 def _preallocate(names: list[str], produced: list[np.ndarray], rows: int, batch_rows: int) -> dict[str, np.ndarray]:
@@ -678,30 +678,121 @@ def _dtype_name(array: np.ndarray) -> str:
     return "string" if array.dtype.kind in "UO" else array.dtype.name
 
 
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> tuple[str, int]:
-    """Write `arrays` as an uncompressed .npz (what np.savez writes) atomically; return its sha256 and size.
+class _NpzWriter:
+    """Writes the outputs as an uncompressed .npz (what np.savez writes) from a thread, while batches still run.
+
+    Writing and hashing the outputs cost ~25 ms per 12.6 MB on a 2-core host (measured),
+    as much as a fifth of a fast model's batch loop when done after it. Here the rows of
+    the first output are written, CRC'd and hashed as soon as their batch is done; zlib,
+    hashlib and file writes release the GIL, so this overlaps onnxruntime's own run.
+    Members come one after another in the file, so later outputs are written once every
+    row is done. The thread wakes up only every `CHUNK_BYTES` of new rows: at batch 1 a
+    wake-up per row would cost more than the row.
 
     Written member by member instead of np.savez(file, **arrays), which would break on an
     output named "file" or "allow_pickle". Never pickles: string outputs are stored as
     fixed-width unicode. Hashed as it is written (one pass, no re-read), into a temporary
-    file beside `path` that is renamed at the end, so a crash leaves no half-written
-    output under the final name.
+    file beside the final path that is renamed only by `finish()`, so a crash, an error
+    or a cancellation leaves no half-written output under the final name.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            writer = _HashingWriter(file)
-            with zipfile.ZipFile(writer, mode="w", compression=zipfile.ZIP_STORED) as archive:
-                for name, array in arrays.items():
-                    stored = array.astype(str) if array.dtype.kind == "O" else array
-                    with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asanyarray(stored), allow_pickle=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return writer.digest.hexdigest(), writer.size
+
+    CHUNK_BYTES = 4 * 1024 * 1024
+
+    def __init__(self, path: Path, arrays: Mapping[str, np.ndarray], *, rows: int | None):
+        self.path = Path(path)
+        self.arrays = dict(arrays)
+        # None: the arrays are complete (one call) and every one is written whole.
+        self.rows = rows
+        first = next(iter(self.arrays.values()), None)
+        row_bytes = first[:1].nbytes if first is not None and first.ndim and len(first) else 1
+        self._chunk_rows = max(1, self.CHUNK_BYTES // max(row_bytes, 1))
+        self._done = 0
+        self._signalled = 0
+        self._aborted = False
+        self._condition = threading.Condition()
+        self._result: tuple[str, int] | None = None
+        self._error: BaseException | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
+        self._file = os.fdopen(descriptor, "wb")
+        self._temporary = Path(temporary)
+        self._thread = threading.Thread(target=self._write, name="inference-npz-writer", daemon=True)
+        self._thread.start()
+
+    def advance(self, rows_done: int) -> None:
+        """Rows [0, rows_done) of every output are final (called by the batch loop)."""
+        self._done = rows_done
+        if self.rows is None or rows_done - self._signalled >= self._chunk_rows or rows_done >= self.rows:
+            self._signalled = rows_done
+            with self._condition:
+                self._condition.notify()
+
+    def finish(self) -> tuple[str, int]:
+        """Wait for the last bytes, put the file under its final name; return its sha256 and size."""
+        self._thread.join()
+        if self._error is not None:
+            self._temporary.unlink(missing_ok=True)
+            raise self._error
+        os.replace(self._temporary, self.path)
+        assert self._result is not None
+        return self._result
+
+    def abort(self) -> None:
+        with self._condition:
+            self._aborted = True
+            self._condition.notify()
+        self._thread.join()
+        self._temporary.unlink(missing_ok=True)
+
+    def _wait_for_rows(self, written: int, total: int) -> int:
+        with self._condition:
+            while not self._aborted and self._done - written < min(self._chunk_rows, total - written):
+                self._condition.wait()
+            if self._aborted:
+                raise _WriteAborted()
+            return self._done
+
+    def _write(self) -> None:
+        try:
+            with self._file as file:
+                writer = _HashingWriter(file)
+                with zipfile.ZipFile(writer, mode="w", compression=zipfile.ZIP_STORED) as archive:
+                    for name, array in self.arrays.items():
+                        self._write_member(archive, name, array)
+            self._result = (writer.digest.hexdigest(), writer.size)
+        except _WriteAborted:
+            pass
+        except BaseException as exc:  # handed to finish(), in the thread that called run_inference
+            self._error = exc
+
+    def _write_member(self, archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
+        streamed = self.rows is not None and array.dtype.kind != "O"
+        if not streamed:
+            # Whole-array members: string outputs (object arrays from onnxruntime, converted
+            # once complete) and the outputs of a single call.
+            written = 0
+            while self.rows is not None and written < self.rows:
+                written = self._wait_for_rows(written, self.rows)
+            stored = array.astype(str) if array.dtype.kind == "O" else np.ascontiguousarray(array)
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, stored, allow_pickle=False)
+            return
+        with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+            header = np.lib.format.header_data_from_array_1_0(array)
+            try:
+                np.lib.format.write_array_header_1_0(member, header)
+            except ValueError:  # a header too long for format 1.0 (very many dimensions)
+                np.lib.format.write_array_header_2_0(member, header)
+            written = 0
+            while written < self.rows:
+                done = self._wait_for_rows(written, self.rows)
+                # Flat bytes: zipfile sizes a buffer by len(), which for a 2-D view is its rows.
+                member.write(memoryview(array[written:done].reshape(-1).view(np.uint8)))
+                written = done
+
+
+class _WriteAborted(Exception):
+    """The run stopped (cancelled or failed): the writer drops its temporary file."""
 
 
 class _HashingWriter(io.RawIOBase):

@@ -174,3 +174,5 @@ CELERY_BEAT_SCHEDULE = {
 REGISTRY_MAX_MODEL_BYTES = env.int("REGISTRY_MAX_MODEL_BYTES", default=512 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # request bodies other than files
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads go to a temporary file
+# Uploaded job inputs (.npy/.npz for inference batches), POST /api/v1/artifacts/.
+ARTIFACTS_MAX_UPLOAD_BYTES = env.int("ARTIFACTS_MAX_UPLOAD_BYTES", default=2 * 1024 * 1024 * 1024)
