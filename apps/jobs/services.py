@@ -691,10 +691,8 @@ def artifact_upload(*, membership: Membership, source, name: str) -> tuple[Artif
         raise PermissionDenied(f"Role '{membership.role}' may not upload job inputs.")
     name = Path(str(name or "")).name
     if not name.lower().endswith((".npy", ".npz")) or len(name) > 200:
-        raise DomainError(
-            "file: the name must end in .npy or .npz.",
-            fields={"file": ["Upload a .npy (one array) or .npz (arrays by input name) file, name at most 200 chars."]},
-        )
+        message = f"The name must end in .npy or .npz (at most 200 characters); got '{name[:200]}'."
+        raise DomainError(f"file: {message}", fields={"file": [message]})
     limit = settings.ARTIFACTS_MAX_UPLOAD_BYTES
     with tempfile.TemporaryDirectory(prefix="artifact-upload-") as workdir:
         staged = Path(workdir) / "upload"

@@ -131,6 +131,31 @@ def test_cancellation_stops_after_the_first_batch_and_writes_nothing(tmp_path, m
     assert list(tmp_path.glob(".out*")) == []
 
 
+def test_outputs_written_while_batches_run_hash_and_load_like_one_direct_run(tmp_path, multi_io, cache, monkeypatch):
+    # A chunk of a few rows makes the writer stream the first output in many pieces.
+    monkeypatch.setattr("workers.inference._NpzWriter.CHUNK_BYTES", 64)
+    path, sha256 = multi_io
+    inputs = multi_io_inputs(1001)
+    np.savez(tmp_path / "in.npz", **inputs)
+
+    summary = run_inference(
+        path,
+        sha256=sha256,
+        inputs=load_array_inputs(tmp_path / "in.npz"),
+        batch_size=7,
+        output_path=tmp_path / "out.npz",
+        session_cache=cache,
+    )
+
+    assert summary["output_sha256"] == sha256_of(tmp_path / "out.npz")
+    assert summary["output_size_bytes"] == (tmp_path / "out.npz").stat().st_size
+    expected = direct_run(path, inputs)
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as written:
+        np.testing.assert_allclose(written["y"], expected["y"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(written["ids_sum"], expected["ids_sum"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_wanted_outputs_subset_writes_only_those(tmp_path, multi_io, cache):
     path, sha256 = multi_io
     inputs = multi_io_inputs(7)
