@@ -550,7 +550,7 @@ def run_inference(
         "rows": rows,
         "batches": batches,
         "batch_size": step,
-        "outputs": {name: {"shape": list(array.shape), "dtype": _dtype_name(array)} for name, array in outputs.items()},
+        "outputs": outputs,
         "seconds": round(seconds, 6),
         "rows_per_s": round(rows / seconds, 1) if seconds > 0 else None,
         "session_load_seconds": round(load_seconds, 6),
@@ -608,7 +608,9 @@ def _run_batches(
     on_progress: Callable[[int, int], None] | None,
     should_cancel: Callable[[], bool] | None,
     output_path: Path,
-) -> tuple[dict[str, np.ndarray], int, "_NpzWriter"]:
+) -> tuple[dict[str, dict], int, "_NpzWriter"]:
+    """Run the batches, handing each batch's outputs to the .npz writer; returns (output shapes, batches, writer)."""
+
     def run(feed: dict[str, np.ndarray], start: int, stop: int) -> list[np.ndarray]:
         try:
             return session.run(output_names, feed)
@@ -619,32 +621,31 @@ def _run_batches(
             ) from exc
 
     if not batchable or step >= rows:
-        # One call: its outputs are the results, no copy.
-        produced = run(dict(feeds), 0, rows)
-        results = dict(zip(output_names, produced, strict=True))
-        writer = _NpzWriter(output_path, results, rows=None)
-        writer.advance(rows)
+        # One call: its outputs are the results, written whole.
+        produced = dict(zip(output_names, run(dict(feeds), 0, rows), strict=True))
+        writer = _NpzWriter(output_path, dict.fromkeys(output_names))
+        writer.add(produced, last=True)
         if on_progress is not None:
             on_progress(rows, rows)
-        return results, 1, writer
-    results: dict[str, np.ndarray] = {}
+        return _describe_outputs(produced), 1, writer
     writer: _NpzWriter | None = None
+    first: dict[str, np.ndarray] = {}
     batches = 0
     try:
         for start in range(0, rows, step):
             if batches and should_cancel is not None and should_cancel():
                 raise InferenceCancelled(rows_done=start, rows_total=rows)
             stop = min(start + step, rows)
-            produced = run({name: array[start:stop] for name, array in feeds.items()}, start, stop)
+            batch = run({name: array[start:stop] for name, array in feeds.items()}, start, stop)
+            produced = dict(zip(output_names, batch, strict=True))
             if writer is None:
-                results = _preallocate(output_names, produced, rows, stop - start)
-                writer = _NpzWriter(output_path, results, rows=rows)
-            for name, value in zip(output_names, produced, strict=True):
-                target = results[name]
-                if value.shape[1:] != target.shape[1:] or value.shape[0] != stop - start:
+                first = produced
+                writer = _NpzWriter(output_path, _batched_shapes(produced, rows, stop - start))
+            for name, value in produced.items():
+                if value.ndim == 0 or value.shape[0] != stop - start or value.shape[1:] != first[name].shape[1:]:
                     raise _not_batched(name, value, stop - start)
-                target[start:stop] = value
-            writer.advance(stop)
+            # No copy: the writer keeps onnxruntime's arrays until their bytes are written.
+            writer.add(produced, last=stop == rows)
             batches += 1
             if on_progress is not None:
                 on_progress(stop, rows)
@@ -652,18 +653,23 @@ def _run_batches(
         if writer is not None:
             writer.abort()
         raise
-    return results, batches, writer
+    outputs = {name: {"shape": [rows, *value.shape[1:]], "dtype": _dtype_name(value)} for name, value in first.items()}
+    return outputs, batches, writer
 
 
-def _preallocate(names: list[str], produced: list[np.ndarray], rows: int, batch_rows: int) -> dict[str, np.ndarray]:
-    # Filled batch by batch: one copy per output row, and no list of batches plus a
-    # concatenated copy at the end (twice the memory at the peak).
-    results = {}
-    for name, value in zip(names, produced, strict=True):
+def _batched_shapes(produced: Mapping[str, np.ndarray], rows: int, batch_rows: int) -> dict[str, tuple | None]:
+    """Each output's full shape, known from the first batch, so its .npy header can be written before its rows."""
+    shapes: dict[str, tuple | None] = {}
+    for name, value in produced.items():
         if value.ndim == 0 or value.shape[0] != batch_rows:
             raise _not_batched(name, value, batch_rows)
-        results[name] = np.empty((rows, *value.shape[1:]), dtype=value.dtype)
-    return results
+        # Strings (object arrays) get a fixed width only once every row is known.
+        shapes[name] = None if value.dtype.kind == "O" else (rows, *value.shape[1:])
+    return shapes
+
+
+def _describe_outputs(outputs: Mapping[str, np.ndarray]) -> dict[str, dict]:
+    return {name: {"shape": list(array.shape), "dtype": _dtype_name(array)} for name, array in outputs.items()}
 
 
 def _not_batched(name: str, value: np.ndarray, batch_rows: int) -> OutputNotBatched:
@@ -681,13 +687,14 @@ def _dtype_name(array: np.ndarray) -> str:
 class _NpzWriter:
     """Writes the outputs as an uncompressed .npz (what np.savez writes) from a thread, while batches still run.
 
-    Writing and hashing the outputs cost ~25 ms per 12.6 MB on a 2-core host (measured),
-    as much as a fifth of a fast model's batch loop when done after it. Here the rows of
-    the first output are written, CRC'd and hashed as soon as their batch is done; zlib,
-    hashlib and file writes release the GIL, so this overlaps onnxruntime's own run.
-    Members come one after another in the file, so later outputs are written once every
-    row is done. The thread wakes up only every `CHUNK_BYTES` of new rows: at batch 1 a
-    wake-up per row would cost more than the row.
+    Writing and hashing the outputs after the batch loop cost ~25 ms per 12.6 MB on a
+    2-core host (measured), a fifth of a fast model's loop. Here each batch's outputs are
+    handed over as onnxruntime returned them (no copy into a preallocated array), and the
+    first output's rows are written, CRC'd and hashed as they arrive; zlib, hashlib and
+    file writes release the GIL, so this overlaps onnxruntime's run, and written batches
+    are freed at once. Zip members follow one another, so later outputs are written once
+    the first is complete. The thread wakes up every `CHUNK_BYTES` of new rows, and joins
+    small batches into one write: at batch 1 a write per row would cost more than the row.
 
     Written member by member instead of np.savez(file, **arrays), which would break on an
     output named "file" or "allow_pickle". Never pickles: string outputs are stored as
@@ -698,16 +705,14 @@ class _NpzWriter:
 
     CHUNK_BYTES = 4 * 1024 * 1024
 
-    def __init__(self, path: Path, arrays: Mapping[str, np.ndarray], *, rows: int | None):
+    def __init__(self, path: Path, shapes: Mapping[str, tuple | None]):
+        """`shapes`: each output's full shape to stream it by batch, or None to write it whole at the end."""
         self.path = Path(path)
-        self.arrays = dict(arrays)
-        # None: the arrays are complete (one call) and every one is written whole.
-        self.rows = rows
-        first = next(iter(self.arrays.values()), None)
-        row_bytes = first[:1].nbytes if first is not None and first.ndim and len(first) else 1
-        self._chunk_rows = max(1, self.CHUNK_BYTES // max(row_bytes, 1))
-        self._done = 0
-        self._signalled = 0
+        self.shapes = dict(shapes)
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self.shapes}
+        self._pending_bytes = 0  # of the member being written: what a wake-up is worth
+        self._current = next(iter(self.shapes), None)
+        self._complete = False
         self._aborted = False
         self._condition = threading.Condition()
         self._result: tuple[str, int] | None = None
@@ -719,12 +724,15 @@ class _NpzWriter:
         self._thread = threading.Thread(target=self._write, name="inference-npz-writer", daemon=True)
         self._thread.start()
 
-    def advance(self, rows_done: int) -> None:
-        """Rows [0, rows_done) of every output are final (called by the batch loop)."""
-        self._done = rows_done
-        if self.rows is None or rows_done - self._signalled >= self._chunk_rows or rows_done >= self.rows:
-            self._signalled = rows_done
-            with self._condition:
+    def add(self, arrays: Mapping[str, np.ndarray], *, last: bool) -> None:
+        """The next rows of every output (called by the batch loop, in row order)."""
+        with self._condition:
+            for name, array in arrays.items():
+                self._pending[name].append(array)
+            if self._current in arrays:
+                self._pending_bytes += arrays[self._current].nbytes
+            self._complete = last
+            if last or self._pending_bytes >= self.CHUNK_BYTES:
                 self._condition.notify()
 
     def finish(self) -> tuple[str, int]:
@@ -744,51 +752,61 @@ class _NpzWriter:
         self._thread.join()
         self._temporary.unlink(missing_ok=True)
 
-    def _wait_for_rows(self, written: int, total: int) -> int:
+    def _take(self, name: str, *, everything: bool) -> tuple[list[np.ndarray], bool]:
+        """Wait for a chunk's worth of `name`'s rows (or all of them); return them and whether they are the last."""
         with self._condition:
-            while not self._aborted and self._done - written < min(self._chunk_rows, total - written):
+            while not self._aborted and not self._complete and (everything or self._pending_bytes < self.CHUNK_BYTES):
                 self._condition.wait()
             if self._aborted:
                 raise _WriteAborted()
-            return self._done
+            taken, self._pending[name] = self._pending[name], []
+            self._pending_bytes = 0
+            return taken, self._complete
 
     def _write(self) -> None:
         try:
             with self._file as file:
                 writer = _HashingWriter(file)
                 with zipfile.ZipFile(writer, mode="w", compression=zipfile.ZIP_STORED) as archive:
-                    for name, array in self.arrays.items():
-                        self._write_member(archive, name, array)
+                    for name, shape in self.shapes.items():
+                        with self._condition:
+                            self._current = name
+                            self._pending_bytes = sum(array.nbytes for array in self._pending[name])
+                        with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                            if shape is None:
+                                self._write_whole(member, name)
+                            else:
+                                self._write_streamed(member, name, shape)
             self._result = (writer.digest.hexdigest(), writer.size)
         except _WriteAborted:
             pass
         except BaseException as exc:  # handed to finish(), in the thread that called run_inference
             self._error = exc
 
-    def _write_member(self, archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
-        streamed = self.rows is not None and array.dtype.kind != "O"
-        if not streamed:
-            # Whole-array members: string outputs (object arrays from onnxruntime, converted
-            # once complete) and the outputs of a single call.
-            written = 0
-            while self.rows is not None and written < self.rows:
-                written = self._wait_for_rows(written, self.rows)
-            stored = array.astype(str) if array.dtype.kind == "O" else np.ascontiguousarray(array)
-            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                np.lib.format.write_array(member, stored, allow_pickle=False)
-            return
-        with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-            header = np.lib.format.header_data_from_array_1_0(array)
-            try:
-                np.lib.format.write_array_header_1_0(member, header)
-            except ValueError:  # a header too long for format 1.0 (very many dimensions)
-                np.lib.format.write_array_header_2_0(member, header)
-            written = 0
-            while written < self.rows:
-                done = self._wait_for_rows(written, self.rows)
-                # Flat bytes: zipfile sizes a buffer by len(), which for a 2-D view is its rows.
-                member.write(memoryview(array[written:done].reshape(-1).view(np.uint8)))
-                written = done
+    def _write_whole(self, member, name: str) -> None:
+        parts, _ = self._take(name, everything=True)
+        array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        stored = array.astype(str) if array.dtype.kind == "O" else np.ascontiguousarray(array)
+        np.lib.format.write_array(member, stored, allow_pickle=False)
+
+    def _write_streamed(self, member, name: str, shape: tuple) -> None:
+        header = {"descr": None, "fortran_order": False, "shape": shape}
+        last = False
+        while not last:
+            parts, last = self._take(name, everything=False)
+            if header is not None and parts:
+                header["descr"] = np.lib.format.dtype_to_descr(parts[0].dtype)
+                try:
+                    np.lib.format.write_array_header_1_0(member, header)
+                except ValueError:  # a header too long for format 1.0 (very many dimensions)
+                    np.lib.format.write_array_header_2_0(member, header)
+                header = None
+            # Small batches are joined into one write; large ones are written as they are.
+            if len(parts) > 1 and sum(part.nbytes for part in parts) < 4 * len(parts) * 65536:
+                parts = [np.concatenate(parts)]
+            for part in parts:
+                # Flat bytes: zipfile sizes a buffer by len(), which for a 2-D array is its rows.
+                member.write(memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)))
 
 
 class _WriteAborted(Exception):

@@ -584,3 +584,34 @@ def test_threads_asking_for_the_same_cold_model_load_it_once(multi_io):
 
     assert len(loads) == 1
     assert all(session is sessions[0] for session in sessions)
+
+
+def test_string_outputs_are_stored_as_fixed_width_unicode_after_the_numeric_ones(tmp_path, cache):
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["label"], to=TensorProto.STRING), helper.make_node("Neg", ["x"], ["y"])],
+        "labels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.STRING, ["N", 4]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    path = tmp_path / "labels.onnx"
+    onnx.save_model(model, str(path))
+    x = np.arange(40, dtype=np.float32).reshape(10, 4) * 1.5
+
+    summary = run_inference(
+        path, sha256=sha256_of(path), inputs={"x": x}, batch_size=3, output_path=tmp_path / "o.npz", session_cache=cache
+    )
+
+    assert summary["outputs"] == {
+        "label": {"shape": [10, 4], "dtype": "string"},
+        "y": {"shape": [10, 4], "dtype": "float32"},
+    }
+    expected = direct_run(path, {"x": x})
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as written:
+        assert written["label"].dtype.kind == "U"
+        np.testing.assert_array_equal(written["label"], expected["label"].astype(str))
+        np.testing.assert_array_equal(written["y"], -x)

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand
 BENCHMARKS = {
     "jobs": ("apps.jobs.bench", "the job path vs a raw Celery no-op task on the same broker"),
     "sandbox": ("apps.jobs.bench_sandbox", "a sandboxed print(1) vs a bare interpreter start; sandbox runs/s"),
+    "inference": ("apps.registry.bench_inference", "inference rows/s through the job path vs a bare session.run loop"),
 }
 
 
