@@ -98,3 +98,17 @@ def test_model_registry_pages_render_with_versions_and_aliases(staff_client, tmp
     assert model_page.status_code == 200
     assert "production" in model_page.content.decode() and version.sha256 in model_page.content.decode()
     assert client.get("/admin/registry/modelversion/").status_code == 200
+
+
+def test_uploaded_inputs_are_listed_read_only_with_their_digest(staff_client, tmp_path):
+    import numpy as np
+
+    client, membership = staff_client
+    np.savez(tmp_path / "batch.npz", x=np.zeros((3, 4), dtype=np.float32))
+    artifact, _ = services.artifact_upload(membership=membership, source=tmp_path / "batch.npz", name="batch.npz")
+
+    listing = client.get("/admin/jobs/artifact/").content.decode()
+    assert "batch.npz" in listing and artifact.sha256[:12] in listing and "(upload)" in listing
+    page = client.get(f"/admin/jobs/artifact/{artifact.pk}/change/")
+    assert page.status_code == 200 and artifact.sha256 in page.content.decode()
+    assert 'name="_save"' not in page.content.decode()
