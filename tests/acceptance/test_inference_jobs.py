@@ -175,3 +175,17 @@ def test_cli_refuses_an_upload_that_does_not_fit_the_model_with_exit_2(scorer, t
 
     assert result.returncode == 2
     assert "params.inputs_artifact" in result.stderr and ".npz" in result.stderr
+
+
+def test_bench_inference_ends_with_one_ratio_per_batch_size_and_cleans_up(broker):
+    from django.core.management import call_command
+
+    from apps.jobs.models import Artifact
+
+    out = io.StringIO()
+    call_command("bench", "inference", "--batch-sizes", "1,8", "--seconds", "0.05", "--rounds", "1", stdout=out)
+
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.startswith("ratio_b8=") and " ratio_b1=" in last, out.getvalue()
+    assert all(float(pair.split("=")[1]) > 0 for pair in last.split())
+    assert Job.objects.count() == 0 and Artifact.objects.count() == 0

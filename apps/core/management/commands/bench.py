@@ -24,4 +24,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, benchmark, **options):
         module = __import__(BENCHMARKS[benchmark][0], fromlist=["run"])
+        # call_command(..., stdout=...) also passes the stream as an option; it is self.stdout already.
+        options.pop("stdout", None)
+        options.pop("stderr", None)
         module.run(self.stdout, **options)
