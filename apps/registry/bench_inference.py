@@ -50,9 +50,18 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(stdout, *, batch_sizes: str, seconds: float, rounds: int, model: str, **_) -> None:
+def run(stdout, **options) -> None:
     # One INFO line per submit and upload would bury the figures.
-    logging.getLogger("apps").setLevel(logging.WARNING)
+    quiet = logging.getLogger("apps")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        _run(stdout, **options)
+    finally:
+        quiet.setLevel(level)
+
+
+def _run(stdout, *, batch_sizes: str, seconds: float, rounds: int, model: str, **_) -> None:
     sizes = [int(size) for size in batch_sizes.split(",") if size.strip()]
     membership = _bench_membership()
     uploads: list[Artifact] = []
