@@ -737,7 +737,7 @@ def artifact_upload(*, membership: Membership, source, name: str) -> tuple[Artif
                 sha256=sha256,
                 meta=meta,
             )
-            storage_name = f"uploads/{membership.organization.slug}/{sha256[:2]}/{sha256}.{file_format}"
+            storage_name = f"artifacts/uploads/{membership.organization.slug}/{sha256[:2]}/{sha256}.{file_format}"
             with staged.open("rb") as handle:
                 artifact.file.save(storage_name, File(handle), save=False)
             try:

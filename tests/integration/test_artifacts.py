@@ -27,7 +27,7 @@ def upload(client, data: bytes, name="inputs.npz"):
 
 
 def stored_uploads() -> set[str]:
-    root = Path(settings.MEDIA_ROOT) / "uploads"
+    root = Path(settings.MEDIA_ROOT) / "artifacts" / "uploads"
     return {str(p) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
