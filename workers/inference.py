@@ -473,7 +473,7 @@ def _json_kind(kind: str) -> str:
 
 
 def load_array_inputs(
-    path: Path, input_names: Sequence[str] | None = None, *, max_bytes: int | None = None
+    path: Path, input_names: Sequence[str] | None = None, *, max_bytes: int | None = None, headers_only: bool = False
 ) -> dict[str, np.ndarray]:
     """Read uploaded inputs: a `.npz` keyed by input name, or a `.npy` for a model with one input.
 
@@ -481,6 +481,9 @@ def load_array_inputs(
     stored uncompressed (`.npy`, and `.npz` members written by `np.savez`) are
     memory-mapped, so a large upload is read batch by batch instead of all at once;
     `max_bytes` bounds the arrays' size, checked from their headers before any is read.
+    `headers_only` gives read-only stand-ins with each array's shape and dtype and no data
+    (one element, strides of 0): enough for `validate_inputs`, at the cost of reading the
+    headers, even of a compressed member.
     """
     path = Path(path)
     try:
@@ -492,7 +495,10 @@ def load_array_inputs(
                 f"a .npy file holds one array, for a model with exactly one input; this model takes {count}: "
                 "upload a .npz with one array per input name",
             )
-        arrays = array_files.open_arrays(path, max_bytes=max_bytes)
+        if headers_only:
+            arrays = {name: _stand_in(header) for name, header in array_files.read_headers(path).items()}
+        else:
+            arrays = array_files.open_arrays(path, max_bytes=max_bytes)
     except array_files.ArrayFileError as exc:
         raise InputValidationError("inputs", f"cannot use {path.name} as inputs: {exc.message}") from exc
     except OSError as exc:
@@ -500,6 +506,13 @@ def load_array_inputs(
     if is_npy:
         return {input_names[0]: arrays[""]}
     return arrays
+
+
+def _stand_in(header: array_files.ArrayHeader) -> np.ndarray:
+    dtype = header.dtype.newbyteorder("=")
+    return np.lib.stride_tricks.as_strided(
+        np.zeros(1, dtype=dtype), shape=header.shape, strides=(0,) * len(header.shape), writeable=False
+    )
 
 
 # --- the run ---------------------------------------------------------------------------------

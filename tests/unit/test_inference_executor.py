@@ -413,6 +413,18 @@ def test_npz_larger_than_the_limit_uncompressed_is_refused_before_reading(tmp_pa
     assert "limit is 1000000 bytes" in error.value.message
 
 
+def test_headers_only_gives_shapes_and_dtypes_without_reading_the_data(tmp_path):
+    np.savez_compressed(tmp_path / "inputs.npz", x=np.ones((1000, 4), dtype=np.float32), ids=np.ones((1000, 3)))
+
+    stand_ins = load_array_inputs(tmp_path / "inputs.npz", headers_only=True)
+
+    assert stand_ins["x"].shape == (1000, 4) and stand_ins["x"].dtype == np.float32
+    assert stand_ins["x"].strides == (0, 0) and not stand_ins["x"].flags.writeable
+    with pytest.raises(InputValidationError) as error:
+        validate_inputs(MULTI_IO_INPUTS, stand_ins)
+    assert "input 'ids' has dtype float64" in error.value.message
+
+
 def test_uploaded_npz_runs_end_to_end(tmp_path, multi_io, cache):
     path, sha256 = multi_io
     inputs = multi_io_inputs(50)
