@@ -201,6 +201,10 @@ class ArtifactAdmin(OrganizationScopedAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # A deleted row would leave its file behind and fail the queued jobs that name it.
+        return False
+
     @admin.display(description="job")
     def job_link(self, artifact):
         if artifact.job_id is None:

@@ -124,7 +124,13 @@ def _execute(context) -> dict:
     input_names = [tensor["name"] for tensor in version.signature["inputs"]]
     inputs_path = None
     if params.get("inputs_artifact"):
-        artifact = Artifact.objects.get(pk=params["inputs_artifact"], organization_id=context.organization_id)
+        artifact = Artifact.objects.filter(
+            pk=params["inputs_artifact"], organization_id=context.organization_id, job__isnull=True
+        ).first()
+        if artifact is None:
+            raise PermanentJobError(
+                "inputs_missing", f"The uploaded inputs {params['inputs_artifact']} no longer exist.", {}
+            )
         inputs_path = Path(artifact.file.path)
     workdir = Path(settings.MEDIA_ROOT) / "artifacts" / str(context.job_id) / f"attempt-{context.attempt}"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -189,3 +189,25 @@ def test_bench_inference_ends_with_one_ratio_per_batch_size_and_cleans_up(broker
     assert last.startswith("ratio_b8=") and " ratio_b1=" in last, out.getvalue()
     assert all(float(pair.split("=")[1]) > 0 for pair in last.split())
     assert Job.objects.count() == 0 and Artifact.objects.count() == 0
+
+
+def test_a_job_whose_upload_is_gone_fails_with_inputs_missing(start_worker, scorer):
+    from apps.jobs.models import Artifact
+
+    client, _ = scorer
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((3, 4), dtype=np.float32), ids=np.zeros((3, 3), dtype=np.int64))
+    buffer.seek(0)
+    buffer.name = "batch.npz"
+    artifact_id = client.post("/api/v1/artifacts/", {"file": buffer}, format="multipart").json()["id"]
+    response = client.post(
+        "/api/v1/jobs/",
+        {"kind": "inference", "params": {"model": "scorer", "inputs_artifact": artifact_id}},
+        format="json",
+    )
+    Artifact.objects.filter(pk=artifact_id).delete()
+    start_worker("cpu")
+
+    job = wait_terminal(response.json()["id"])
+
+    assert job.status == "failed" and job.error["code"] == "inputs_missing"
