@@ -1,13 +1,11 @@
 """The inference-batch executor: onnxruntime sessions (cached per process), input checks, batched runs, .npz outputs."""
 
 import hashlib
-import io
 import logging
 import os
 import tempfile
 import threading
 import time
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from workers import array_files
 from workers.onnx_models import TensorSpec, onnxruntime_reason
 
 logger = logging.getLogger(__name__)
@@ -27,6 +26,7 @@ DEVICE_PREFERENCES = ("cpu", "gpu", "auto")
 # Read from the environment (not Django settings: this module runs without Django).
 SESSION_CACHE_BYTES_ENV = "INFERENCE_SESSION_CACHE_BYTES"
 INTRA_OP_THREADS_ENV = "INFERENCE_INTRA_OP_THREADS"
+ALLOW_SPINNING_ENV = "INFERENCE_ALLOW_SPINNING"
 # Counts model file bytes, not memory: each cached session of the 9.45 MB test MLP added
 # ~22 MB of RSS (measured, onnxruntime 1.31 CPU), so 2 GiB of models is ~5 GiB of worker memory.
 DEFAULT_SESSION_CACHE_BYTES = 2 * 1024**3
@@ -114,9 +114,14 @@ class SessionCache:
     in the child that runs the job, never in the parent before it forks.
     """
 
-    def __init__(self, max_bytes: int, *, intra_op_threads: int | None = None):
+    def __init__(self, max_bytes: int, *, intra_op_threads: int | None = None, allow_spinning: bool = False):
         self.max_bytes = max_bytes
         self.intra_op_threads = intra_op_threads
+        # onnxruntime's pool threads spin between runs by default, which pays off only on
+        # cores nobody else wants. A worker host shares its cores: several worker children,
+        # the .npz writer thread, the heartbeat. Measured on the 2-core host under load (MLP,
+        # same rows): spinning off ran 1.8x (batch 1), 2.4x (32) and 1.2x (256) as fast.
+        self.allow_spinning = allow_spinning
         self._entries: OrderedDict[tuple[str, tuple[str, ...]], _CachedSession] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -196,6 +201,7 @@ class SessionCache:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         started = time.perf_counter()
         try:
             session = ort.InferenceSession(data, sess_options=options, providers=list(providers))
@@ -237,7 +243,7 @@ _default_cache_lock = threading.Lock()
 
 
 def default_session_cache() -> SessionCache:
-    """This process's session cache, sized from INFERENCE_SESSION_CACHE_BYTES and INFERENCE_INTRA_OP_THREADS."""
+    """This process's session cache, configured by the INFERENCE_* environment variables (see the README)."""
     global _default_cache
     with _default_cache_lock:
         if _default_cache is None:
@@ -247,6 +253,7 @@ def default_session_cache() -> SessionCache:
                 # 0 or unset: onnxruntime's default, one thread per physical core. Workers
                 # running several children on one host should divide the cores between them.
                 intra_op_threads=int(threads) if threads else None,
+                allow_spinning=os.environ.get(ALLOW_SPINNING_ENV, "0").lower() in ("1", "true", "yes"),
             )
         return _default_cache
 
@@ -466,48 +473,46 @@ def _json_kind(kind: str) -> str:
 
 
 def load_array_inputs(
-    path: Path, input_names: Sequence[str] | None = None, *, max_bytes: int | None = None
+    path: Path, input_names: Sequence[str] | None = None, *, max_bytes: int | None = None, headers_only: bool = False
 ) -> dict[str, np.ndarray]:
     """Read uploaded inputs: a `.npz` keyed by input name, or a `.npy` for a model with one input.
 
-    `input_names` (the model's inputs) names a `.npy` array. Never unpickles. A `.npy` is
+    `input_names` (the model's inputs) names a `.npy` array. Never unpickles. Arrays
+    stored uncompressed (`.npy`, and `.npz` members written by `np.savez`) are
     memory-mapped, so a large upload is read batch by batch instead of all at once;
-    `max_bytes` bounds the uncompressed size, checked before any array is read.
+    `max_bytes` bounds the arrays' size, checked from their headers before any is read.
+    `headers_only` gives read-only stand-ins with each array's shape and dtype and no data
+    (one element, strides of 0): enough for `validate_inputs`, at the cost of reading the
+    headers, even of a compressed member.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        if input_names is None or len(input_names) != 1:
+    try:
+        is_npy = array_files.array_file_format(path) == "npy"
+        if is_npy and (input_names is None or len(input_names) != 1):
             count = "several" if input_names is None else len(input_names)
             raise InputValidationError(
                 "inputs",
                 f"a .npy file holds one array, for a model with exactly one input; this model takes {count}: "
                 "upload a .npz with one array per input name",
             )
-        _check_uncompressed_size(path.stat().st_size, max_bytes)
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputValidationError("inputs", f"cannot read {path.name} as a .npy array: {exc}") from exc
-        return {input_names[0]: array}
-    if suffix == ".npz":
-        try:
-            with zipfile.ZipFile(path) as archive:
-                _check_uncompressed_size(sum(info.file_size for info in archive.infolist()), max_bytes)
-            with np.load(path, allow_pickle=False) as archive:
-                return {key: archive[key] for key in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputValidationError("inputs", f"cannot read {path.name} as a .npz archive: {exc}") from exc
-    raise InputValidationError("inputs", f"inputs must be a .npy or .npz file; got {path.name}")
+        if headers_only:
+            arrays = {name: _stand_in(header) for name, header in array_files.read_headers(path).items()}
+        else:
+            arrays = array_files.open_arrays(path, max_bytes=max_bytes)
+    except array_files.ArrayFileError as exc:
+        raise InputValidationError("inputs", f"cannot use {path.name} as inputs: {exc.message}") from exc
+    except OSError as exc:
+        raise InputValidationError("inputs", f"cannot read {path.name}: {exc}") from exc
+    if is_npy:
+        return {input_names[0]: arrays[""]}
+    return arrays
 
 
-def _check_uncompressed_size(size: int, max_bytes: int | None) -> None:
-    if max_bytes is not None and size > max_bytes:
-        raise InputValidationError(
-            "inputs",
-            f"the inputs hold {size} bytes uncompressed; the limit is {max_bytes} bytes",
-            {"max_bytes": max_bytes},
-        )
+def _stand_in(header: array_files.ArrayHeader) -> np.ndarray:
+    dtype = header.dtype.newbyteorder("=")
+    return np.lib.stride_tricks.as_strided(
+        np.zeros(1, dtype=dtype), shape=header.shape, strides=(0,) * len(header.shape), writeable=False
+    )
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -552,22 +557,24 @@ def run_inference(
     step = min(batch_size, rows) if batchable else rows
 
     started = time.perf_counter()
-    outputs, batches = _run_batches(session, feeds, output_names, rows, step, batchable, on_progress, should_cancel)
+    outputs, batches, writer = _run_batches(
+        session, feeds, output_names, rows, step, batchable, on_progress, should_cancel, Path(output_path)
+    )
     seconds = time.perf_counter() - started
 
     write_started = time.perf_counter()
-    output_sha256, output_size = _write_npz(Path(output_path), outputs)
+    output_sha256, output_size = writer.finish()
     write_seconds = time.perf_counter() - write_started
     summary = {
         "rows": rows,
         "batches": batches,
         "batch_size": step,
-        "outputs": {name: {"shape": list(array.shape), "dtype": _dtype_name(array)} for name, array in outputs.items()},
+        "outputs": outputs,
         "seconds": round(seconds, 6),
         "rows_per_s": round(rows / seconds, 1) if seconds > 0 else None,
         "session_load_seconds": round(load_seconds, 6),
-        # Writing and hashing the .npz: a cost per output byte (~25 ms for 12.6 MB on a
-        # 2-core host), next to which a fast model's batch loop can be short.
+        # What writing and hashing the .npz took after the last batch: the first output is
+        # written while batches run, so this is its last chunk plus any further outputs.
         "write_seconds": round(write_seconds, 6),
         "provider": session.get_providers()[0],
         "providers_requested": providers,
@@ -619,7 +626,10 @@ def _run_batches(
     batchable: bool,
     on_progress: Callable[[int, int], None] | None,
     should_cancel: Callable[[], bool] | None,
-) -> tuple[dict[str, np.ndarray], int]:
+    output_path: Path,
+) -> tuple[dict[str, dict], int, "_NpzWriter"]:
+    """Run the batches, handing each batch's outputs to the .npz writer; returns (output shapes, batches, writer)."""
+
     def run(feed: dict[str, np.ndarray], start: int, stop: int) -> list[np.ndarray]:
         try:
             return session.run(output_names, feed)
@@ -630,40 +640,55 @@ def _run_batches(
             ) from exc
 
     if not batchable or step >= rows:
-        # One call: its outputs are the results, no copy.
-        produced = run(dict(feeds), 0, rows)
+        # One call: its outputs are the results, written whole.
+        produced = dict(zip(output_names, run(dict(feeds), 0, rows), strict=True))
+        writer = _NpzWriter(output_path, dict.fromkeys(output_names))
+        writer.add(produced, last=True)
         if on_progress is not None:
             on_progress(rows, rows)
-        return dict(zip(output_names, produced, strict=True)), 1
-    results: dict[str, np.ndarray] = {}
+        return _describe_outputs(produced), 1, writer
+    writer: _NpzWriter | None = None
+    first: dict[str, np.ndarray] = {}
     batches = 0
-    for start in range(0, rows, step):
-        if batches and should_cancel is not None and should_cancel():
-            raise InferenceCancelled(rows_done=start, rows_total=rows)
-        stop = min(start + step, rows)
-        produced = run({name: array[start:stop] for name, array in feeds.items()}, start, stop)
-        if not results:
-            results = _preallocate(output_names, produced, rows, stop - start)
-        for name, value in zip(output_names, produced, strict=True):
-            target = results[name]
-            if value.shape[1:] != target.shape[1:] or value.shape[0] != stop - start:
-                raise _not_batched(name, value, stop - start)
-            target[start:stop] = value
-        batches += 1
-        if on_progress is not None:
-            on_progress(stop, rows)
-    return results, batches
+    try:
+        for start in range(0, rows, step):
+            if batches and should_cancel is not None and should_cancel():
+                raise InferenceCancelled(rows_done=start, rows_total=rows)
+            stop = min(start + step, rows)
+            batch = run({name: array[start:stop] for name, array in feeds.items()}, start, stop)
+            produced = dict(zip(output_names, batch, strict=True))
+            if writer is None:
+                first = produced
+                writer = _NpzWriter(output_path, _batched_shapes(produced, rows, stop - start))
+            for name, value in produced.items():
+                if value.ndim == 0 or value.shape[0] != stop - start or value.shape[1:] != first[name].shape[1:]:
+                    raise _not_batched(name, value, stop - start)
+            # No copy: the writer keeps onnxruntime's arrays until their bytes are written.
+            writer.add(produced, last=stop == rows)
+            batches += 1
+            if on_progress is not None:
+                on_progress(stop, rows)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    outputs = {name: {"shape": [rows, *value.shape[1:]], "dtype": _dtype_name(value)} for name, value in first.items()}
+    return outputs, batches, writer
 
 
-def _preallocate(names: list[str], produced: list[np.ndarray], rows: int, batch_rows: int) -> dict[str, np.ndarray]:
-    # Filled batch by batch: one copy per output row, and no list of batches plus a
-    # concatenated copy at the end (twice the memory at the peak).
-    results = {}
-    for name, value in zip(names, produced, strict=True):
+def _batched_shapes(produced: Mapping[str, np.ndarray], rows: int, batch_rows: int) -> dict[str, tuple | None]:
+    """Each output's full shape, known from the first batch, so its .npy header can be written before its rows."""
+    shapes: dict[str, tuple | None] = {}
+    for name, value in produced.items():
         if value.ndim == 0 or value.shape[0] != batch_rows:
             raise _not_batched(name, value, batch_rows)
-        results[name] = np.empty((rows, *value.shape[1:]), dtype=value.dtype)
-    return results
+        # Strings (object arrays) get a fixed width only once every row is known.
+        shapes[name] = None if value.dtype.kind == "O" else (rows, *value.shape[1:])
+    return shapes
+
+
+def _describe_outputs(outputs: Mapping[str, np.ndarray]) -> dict[str, dict]:
+    return {name: {"shape": list(array.shape), "dtype": _dtype_name(array)} for name, array in outputs.items()}
 
 
 def _not_batched(name: str, value: np.ndarray, batch_rows: int) -> OutputNotBatched:
@@ -678,54 +703,129 @@ def _dtype_name(array: np.ndarray) -> str:
     return "string" if array.dtype.kind in "UO" else array.dtype.name
 
 
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> tuple[str, int]:
-    """Write `arrays` as an uncompressed .npz (what np.savez writes) atomically; return its sha256 and size.
+class _NpzWriter:
+    """Writes the outputs as an uncompressed .npz (what np.savez writes) from a thread, while batches still run.
+
+    Writing and hashing the outputs after the batch loop cost ~25 ms per 12.6 MB on a
+    2-core host (measured), a fifth of a fast model's loop. Here each batch's outputs are
+    handed over as onnxruntime returned them (no copy into a preallocated array), and the
+    first output's rows are written, CRC'd and hashed as they arrive; zlib, hashlib and
+    file writes release the GIL, so this overlaps onnxruntime's run, and written batches
+    are freed at once. Zip members follow one another, so later outputs are written once
+    the first is complete. The thread wakes up every `CHUNK_BYTES` of new rows, and joins
+    small batches into one write: at batch 1 a write per row would cost more than the row.
 
     Written member by member instead of np.savez(file, **arrays), which would break on an
     output named "file" or "allow_pickle". Never pickles: string outputs are stored as
     fixed-width unicode. Hashed as it is written (one pass, no re-read), into a temporary
-    file beside `path` that is renamed at the end, so a crash leaves no half-written
-    output under the final name.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            writer = _HashingWriter(file)
-            with zipfile.ZipFile(writer, mode="w", compression=zipfile.ZIP_STORED) as archive:
-                for name, array in arrays.items():
-                    stored = array.astype(str) if array.dtype.kind == "O" else array
-                    with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asanyarray(stored), allow_pickle=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return writer.digest.hexdigest(), writer.size
-
-
-class _HashingWriter(io.RawIOBase):
-    """A write-only stream that hashes what passes through to `file`.
-
-    Not seekable on purpose: zipfile then writes each member's sizes and CRC after its
-    data (a data descriptor) instead of seeking back, so every byte is hashed once, in order.
+    file beside the final path that is renamed only by `finish()`, so a crash, an error
+    or a cancellation leaves no half-written output under the final name.
     """
 
-    def __init__(self, file):
-        super().__init__()
-        self._file = file
-        self.digest = hashlib.sha256()
-        self.size = 0
+    CHUNK_BYTES = 4 * 1024 * 1024
 
-    def writable(self) -> bool:
-        return True
+    def __init__(self, path: Path, shapes: Mapping[str, tuple | None]):
+        """`shapes`: each output's full shape to stream it by batch, or None to write it whole at the end."""
+        self.path = Path(path)
+        self.shapes = dict(shapes)
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self.shapes}
+        self._pending_bytes = 0  # of the member being written: what a wake-up is worth
+        self._current = next(iter(self.shapes), None)
+        self._complete = False
+        self._aborted = False
+        self._condition = threading.Condition()
+        self._result: tuple[str, int] | None = None
+        self._error: BaseException | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
+        self._file = os.fdopen(descriptor, "wb")
+        self._temporary = Path(temporary)
+        self._thread = threading.Thread(target=self._write, name="inference-npz-writer", daemon=True)
+        self._thread.start()
 
-    def write(self, data) -> int:
-        self._file.write(data)
-        self.digest.update(data)
-        written = memoryview(data).nbytes
-        self.size += written
-        return written
+    def add(self, arrays: Mapping[str, np.ndarray], *, last: bool) -> None:
+        """The next rows of every output (called by the batch loop, in row order)."""
+        with self._condition:
+            for name, array in arrays.items():
+                self._pending[name].append(array)
+            if self._current in arrays:
+                self._pending_bytes += arrays[self._current].nbytes
+            self._complete = last
+            if last or self._pending_bytes >= self.CHUNK_BYTES:
+                self._condition.notify()
 
-    def tell(self) -> int:
-        return self.size
+    def finish(self) -> tuple[str, int]:
+        """Wait for the last bytes, put the file under its final name; return its sha256 and size."""
+        self._thread.join()
+        if self._error is not None:
+            self._temporary.unlink(missing_ok=True)
+            raise self._error
+        os.replace(self._temporary, self.path)
+        assert self._result is not None
+        return self._result
+
+    def abort(self) -> None:
+        with self._condition:
+            self._aborted = True
+            self._condition.notify()
+        self._thread.join()
+        self._temporary.unlink(missing_ok=True)
+
+    def _take(self, name: str, *, everything: bool) -> tuple[list[np.ndarray], bool]:
+        """Wait for a chunk's worth of `name`'s rows (or all of them); return them and whether they are the last."""
+        with self._condition:
+            while not self._aborted and not self._complete and (everything or self._pending_bytes < self.CHUNK_BYTES):
+                self._condition.wait()
+            if self._aborted:
+                raise _WriteAborted()
+            taken, self._pending[name] = self._pending[name], []
+            self._pending_bytes = 0
+            return taken, self._complete
+
+    def _write(self) -> None:
+        try:
+            with self._file as file:
+                archive = array_files.NpzStreamWriter(file)
+                for name, shape in self.shapes.items():
+                    with self._condition:
+                        self._current = name
+                        self._pending_bytes = sum(array.nbytes for array in self._pending[name])
+                    archive.begin(name)
+                    if shape is None:
+                        self._write_whole(archive, name)
+                    else:
+                        self._write_streamed(archive, name, shape)
+                    archive.end()
+                self._result = archive.close()
+        except _WriteAborted:
+            pass
+        except BaseException as exc:  # handed to finish(), in the thread that called run_inference
+            self._error = exc
+
+    def _write_whole(self, archive: array_files.NpzStreamWriter, name: str) -> None:
+        parts, _ = self._take(name, everything=True)
+        array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        stored = array.astype(str) if array.dtype.kind == "O" else np.ascontiguousarray(array)
+        np.lib.format.write_array(archive, stored, allow_pickle=False)
+
+    def _write_streamed(self, archive: array_files.NpzStreamWriter, name: str, shape: tuple) -> None:
+        header = {"descr": None, "fortran_order": False, "shape": shape}
+        last = False
+        while not last:
+            parts, last = self._take(name, everything=False)
+            if header is not None and parts:
+                header["descr"] = np.lib.format.dtype_to_descr(parts[0].dtype)
+                try:
+                    np.lib.format.write_array_header_1_0(archive, header)
+                except ValueError:  # a header too long for format 1.0 (very many dimensions)
+                    np.lib.format.write_array_header_2_0(archive, header)
+                header = None
+            # Small batches are joined into one write; large ones are written as they are.
+            if len(parts) > 1 and sum(part.nbytes for part in parts) < 4 * len(parts) * 65536:
+                parts = [np.concatenate(parts)]
+            for part in parts:
+                archive.write(np.ascontiguousarray(part).reshape(-1).view(np.uint8))
+
+
+class _WriteAborted(Exception):
+    """The run stopped (cancelled or failed): the writer drops its temporary file."""

@@ -168,3 +168,49 @@ class WorkerHostAdmin(admin.ModelAdmin):
     @admin.display(description="bwrap", boolean=True)
     def bwrap(self, host):
         return bool(host.capabilities.get("bwrap"))
+
+
+@admin.register(Artifact)
+class ArtifactAdmin(OrganizationScopedAdmin):
+    """Every stored file: uploaded job inputs (no job) and what jobs produced. Read-only: the files are evidence."""
+
+    list_display = ["name", "role", "job_link", "organization", "owner", "size_bytes", "sha256_short", "created_at"]
+    list_filter = ["role", "organization"]
+    search_fields = ["id", "name", "sha256", "job__id"]
+    list_select_related = ["organization", "owner", "job"]
+    date_hierarchy = "created_at"
+    readonly_fields = [
+        "id",
+        "organization",
+        "owner",
+        "job",
+        "role",
+        "name",
+        "file",
+        "content_type",
+        "size_bytes",
+        "sha256",
+        "meta",
+        "attempt",
+        "created_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        # A deleted row would leave its file behind and fail the queued jobs that name it.
+        return False
+
+    @admin.display(description="job")
+    def job_link(self, artifact):
+        if artifact.job_id is None:
+            return "- (upload)"
+        return format_html('<a href="/admin/jobs/job/{}/change/">{}</a>', artifact.job_id, str(artifact.job_id)[:8])
+
+    @admin.display(description="sha256")
+    def sha256_short(self, artifact):
+        return artifact.sha256[:12]

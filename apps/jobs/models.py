@@ -129,16 +129,26 @@ class ArtifactRole(models.TextChoices):
 
 
 class Artifact(models.Model):
-    """A file a job consumed or produced, stored under MEDIA_ROOT with its size and digest."""
+    """A file a job consumed or produced, or one uploaded as a job's input, under MEDIA_ROOT with size and digest.
+
+    Uploaded inputs belong to the organization, not to a job (`job` is NULL): several jobs
+    may read one upload, and a job names it in its params (`inputs_artifact`).
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="artifacts")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts", null=True, blank=True)
     role = models.CharField(max_length=8, choices=ArtifactRole.choices)
     name = models.CharField(max_length=255)
     file = models.FileField(upload_to="artifacts/%Y/%m/%d/", max_length=500)
-    content_type = models.CharField(max_length=100, default="application/octet-stream")
+    content_type = models.CharField(default="application/octet-stream", max_length=100)
     size_bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
+    # What the file holds, read at upload: for arrays {"format": "npz", "arrays": {name: {shape, dtype}}}.
+    meta = models.JSONField(default=dict, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -146,6 +156,15 @@ class Artifact(models.Model):
         ordering = ["created_at"]
         constraints = [
             models.UniqueConstraint(fields=["job", "role", "name"], name="artifact_unique_name_per_job"),
+            # The same bytes uploaded twice are one upload (the second gets the first back).
+            models.UniqueConstraint(
+                fields=["organization", "sha256"],
+                condition=models.Q(job__isnull=True),
+                name="artifact_upload_unique_sha256_per_org",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(job__isnull=False) | models.Q(role="input"), name="artifact_upload_is_input"
+            ),
         ]
 
     def __str__(self) -> str:

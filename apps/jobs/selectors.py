@@ -34,3 +34,16 @@ def worker_hosts() -> QuerySet[WorkerHost]:
 def live_worker_hosts(*, queue: str | None = None) -> list[WorkerHost]:
     hosts = [host for host in worker_hosts() if host.is_alive]
     return [host for host in hosts if queue is None or queue in host.queues]
+
+
+def input_artifact_list(*, membership: Membership) -> QuerySet[Artifact]:
+    """The organization's uploaded inputs (artifacts that belong to no job), newest first."""
+    return Artifact.objects.filter(organization=membership.organization, job__isnull=True).order_by("-created_at")
+
+
+def input_artifact_get(*, membership: Membership, artifact_id) -> Artifact:
+    # Another organization's upload answers exactly like a missing one.
+    artifact = input_artifact_list(membership=membership).filter(pk=artifact_id).first()
+    if artifact is None:
+        raise NotFound("No such artifact.")
+    return artifact

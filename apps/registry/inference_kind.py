@@ -1,4 +1,4 @@
-"""The `inference` job kind: a registered model version over inline inputs, outputs as an .npz artifact."""
+"""The `inference` job kind: a registered model version over inline or uploaded inputs, outputs as an .npz artifact."""
 
 from pathlib import Path
 
@@ -14,7 +14,14 @@ MAX_INLINE_ROWS_VALUES = 1_000_000  # inline JSON is for small batches
 
 class InferenceParams(serializers.Serializer):
     model = serializers.CharField(help_text="`name` (production, or canary by weight), `name@N` or `name@production`.")
-    inputs = serializers.DictField(help_text="Inline inputs: input name -> nested list, batch along the first axis.")
+    inputs = serializers.DictField(
+        required=False,
+        help_text="Inline inputs (small batches): input name -> nested list, batch along the first axis.",
+    )
+    inputs_artifact = serializers.UUIDField(
+        required=False,
+        help_text="Instead of `inputs`: the id of an uploaded .npy/.npz (POST /api/v1/artifacts/), for large batches.",
+    )
     batch_size = serializers.IntegerField(min_value=1, max_value=65536, default=256)
     outputs = serializers.ListField(
         child=serializers.CharField(), required=False, default=list, help_text="Outputs to keep (default: all)."
@@ -24,21 +31,21 @@ class InferenceParams(serializers.Serializer):
 
     def validate(self, attrs):
         from apps.registry.services import model_version_get
-        from workers.inference import InputValidationError, coerce_inline_inputs
 
         membership = self.context["membership"]
+        if ("inputs" in attrs) == ("inputs_artifact" in attrs):
+            message = "Give either `inputs` (inline) or `inputs_artifact` (an uploaded .npy/.npz), not both."
+            if "inputs" not in attrs:
+                message = "Give `inputs` (inline) or `inputs_artifact` (the id of an uploaded .npy/.npz)."
+            raise serializers.ValidationError({"inputs": [message]})
         try:
             version = model_version_get(membership=membership, reference=attrs["model"])
         except DomainError as exc:
             raise serializers.ValidationError({"model": [exc.message]}) from exc
-        try:
-            arrays = coerce_inline_inputs(version.signature["inputs"], attrs["inputs"])
-        except InputValidationError as exc:
-            raise serializers.ValidationError(
-                {f"inputs.{exc.field}" if exc.field != "inputs" else "inputs": [exc.message]}
-            ) from exc
-        if sum(array.size for array in arrays.values()) > MAX_INLINE_ROWS_VALUES:
-            raise serializers.ValidationError({"inputs": [f"At most {MAX_INLINE_ROWS_VALUES} values inline."]})
+        if "inputs" in attrs:
+            _check_inline_inputs(version, attrs["inputs"])
+        else:
+            _check_inputs_artifact(membership, version, attrs["inputs_artifact"])
         known = {tensor["name"] for tensor in version.signature["outputs"]}
         unknown = [name for name in attrs["outputs"] if name not in known]
         if unknown:
@@ -48,6 +55,42 @@ class InferenceParams(serializers.Serializer):
         attrs["model"] = f"{version.model.name}@{version.number}"
         attrs["model_version_id"] = version.pk
         return attrs
+
+
+def _check_inline_inputs(version, inputs: dict) -> None:
+    from workers.inference import InputValidationError, coerce_inline_inputs
+
+    try:
+        arrays = coerce_inline_inputs(version.signature["inputs"], inputs)
+    except InputValidationError as exc:
+        raise serializers.ValidationError(
+            {f"inputs.{exc.field}" if exc.field != "inputs" else "inputs": [exc.message]}
+        ) from exc
+    if sum(array.size for array in arrays.values()) > MAX_INLINE_ROWS_VALUES:
+        raise serializers.ValidationError(
+            {"inputs": [f"At most {MAX_INLINE_ROWS_VALUES} values inline; upload larger batches as inputs_artifact."]}
+        )
+
+
+def _check_inputs_artifact(membership, version, artifact_id) -> None:
+    """The upload exists in this organization and its arrays match the signature (headers only, no data read)."""
+    from apps.jobs.selectors import input_artifact_get
+    from workers.inference import InputValidationError, load_array_inputs, validate_inputs
+
+    try:
+        artifact = input_artifact_get(membership=membership, artifact_id=artifact_id)
+    except DomainError as exc:
+        raise serializers.ValidationError({"inputs_artifact": [f"{exc.message} ({artifact_id})"]}) from exc
+    names = [tensor["name"] for tensor in version.signature["inputs"]]
+    try:
+        # Headers only: the check costs the same for ten rows or ten million, and never
+        # inflates a compressed member in the web process.
+        arrays = load_array_inputs(Path(artifact.file.path), names, headers_only=True)
+        validate_inputs(version.signature["inputs"], arrays)
+    except InputValidationError as exc:
+        raise serializers.ValidationError({"inputs_artifact": [exc.message]}) from exc
+    except OSError as exc:
+        raise serializers.ValidationError({"inputs_artifact": [f"The upload cannot be read: {exc}"]}) from exc
 
 
 def _pick_queue(params: dict) -> str:
@@ -64,18 +107,39 @@ def _pick_queue(params: dict) -> str:
 
 
 def _execute(context) -> dict:
+    from apps.jobs.models import Artifact
     from apps.jobs.runner import JobCancelled
     from apps.jobs.services import job_artifact_add
     from apps.registry.models import ModelVersion
-    from workers.inference import InferenceCancelled, InferenceError, coerce_inline_inputs, run_inference
+    from workers.inference import (
+        InferenceCancelled,
+        InferenceError,
+        coerce_inline_inputs,
+        load_array_inputs,
+        run_inference,
+    )
 
     params = context.params
     version = ModelVersion.objects.select_related("model").get(pk=params["model_version_id"])
+    input_names = [tensor["name"] for tensor in version.signature["inputs"]]
+    inputs_path = None
+    if params.get("inputs_artifact"):
+        artifact = Artifact.objects.filter(
+            pk=params["inputs_artifact"], organization_id=context.organization_id, job__isnull=True
+        ).first()
+        if artifact is None:
+            raise PermanentJobError(
+                "inputs_missing", f"The uploaded inputs {params['inputs_artifact']} no longer exist.", {}
+            )
+        inputs_path = Path(artifact.file.path)
     workdir = Path(settings.MEDIA_ROOT) / "artifacts" / str(context.job_id) / f"attempt-{context.attempt}"
     workdir.mkdir(parents=True, exist_ok=True)
     output_path = workdir / "outputs.npz"
     try:
-        inputs = coerce_inline_inputs(version.signature["inputs"], params["inputs"])
+        if inputs_path is not None:
+            inputs = load_array_inputs(inputs_path, input_names)
+        else:
+            inputs = coerce_inline_inputs(version.signature["inputs"], params["inputs"])
         summary = run_inference(
             Path(version.file.path),
             sha256=version.sha256,
@@ -99,12 +163,16 @@ def _execute(context) -> dict:
         sha256=summary["output_sha256"],
         content_type="application/x-npz",
     )
-    return {"model": params["model"], **summary}
+    source = {"inputs_artifact": params["inputs_artifact"]} if inputs_path is not None else {}
+    return {"model": params["model"], **source, **summary}
 
 
 INFERENCE = JobKind(
     name="inference",
-    description="Run a registered ONNX model version over inline inputs in batches; outputs as an .npz artifact.",
+    description=(
+        "Run a registered ONNX model version in batches over inline inputs or an uploaded .npy/.npz "
+        "(inputs_artifact); outputs as an .npz artifact."
+    ),
     params_serializer=InferenceParams,
     execute=_execute,
     pick_queue=_pick_queue,

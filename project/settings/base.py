@@ -216,3 +216,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "AgentKindEnum": "apps.agents.models.AgentKind",
     "MemoryKindEnum": "apps.agents.models.MemoryKind",
 }
+
+
+# Uploaded job inputs (.npy/.npz for inference batches), POST /api/v1/artifacts/.
+ARTIFACTS_MAX_UPLOAD_BYTES = env.int("ARTIFACTS_MAX_UPLOAD_BYTES", default=2 * 1024 * 1024 * 1024)

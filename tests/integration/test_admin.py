@@ -134,3 +134,17 @@ def _view_permissions(*models):
     from django.contrib.auth.models import Permission
 
     return Permission.objects.filter(codename__in=[f"view_{model}" for model in models])
+
+
+def test_uploaded_inputs_are_listed_read_only_with_their_digest(staff_client, tmp_path):
+    import numpy as np
+
+    client, membership = staff_client
+    np.savez(tmp_path / "batch.npz", x=np.zeros((3, 4), dtype=np.float32))
+    artifact, _ = services.artifact_upload(membership=membership, source=tmp_path / "batch.npz", name="batch.npz")
+
+    listing = client.get("/admin/jobs/artifact/").content.decode()
+    assert "batch.npz" in listing and artifact.sha256[:12] in listing and "(upload)" in listing
+    page = client.get(f"/admin/jobs/artifact/{artifact.pk}/change/")
+    assert page.status_code == 200 and artifact.sha256 in page.content.decode()
+    assert 'name="_save"' not in page.content.decode()

@@ -6,9 +6,11 @@ archive by one role does not change what the next one sees.
 """
 
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
@@ -20,7 +22,7 @@ from apps.accounts.models import Role
 from apps.accounts.services import api_token_create
 from apps.agents.services import agent_create, memory_create
 from apps.jobs.models import Artifact, Job, JobStatus
-from apps.jobs.services import job_submit
+from apps.jobs.services import artifact_upload, job_submit
 from apps.registry.services import model_version_upload
 from tests.factories import MembershipFactory, OrganizationFactory
 from workers.testing_models import build_test_model
@@ -191,6 +193,21 @@ ENDPOINTS = [
     ),
     Endpoint("audit", "GET", "/api/v1/audit/", p.PERMISSIONS[p.READ_AUDIT], object_scoped=False, scope="audit:read"),
     Endpoint(
+        "artifacts", "GET", "/api/v1/artifacts/", p.PERMISSIONS[p.READ_JOBS], object_scoped=False, scope="jobs:read"
+    ),
+    Endpoint(
+        "artifacts",
+        "POST",
+        "/api/v1/artifacts/",
+        p.PERMISSIONS[p.SUBMIT_JOBS],
+        ok=201,
+        upload="npz",
+        object_scoped=False,
+        scope="jobs:write",
+    ),
+    Endpoint("artifact-detail", "GET", "/api/v1/artifacts/{upload}/", ALL, scope="jobs:read"),
+    Endpoint("artifact-download", "GET", "/api/v1/artifacts/{upload}/download", ALL, scope="jobs:read"),
+    Endpoint(
         "agents", "GET", "/api/v1/agents/", p.PERMISSIONS[p.READ_AGENTS], object_scoped=False, scope="agents:read"
     ),
     Endpoint(
@@ -276,6 +293,7 @@ def _seed_organization(organization, tmp_path: Path, tag: str) -> dict:
     stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_bytes(content)
     artifact = Artifact.objects.create(
+        organization=organization,
         job=job,
         role="output",
         name="out.txt",
@@ -284,10 +302,14 @@ def _seed_organization(organization, tmp_path: Path, tag: str) -> dict:
         sha256=hashlib.sha256(content).hexdigest(),
     )
     token = api_token_create(membership=colleague, name="colleague").token
+    upload_file = tmp_path / f"inputs-{tag}.npz"
+    np.savez(upload_file, x=np.full((2, 3), len(tag), dtype=np.float32))
+    upload, _ = artifact_upload(membership=colleague, source=upload_file, name="inputs.npz")
     agent = agent_create(membership=colleague, name=f"agent-{tag}", kind="research", embedding=VECTOR)
     memory_create(membership=colleague, agent=agent, text=f"memory of {tag}", embedding=VECTOR)
     return {
         "agent": agent.pk,
+        "upload": upload.pk,
         "job": job.pk,
         "failed_job": failed.pk,
         "artifact": artifact.pk,
@@ -323,6 +345,10 @@ def _call(client: APIClient, endpoint: Endpoint, values: dict, onnx: Path):
     if endpoint.upload == "onnx":
         with onnx.open("rb") as handle:
             return client.post(path, {"file": handle, "name": "uploaded"}, format="multipart")
+    if endpoint.upload == "npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, x=np.zeros((2, 3), dtype=np.float32))
+        return client.post(path, {"file": SimpleUploadedFile("batch.npz", buffer.getvalue())}, format="multipart")
     if endpoint.upload == "memories":
         upload = SimpleUploadedFile("memories.jsonl", MEMORIES_JSONL)
         return client.post(path, {"file": upload}, format="multipart")

@@ -131,6 +131,31 @@ def test_cancellation_stops_after_the_first_batch_and_writes_nothing(tmp_path, m
     assert list(tmp_path.glob(".out*")) == []
 
 
+def test_outputs_written_while_batches_run_hash_and_load_like_one_direct_run(tmp_path, multi_io, cache, monkeypatch):
+    # A chunk of a few rows makes the writer stream the first output in many pieces.
+    monkeypatch.setattr("workers.inference._NpzWriter.CHUNK_BYTES", 64)
+    path, sha256 = multi_io
+    inputs = multi_io_inputs(1001)
+    np.savez(tmp_path / "in.npz", **inputs)
+
+    summary = run_inference(
+        path,
+        sha256=sha256,
+        inputs=load_array_inputs(tmp_path / "in.npz"),
+        batch_size=7,
+        output_path=tmp_path / "out.npz",
+        session_cache=cache,
+    )
+
+    assert summary["output_sha256"] == sha256_of(tmp_path / "out.npz")
+    assert summary["output_size_bytes"] == (tmp_path / "out.npz").stat().st_size
+    expected = direct_run(path, inputs)
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as written:
+        np.testing.assert_allclose(written["y"], expected["y"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(written["ids_sum"], expected["ids_sum"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_wanted_outputs_subset_writes_only_those(tmp_path, multi_io, cache):
     path, sha256 = multi_io
     inputs = multi_io_inputs(7)
@@ -388,6 +413,18 @@ def test_npz_larger_than_the_limit_uncompressed_is_refused_before_reading(tmp_pa
     assert "limit is 1000000 bytes" in error.value.message
 
 
+def test_headers_only_gives_shapes_and_dtypes_without_reading_the_data(tmp_path):
+    np.savez_compressed(tmp_path / "inputs.npz", x=np.ones((1000, 4), dtype=np.float32), ids=np.ones((1000, 3)))
+
+    stand_ins = load_array_inputs(tmp_path / "inputs.npz", headers_only=True)
+
+    assert stand_ins["x"].shape == (1000, 4) and stand_ins["x"].dtype == np.float32
+    assert stand_ins["x"].strides == (0, 0) and not stand_ins["x"].flags.writeable
+    with pytest.raises(InputValidationError) as error:
+        validate_inputs(MULTI_IO_INPUTS, stand_ins)
+    assert "input 'ids' has dtype float64" in error.value.message
+
+
 def test_uploaded_npz_runs_end_to_end(tmp_path, multi_io, cache):
     path, sha256 = multi_io
     inputs = multi_io_inputs(50)
@@ -559,3 +596,34 @@ def test_threads_asking_for_the_same_cold_model_load_it_once(multi_io):
 
     assert len(loads) == 1
     assert all(session is sessions[0] for session in sessions)
+
+
+def test_string_outputs_are_stored_as_fixed_width_unicode_after_the_numeric_ones(tmp_path, cache):
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["label"], to=TensorProto.STRING), helper.make_node("Neg", ["x"], ["y"])],
+        "labels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.STRING, ["N", 4]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    path = tmp_path / "labels.onnx"
+    onnx.save_model(model, str(path))
+    x = np.arange(40, dtype=np.float32).reshape(10, 4) * 1.5
+
+    summary = run_inference(
+        path, sha256=sha256_of(path), inputs={"x": x}, batch_size=3, output_path=tmp_path / "o.npz", session_cache=cache
+    )
+
+    assert summary["outputs"] == {
+        "label": {"shape": [10, 4], "dtype": "string"},
+        "y": {"shape": [10, 4], "dtype": "float32"},
+    }
+    expected = direct_run(path, {"x": x})
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as written:
+        assert written["label"].dtype.kind == "U"
+        np.testing.assert_array_equal(written["label"], expected["label"].astype(str))
+        np.testing.assert_array_equal(written["y"], -x)

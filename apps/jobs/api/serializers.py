@@ -58,3 +58,17 @@ class ArtifactOutputSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         path = f"/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.id}/download"
         return request.build_absolute_uri(path) if request else path
+
+
+class InputArtifactOutputSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", allow_null=True, default=None)
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Artifact
+        fields = ["id", "name", "content_type", "size_bytes", "sha256", "meta", "owner", "created_at", "download_url"]
+
+    def get_download_url(self, artifact: Artifact) -> str:
+        request = self.context.get("request")
+        path = f"/api/v1/artifacts/{artifact.id}/download"
+        return request.build_absolute_uri(path) if request else path

@@ -16,4 +16,7 @@ urlpatterns = [
         views.ArtifactDownloadApi.as_view(),
         name="job-artifact-download",
     ),
+    path("artifacts/", views.InputArtifactListUploadApi.as_view(), name="artifacts"),
+    path("artifacts/<uuid:artifact_id>/", views.InputArtifactDetailApi.as_view(), name="artifact-detail"),
+    path("artifacts/<uuid:artifact_id>/download", views.InputArtifactDownloadApi.as_view(), name="artifact-download"),
 ]

@@ -6,13 +6,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import READ_QUOTAS, require
 from apps.accounts.selectors import request_membership
 from apps.jobs import selectors, services
-from apps.jobs.api.serializers import ArtifactOutputSerializer, JobEventOutputSerializer, JobOutputSerializer
+from apps.jobs.api.serializers import (
+    ArtifactOutputSerializer,
+    InputArtifactOutputSerializer,
+    JobEventOutputSerializer,
+    JobOutputSerializer,
+)
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.quotas import quota_usage
@@ -198,3 +204,66 @@ def _field_default(field):
         return None
     # A callable default (e.g. `dict` for nested limits) is documented by what it makes.
     return field.default() if callable(field.default) else field.default
+
+
+class InputArtifactListUploadApi(APIView):
+    """List the organization's uploaded job inputs, or upload one (`.npy` or `.npz`, multipart `file`)."""
+
+    required_scopes = {"GET": "jobs:read", "POST": "jobs:write"}
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField(
+            help_text="A .npy (one array) or .npz (one array per input name); no pickled object arrays."
+        )
+
+        class Meta:
+            ref_name = "ArtifactUploadInput"
+
+    @extend_schema(responses=InputArtifactOutputSerializer(many=True), operation_id="artifacts_list")
+    def get(self, request):
+        queryset = selectors.input_artifact_list(membership=request_membership(request)).select_related("owner")
+        paginator = JobCursorPagination()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(
+            InputArtifactOutputSerializer(page, many=True, context={"request": request}).data
+        )
+
+    @extend_schema(
+        request={"multipart/form-data": InputSerializer},
+        responses={201: InputArtifactOutputSerializer, 200: InputArtifactOutputSerializer},
+        operation_id="artifacts_upload",
+    )
+    def post(self, request):
+        membership = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = data.validated_data["file"]
+        artifact, created = services.artifact_upload(membership=membership, source=upload, name=upload.name)
+        return Response(
+            InputArtifactOutputSerializer(artifact, context={"request": request}).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class InputArtifactDetailApi(APIView):
+    required_scopes = {"GET": "jobs:read"}
+
+    @extend_schema(responses=InputArtifactOutputSerializer, operation_id="artifacts_detail")
+    def get(self, request, artifact_id):
+        artifact = selectors.input_artifact_get(membership=request_membership(request), artifact_id=artifact_id)
+        return Response(InputArtifactOutputSerializer(artifact, context={"request": request}).data)
+
+
+class InputArtifactDownloadApi(APIView):
+    required_scopes = {"GET": "jobs:read"}
+
+    @extend_schema(
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, operation_id="artifacts_download"
+    )
+    def get(self, request, artifact_id):
+        artifact = selectors.input_artifact_get(membership=request_membership(request), artifact_id=artifact_id)
+        return FileResponse(
+            artifact.file.open("rb"), as_attachment=True, filename=artifact.name, content_type=artifact.content_type
+        )

@@ -7,6 +7,7 @@ BENCHMARKS = {
     "sandbox": ("apps.jobs.bench_sandbox", "a sandboxed print(1) vs a bare interpreter start; sandbox runs/s"),
     "vectors": ("apps.agents.bench", "pgvector HNSW search vs an exact numpy ranking: recall@10, latency, build time"),
     "compile": ("apps.registry.bench_compile", "int8, optimised and fp16 compiles vs the fp32 source on CPU"),
+    "inference": ("apps.registry.bench_inference", "inference rows/s through the job path vs a bare session.run loop"),
 }
 
 

@@ -1,6 +1,7 @@
 """`manage.py jobs submit|list|show|cancel|retry`: the job contract from the command line."""
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from apps.core.errors import DomainError
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import JobEventOutputSerializer, JobOutputSerializer
 from apps.jobs.kinds import all_kinds
-from apps.jobs.models import Job, JobStatus
+from apps.jobs.models import ArtifactRole, Job, JobStatus
 
 EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 3}
 
@@ -31,11 +32,20 @@ class Command(BaseCommand):
         submit = sub.add_parser("submit", help="submit a job")
         submit.add_argument("kind", help=f"job kind: {', '.join(sorted(all_kinds())) or 'see /api/v1/jobs/kinds/'}")
         submit.add_argument("--params", default="{}", help="parameters as JSON, or @path/to/file.json")
+        submit.add_argument(
+            "--inputs-file",
+            metavar="PATH",
+            help="a .npy/.npz to upload as an input artifact; its id goes into params.inputs_artifact "
+            "(inference: large batches, arrays keyed by input name)",
+        )
         submit.add_argument("--priority", type=int, default=5, help="0 (least urgent) to 9 (most urgent); default 5")
         submit.add_argument("--max-attempts", type=int, help="attempts before the job fails (default: the kind's)")
         submit.add_argument("--idempotency-key", help="repeat a submit safely: the same key returns the same job")
         submit.add_argument("--wait", action="store_true", help="wait with a progress bar; exit with its outcome")
         submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up after N seconds")
+        submit.add_argument(
+            "--download", metavar="DIR", help="with --wait: copy the job's output artifacts into DIR once it succeeds"
+        )
 
         listing = sub.add_parser("list", help="list recent jobs of the organization")
         listing.add_argument("--status", choices=JobStatus.values, help="only jobs in this status")
@@ -64,6 +74,16 @@ class Command(BaseCommand):
 
     def _submit(self, membership, options):
         params = _load_params(options["params"])
+        if options["inputs_file"]:
+            if not isinstance(params, dict):
+                raise CommandError("--params: must be a JSON object", returncode=USAGE_ERROR)
+            path = Path(options["inputs_file"])
+            artifact, created = services.artifact_upload(membership=membership, source=path, name=path.name)
+            self.stdout.write(
+                f"{'uploaded' if created else 'already uploaded'} {path.name} as artifact {artifact.id} "
+                f"({artifact.size_bytes} bytes, sha256 {artifact.sha256[:12]})"
+            )
+            params["inputs_artifact"] = str(artifact.id)
         job, created = services.job_submit(
             membership=membership,
             kind=options["kind"],
@@ -76,6 +96,8 @@ class Command(BaseCommand):
         if options["wait"]:
             job = self._wait(job, options["timeout"])
             self._print_outcome(job)
+            if options["download"] and job.status == JobStatus.SUCCEEDED:
+                self._download(job, Path(options["download"]))
             sys.exit(EXIT_CODES.get(job.status, 1))
 
     def _wait(self, job: Job, timeout: float | None) -> Job:
@@ -103,6 +125,14 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(job.result, indent=2))
         if job.error:
             self.stderr.write(f"error {job.error.get('code')}: {job.error.get('message')}")
+
+    def _download(self, job: Job, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for artifact in selectors.job_artifacts(job=job).filter(role=ArtifactRole.OUTPUT):
+            target = directory / Path(artifact.name).name
+            with artifact.file.open("rb") as source, target.open("wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+            self.stdout.write(f"wrote {target} ({artifact.size_bytes} bytes, sha256 {artifact.sha256[:12]})")
 
     def _list(self, membership, options):
         jobs = selectors.job_list(membership=membership)
