@@ -25,10 +25,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
 
 
-def _bench_membership():
-    user, _ = User.objects.get_or_create(username="bench-service")
+def _bench_membership(role: str = Role.SERVICE):
+    """A member of the `bench` organization; sandbox runs need a person's role (service accounts may not)."""
+    user, _ = User.objects.get_or_create(username=f"bench-{role}")
     organization, _ = Organization.objects.get_or_create(slug="bench", defaults={"name": "Benchmarks"})
-    return membership_set(user=user, organization=organization, role=Role.SERVICE)
+    return membership_set(user=user, organization=organization, role=role)
 
 
 def _wait(done, total: int, timeout: float = 600.0, poll_s: float = 0.02) -> None:

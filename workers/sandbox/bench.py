@@ -52,4 +52,10 @@ def measure_overhead(n: int = 20, slot: int = 0) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure_overhead(), indent=2))
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Sandboxed print(1) against a bare interpreter start.")
+    parser.add_argument("--n", type=int, default=20, help="runs per side (default 20)")
+    parser.add_argument("--slot", type=int, default=0, help="sandbox slot (default 0)")
+    arguments = parser.parse_args()
+    print(json.dumps(measure_overhead(n=arguments.n, slot=arguments.slot), indent=2))

@@ -9,6 +9,10 @@ runs as root and can create directories under its own memory cgroup. Elsewhere t
 has no shared limit and the per-process rlimits remain (`available()` says why), which
 the worker reports in its capabilities. cgroup v2 needs a delegated subtree from the
 service manager; it is not wired yet.
+
+The price is the kernel's: moving the new process into the cgroup waits for an RCU grace
+period (about 7 ms per run here, `manage.py bench sandbox` prints it). Hosts that accept
+per-process limits only can set SANDBOX_TREE_MEMORY_LIMIT=0.
 """
 
 import contextlib
@@ -17,6 +21,8 @@ from pathlib import Path
 
 V1_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
 GROUP_NAME = "switchyard-sandbox"
+# Read from the environment: sandbox hosts run without Django settings.
+SETTING = "SANDBOX_TREE_MEMORY_LIMIT"
 
 
 def _own_memory_cgroup() -> str | None:
@@ -40,6 +46,8 @@ def _base() -> Path | None:
 
 def available() -> tuple[bool, str]:
     """(True, path) when tree-wide memory limits work here, else (False, the reason)."""
+    if os.environ.get(SETTING, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False, f"turned off ({SETTING}=0): per-process memory limits only"
     if os.geteuid() != 0:
         return False, "the worker is not root: per-process memory limits only"
     base = _base()
