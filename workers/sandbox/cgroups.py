@@ -10,13 +10,14 @@ has no shared limit and the per-process rlimits remain (`available()` says why),
 the worker reports in its capabilities. cgroup v2 needs a delegated subtree from the
 service manager; it is not wired yet.
 
-The price is the kernel's: moving the new process into the cgroup waits for an RCU grace
-period (about 7 ms per run here, `manage.py bench sandbox` prints it). Hosts that accept
-per-process limits only can set SANDBOX_TREE_MEMORY_LIMIT=0.
+Moving a process into a cgroup waits for an RCU grace period in the kernel (about 7 ms
+here), so each slot's sandboxes are started from one thread that moved once (see
+`_SlotSpawner` in runner.py). SANDBOX_TREE_MEMORY_LIMIT=0 turns the cgroup off.
 """
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 V1_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
@@ -72,10 +73,11 @@ class SlotCgroup:
         ok, where = available()
         return cls(Path(where) / f"slot-{slot}") if ok else None
 
-    def prepare(self, *, limit_bytes: int, uid: int) -> None:
-        """Set the limit for the next run and let the slot's uid move its own process in."""
+    def prepare(self, *, limit_bytes: int) -> None:
+        """Set the limit for the next run."""
         self.path.mkdir(exist_ok=True)
-        # A limit below what is already charged fails (EBUSY); a fresh run starts at zero.
+        # A limit below what is still charged fails (EBUSY): reclaim the last run's leftovers
+        # (page cache) first. Only the spawning thread is in the cgroup; it owns no memory.
         (self.path / "memory.force_empty").write_text("0")
         swap = self.path / "memory.memsw.limit_in_bytes"
         if swap.exists():
@@ -87,14 +89,10 @@ class SlotCgroup:
             swap.write_text(str(limit_bytes))
         (self.path / "memory.max_usage_in_bytes").write_text("0")
         self._oom_kills_before = self.oom_kills()
-        # The child joins after it dropped to the slot's uid (Popen runs preexec_fn after
-        # the uid switch), so that uid must be able to write its own pid here.
-        for name in ("cgroup.procs", "tasks"):
-            os.chown(self.path / name, uid, uid)
 
-    def join(self) -> None:
-        """Move the calling process into the cgroup; its children are born inside."""
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+    def join_thread(self) -> None:
+        """Move the calling thread (not its process) into the cgroup; what it forks is born inside."""
+        (self.path / "tasks").write_text(str(threading.get_native_id()))
 
     def oom_kills(self) -> int:
         for line in (self.path / "memory.oom_control").read_text().splitlines():

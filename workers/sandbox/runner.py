@@ -31,6 +31,7 @@ How a run is put together (root worker, the case on sandbox hosts):
   its own and stays accountable; killing init, then the monitor, are fallbacks.
 """
 
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -408,24 +409,53 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _child_setup(rlimits: list[tuple[int, tuple[int, int]]], cgroup: SlotCgroup | None) -> None:
-    # Runs in the forked child after the uid switch and before exec: join the slot's memory
-    # cgroup (bwrap and everything it starts are born inside), then only lower limits.
-    if cgroup is not None:
-        cgroup.join()
+def _set_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
+    # Runs in the forked child after the uid switch and before exec; only lowers limits.
     for which, value in rlimits:
         resource.setrlimit(which, value)
 
 
-_slot_cgroups: dict[int, SlotCgroup | None] = {}
+class _SlotSpawner:
+    """Starts a slot's sandboxes from one thread that lives in the slot's memory cgroup.
+
+    A forked process is born in the cgroup of the thread that forked it. Moving each new
+    process into the cgroup instead cost ~7 ms per run (the kernel waits for an RCU grace
+    period on every move); this thread moves once. Only the thread joins: the worker's own
+    memory stays charged where it was (cgroup v1 charges a process's memory to its main
+    thread's cgroup), so a run's out-of-memory kill can never pick the worker.
+    """
+
+    def __init__(self, cgroup: SlotCgroup):
+        self.cgroup = cgroup
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sandbox-spawn", initializer=cgroup.join_thread
+        )
+
+    def spawn(self, start):
+        return self._executor.submit(start).result()
+
+
+_slot_cgroups: dict[tuple[int, int], SlotCgroup | None] = {}
+_spawners: dict[tuple[int, int], _SlotSpawner] = {}
 
 
 def _slot_cgroup(slot: int) -> SlotCgroup | None:
-    if slot not in _slot_cgroups:
-        _slot_cgroups[slot] = SlotCgroup.for_slot(slot)
-        if _slot_cgroups[slot] is None:
+    # Keyed by pid too: a forked worker child has neither its parent's threads nor its slots.
+    key = (os.getpid(), slot)
+    if key not in _slot_cgroups:
+        _slot_cgroups[key] = SlotCgroup.for_slot(slot)
+        if _slot_cgroups[key] is None:
             logger.warning("sandbox.no_tree_memory_limit", extra={"slot": slot, "reason": cgroups.available()[1]})
-    return _slot_cgroups[slot]
+    return _slot_cgroups[key]
+
+
+def _spawn(slot: int, cgroup: SlotCgroup | None, start):
+    if cgroup is None:
+        return start()
+    key = (os.getpid(), slot)
+    if key not in _spawners:
+        _spawners[key] = _SlotSpawner(cgroup)
+    return _spawners[key].spawn(start)
 
 
 def _uid_processes(uid: int) -> list[int]:
@@ -707,7 +737,7 @@ def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
         cgroup = _slot_cgroup(slot)
         if cgroup is not None:
             try:
-                cgroup.prepare(limit_bytes=tree_memory_limit_bytes(limits), uid=uid)
+                cgroup.prepare(limit_bytes=tree_memory_limit_bytes(limits))
             except OSError as error:
                 logger.exception("sandbox.cgroup_failed", extra={"slot": slot})
                 return SandboxResult(
@@ -743,20 +773,25 @@ def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
         )
         started = time.monotonic()
         try:
-            process = subprocess.Popen(
-                argv,
-                stdin=stdin_fd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=[source_fd, *file_fds.values(), status_write],
-                cwd="/",
-                env={},
-                # Its own process group, so the monitor can be killed as a group.
-                start_new_session=True,
-                user=uid if switch_uid else None,
-                group=uid if switch_uid else None,
-                extra_groups=[] if switch_uid else None,
-                preexec_fn=functools.partial(_child_setup, _rlimits(limits, processes_already), cgroup),
+            process = _spawn(
+                slot,
+                cgroup,
+                functools.partial(
+                    subprocess.Popen,
+                    argv,
+                    stdin=stdin_fd,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=[source_fd, *file_fds.values(), status_write],
+                    cwd="/",
+                    env={},
+                    # Its own process group, so the monitor can be killed as a group.
+                    start_new_session=True,
+                    user=uid if switch_uid else None,
+                    group=uid if switch_uid else None,
+                    extra_groups=[] if switch_uid else None,
+                    preexec_fn=functools.partial(_set_rlimits, _rlimits(limits, processes_already)),
+                ),
             )
         except OSError as error:
             logger.exception("sandbox.start_failed", extra={"slot": slot})
