@@ -16,6 +16,7 @@ here), so each slot's sandboxes are started from one thread that moved once (see
 """
 
 import contextlib
+import errno
 import os
 import threading
 from pathlib import Path
@@ -76,15 +77,20 @@ class SlotCgroup:
     def prepare(self, *, limit_bytes: int) -> None:
         """Set the limit for the next run."""
         self.path.mkdir(exist_ok=True)
-        # A limit below what is still charged fails (EBUSY): reclaim the last run's leftovers
-        # (page cache) first. Only the spawning thread is in the cgroup; it owns no memory.
-        (self.path / "memory.force_empty").write_text("0")
         swap = self.path / "memory.memsw.limit_in_bytes"
         if swap.exists():
             # memsw may never be below the memory limit: lift it, set the limit, then bound
             # memory plus swap too, or the tree could page out past its limit.
             swap.write_text("-1")
-        (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        try:
+            (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            # More is still charged than the new limit (page cache of earlier runs): reclaim it.
+            # Not done every run: the cached interpreter files would then be read again each time.
+            (self.path / "memory.force_empty").write_text("0")
+            (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
         if swap.exists():
             swap.write_text(str(limit_bytes))
         (self.path / "memory.max_usage_in_bytes").write_text("0")
