@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.accounts.models import ApiToken, Role
+from apps.accounts.models import ApiToken, Role, User
 from apps.accounts.services import api_token_create, api_token_revoke
 from tests.factories import MembershipFactory
 
@@ -93,3 +93,19 @@ def test_requests_over_the_rate_limit_get_429_with_retry_after(client, monkeypat
     assert refused.json()["code"] == "throttled"
     # Budgets are per token.
     assert client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Token {second}").status_code == 200
+
+
+def test_seed_demo_is_repeatable_and_installs_the_embedding_model(monkeypatch, settings, tmp_path):
+    from django.core.management import call_command
+
+    from apps.registry.models import ModelVersion
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    monkeypatch.setenv("DEMO_ADMIN_PASSWORD", "a long demo password")
+    call_command("seed_demo", quiet=True)
+    call_command("seed_demo", quiet=True)
+
+    admin = User.objects.get(username="admin")
+    assert admin.is_superuser and admin.check_password("a long demo password")
+    versions = ModelVersion.objects.filter(model__organization__slug="demo", model__task="embedding")
+    assert [(v.number, v.stage) for v in versions] == [(1, "production")]

@@ -7,6 +7,7 @@ from django.db import transaction
 
 from apps.accounts.models import Organization, Role, User
 from apps.accounts.services import membership_set, organization_create
+from apps.agents.services import embedding_model_install
 from apps.core import devservices
 
 
@@ -14,7 +15,8 @@ class Command(BaseCommand):
     help = (
         "Create (or update) the 'demo' organization and a superuser 'admin' who owns it. "
         "The password comes from DEMO_ADMIN_PASSWORD, else from .data/admin.password "
-        "(generated on first use, never a fixed one). Safe to run repeatedly."
+        "(generated on first use, never a fixed one); the shipped text embedder becomes the demo "
+        "organization's production embedding model. Safe to run repeatedly."
     )
 
     def add_arguments(self, parser):
@@ -29,6 +31,10 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         organization = Organization.objects.filter(slug="demo").first() or organization_create(name="Demo", slug="demo")
-        membership_set(user=user, organization=organization, role=Role.OWNER)
+        membership = membership_set(user=user, organization=organization, role=Role.OWNER)
+        # Text search and text embeddings work out of the box: the shipped embedder becomes the
+        # demo organization's production embedding model (the same bytes again change nothing).
+        embedding_version, _ = embedding_model_install(membership=membership)
         if not quiet:
             self.stdout.write(f"demo login: {username} / {password}  (organization: {organization.slug})")
+            self.stdout.write(f"embedding model: {embedding_version.model.name}@{embedding_version.number} (production)")
