@@ -37,4 +37,6 @@ class Command(BaseCommand):
         embedding_version, _ = embedding_model_install(membership=membership)
         if not quiet:
             self.stdout.write(f"demo login: {username} / {password}  (organization: {organization.slug})")
-            self.stdout.write(f"embedding model: {embedding_version.model.name}@{embedding_version.number} (production)")
+            self.stdout.write(
+                f"embedding model: {embedding_version.model.name}@{embedding_version.number} (production)"
+            )
