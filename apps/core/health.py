@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.utils import Error as DatabaseError
 
 
@@ -43,6 +43,41 @@ def check_database() -> CheckResult:
             f"database at {where} lacks the pgvector extension (install pgvector >= 0.8 on that server)",
         )
     return CheckResult("database", True, f"database at {where} is reachable (pgvector {row[0]})")
+
+
+def check_vector_operations() -> CheckResult:
+    """Run pgvector's distance and HNSW code once, inside a transaction that is rolled back.
+
+    A pgvector build compiled for newer CPU instructions than this machine has (such as
+    AVX-512) loads and answers small queries, then kills its backend with SIGILL on the first
+    real vectors: far better to say so here than in the middle of a job.
+    """
+    where = _database_where()
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            cursor.execute("CREATE TEMPORARY TABLE preflight_vectors (v vector(384)) ON COMMIT DROP")
+            cursor.execute(
+                "INSERT INTO preflight_vectors SELECT array_fill((i % 7 + 1)::real, ARRAY[384])::vector"
+                " FROM generate_series(1, 200) AS i"
+            )
+            cursor.execute("CREATE INDEX ON preflight_vectors USING hnsw (v vector_cosine_ops)")
+            cursor.execute("SELECT min(v <=> array_fill(1::real, ARRAY[384])::vector) FROM preflight_vectors")
+            cursor.fetchone()
+            transaction.set_rollback(True)
+    except DatabaseError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        if "permission denied" in reason:
+            return CheckResult("vector", True, f"pgvector at {where} not exercised ({reason})")
+        return CheckResult(
+            "vector",
+            False,
+            f"pgvector at {where} failed on 384-dimension vectors: {reason} (a server crash here usually "
+            "means its vector.so was built for CPU instructions this machine lacks)",
+        )
+    finally:
+        connection.close()
+    return CheckResult("vector", True, f"pgvector at {where} computes distances and builds HNSW indexes")
 
 
 def check_broker() -> CheckResult:

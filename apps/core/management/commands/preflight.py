@@ -2,18 +2,22 @@
 
 from django.core.management.base import BaseCommand
 
-from apps.core.health import readiness
+from apps.core.health import check_vector_operations, readiness
 
 
 class Command(BaseCommand):
     help = (
-        "Check that the database is reachable and has pgvector, and that the broker is reachable. "
+        "Check that the database is reachable and that pgvector works on it (distances and an HNSW "
+        "build on 384-dimension vectors, rolled back), and that the broker is reachable. "
         "Prints one line per service; exits 1 when any of them fails, without a traceback."
     )
 
     def handle(self, *args, **options):
         failed = False
-        for result in readiness():
+        results = readiness()
+        if results[0].ok:
+            results.insert(1, check_vector_operations())
+        for result in results:
             if result.ok:
                 self.stdout.write(f"ok: {result.message}")
             else:
