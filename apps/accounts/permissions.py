@@ -60,6 +60,7 @@ SUBMIT_BY_KIND: dict[str, frozenset[str]] = {
     "sandbox": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER}),
     "compile": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
     "simulation": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, SERVICE}),
+    "simulation_sweep": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, SERVICE}),
     # Imports write memories: the same roles as agents.manage.
     "memory_import": frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
 }

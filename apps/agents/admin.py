@@ -1,7 +1,12 @@
+from django import forms
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
 
-from apps.agents.models import Agent, Memory
+from apps.agents.models import Agent, Memory, Scenario
+from apps.agents.services import scenario_spec_clean
 from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline
+from apps.core.errors import DomainError
 
 
 def _vector_preview(vector) -> str:
@@ -53,3 +58,50 @@ class MemoryAdmin(OrganizationScopedAdmin):
     def has_add_permission(self, request):
         # A memory needs a vector; the API, the CLI and imports compute or check it.
         return False
+
+
+class ScenarioForm(forms.ModelForm):
+    class Meta:
+        model = Scenario
+        fields = ["organization", "name", "description", "spec"]
+
+    def clean_spec(self):
+        # The same rules as the API and the CLI; the stored spec is the normalised one.
+        try:
+            return scenario_spec_clean(self.cleaned_data["spec"])
+        except DomainError as exc:
+            raise forms.ValidationError(
+                [f"{name}: {'; '.join(errors)}" for name, errors in exc.fields.items()]
+            ) from exc
+
+
+@admin.register(Scenario)
+class ScenarioAdmin(OrganizationScopedAdmin):
+    form = ScenarioForm
+    list_display = ["name", "organization", "rounds", "topology", "events", "runs_link", "updated_at"]
+    list_filter = ["organization"]
+    search_fields = ["name", "description"]
+    list_select_related = ["organization"]
+    readonly_fields = ["created_by", "created_at", "updated_at"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="rounds")
+    def rounds(self, scenario):
+        return scenario.spec.get("rounds")
+
+    @admin.display(description="topology")
+    def topology(self, scenario):
+        return (scenario.spec.get("topology") or {}).get("type")
+
+    @admin.display(description="events")
+    def events(self, scenario):
+        return len(scenario.spec.get("events") or [])
+
+    @admin.display(description="runs")
+    def runs_link(self, scenario):
+        url = reverse("admin:jobs_job_changelist")
+        return format_html('<a href="{}?scenario={}">runs and sweeps</a>', url, scenario.pk)

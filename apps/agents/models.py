@@ -101,3 +101,27 @@ class Memory(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60]
+
+
+class Scenario(models.Model):
+    """A template for simulations: rounds, interaction topology, parameters and timed events.
+
+    The spec is validated on every save by `apps.agents.services.scenario_create/update`
+    (the rules live with the engine, in `workers.simulation.validate_spec`); a job snapshots
+    the validated spec into its params, so editing a scenario never changes a past run.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="scenarios")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    spec = models.JSONField(help_text="rounds, topology, parameters, events: see docs/simulations.md")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["organization", "name"], name="scenario_unique_name_per_org")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -8,9 +8,9 @@ from django.db.models import QuerySet
 from pgvector.django import CosineDistance
 
 from apps.accounts.models import Membership
-from apps.accounts.permissions import READ_AGENTS, has_permission
+from apps.accounts.permissions import READ_AGENTS, READ_SCENARIOS, has_permission, require
 from apps.agents.embeddings import text_embed
-from apps.agents.models import Agent, Memory
+from apps.agents.models import Agent, Memory, Scenario
 from apps.agents.services import vector_clean
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
 
@@ -121,3 +121,29 @@ def agent_similar(*, membership: Membership, agent: Agent, k: int = 10, kind: st
     if kind:
         agents = agents.filter(kind=kind)
     return _nearest(agents.defer("embedding"), [float(x) for x in agent.embedding], k, None)
+
+
+def scenario_list(*, membership: Membership) -> QuerySet[Scenario]:
+    require(membership, READ_SCENARIOS, "read scenarios")
+    return Scenario.objects.filter(organization=membership.organization)
+
+
+def scenario_get(*, membership: Membership, scenario_id) -> Scenario:
+    """The scenario, or 404 whether it does not exist or belongs to another organization."""
+    try:
+        scenario_id = int(scenario_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such scenario.") from None
+    scenario = scenario_list(membership=membership).filter(pk=scenario_id).first()
+    if scenario is None:
+        raise NotFound("No such scenario.")
+    return scenario
+
+
+def scenario_runs(*, membership: Membership, scenario: Scenario) -> QuerySet:
+    """The scenario's runs and sweeps (not a sweep's children), newest first."""
+    from apps.jobs.selectors import job_list
+
+    return job_list(membership=membership).filter(
+        kind__in=("simulation", "simulation_sweep"), params__scenario_id=scenario.pk, parent__isnull=True
+    )

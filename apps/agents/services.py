@@ -12,9 +12,9 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.accounts.models import Membership
-from apps.accounts.permissions import MANAGE_AGENTS, has_permission
+from apps.accounts.permissions import MANAGE_AGENTS, MANAGE_SCENARIOS, has_permission, require
 from apps.agents.embeddings import SHIPPED_MODEL_NAME, NoEmbeddingModel, text_embed
-from apps.agents.models import Agent, AgentKind, Memory, MemoryKind
+from apps.agents.models import Agent, AgentKind, Memory, MemoryKind, Scenario
 from apps.core.errors import DomainError, PermissionDenied
 from apps.jobs.models import ACTIVE_STATUSES, Job
 from apps.registry.models import DevicePreference, ModelTask, ModelVersion, Stage
@@ -269,3 +269,138 @@ def embedding_model_install(*, membership: Membership, name: str = SHIPPED_MODEL
     if version.stage != Stage.PRODUCTION:
         version = model_version_promote(membership=membership, version=version, stage=Stage.PRODUCTION)
     return version, created
+
+
+# --- scenarios and simulation runs -------------------------------------------------------
+
+
+def _require_manage_scenarios(membership: Membership) -> None:
+    require(membership, MANAGE_SCENARIOS, "change scenarios")
+
+
+def scenario_spec_clean(spec) -> dict:
+    """A scenario spec as the engine will read it, or a 400 naming every bad field (`spec.events[2].round`)."""
+    from workers.simulation import SpecError, validate_spec
+
+    try:
+        return validate_spec(spec)
+    except SpecError as exc:
+        fields = {f"spec.{path}": messages for path, messages in exc.errors.items()}
+        first, messages = next(iter(fields.items()))
+        raise DomainError(f"{first}: {messages[0]}", fields=fields) from exc
+
+
+def _scenario_name_clean(membership: Membership, name, *, exclude_pk: int | None = None) -> str:
+    name = name.strip() if isinstance(name, str) else ""
+    if not name or len(name) > 100:
+        raise DomainError("name: 1 to 100 characters.", fields={"name": ["1 to 100 characters."]})
+    taken = Scenario.objects.filter(organization=membership.organization, name=name).exclude(pk=exclude_pk)
+    if taken.exists():
+        raise DomainError(
+            f"name: a scenario named '{name}' exists.", fields={"name": ["A scenario with this name exists."]}
+        )
+    return name
+
+
+def scenario_create(*, membership: Membership, name: str, spec: dict, description: str = "") -> Scenario:
+    """Save a scenario whose spec validates; the stored spec is the normalised one (defaults filled in)."""
+    _require_manage_scenarios(membership)
+    scenario = Scenario.objects.create(
+        organization=membership.organization,
+        name=_scenario_name_clean(membership, name),
+        description=description or "",
+        spec=scenario_spec_clean(spec),
+        created_by=membership.user,
+    )
+    logger.info("scenario.created", extra={"scenario_id": scenario.pk, "organization_id": membership.organization_id})
+    return scenario
+
+
+def scenario_update(
+    *,
+    membership: Membership,
+    scenario: Scenario,
+    name: str | None = None,
+    spec: dict | None = None,
+    description: str | None = None,
+) -> Scenario:
+    """Change a scenario; runs already submitted keep the spec they recorded."""
+    _require_manage_scenarios(membership)
+    if scenario.organization_id != membership.organization_id:
+        raise DomainError("scenario: no such scenario.", fields={"scenario": ["No such scenario."]})
+    if name is not None:
+        scenario.name = _scenario_name_clean(membership, name, exclude_pk=scenario.pk)
+    if spec is not None:
+        scenario.spec = scenario_spec_clean(spec)
+    if description is not None:
+        scenario.description = description
+    scenario.save()
+    return scenario
+
+
+def scenario_delete(*, membership: Membership, scenario: Scenario) -> None:
+    _require_manage_scenarios(membership)
+    if scenario.organization_id != membership.organization_id:
+        raise DomainError("scenario: no such scenario.", fields={"scenario": ["No such scenario."]})
+    scenario.delete()
+
+
+def _submit_for_scenario(*, membership: Membership, kind: str, params: dict, priority: int, idempotency_key):
+    from apps.jobs.services import job_submit
+
+    try:
+        return job_submit(
+            membership=membership, kind=kind, params=params, priority=priority, idempotency_key=idempotency_key
+        )
+    except DomainError as exc:
+        # The caller sent fields of a request, not job params: name those.
+        exc.fields = {name.removeprefix("params."): errors for name, errors in exc.fields.items()}
+        exc.message = exc.message.removeprefix("params.")
+        raise
+
+
+def simulation_submit(
+    *,
+    membership: Membership,
+    scenario: Scenario,
+    agent_ids: list[int] | None = None,
+    seed: int | None = None,
+    overrides: dict | None = None,
+    priority: int = 5,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Submit one run of a scenario: a `simulation` job (its params say exactly what runs)."""
+    params = {"scenario_id": scenario.pk, "overrides": overrides or {}}
+    if agent_ids is not None:
+        params["agent_ids"] = agent_ids
+    if seed is not None:
+        params["seed"] = seed
+    return _submit_for_scenario(
+        membership=membership, kind="simulation", params=params, priority=priority, idempotency_key=idempotency_key
+    )
+
+
+def sweep_submit(
+    *,
+    membership: Membership,
+    scenario: Scenario,
+    grid: dict,
+    replications: int = 3,
+    agent_ids: list[int] | None = None,
+    seed: int | None = None,
+    chart_metric: str | None = None,
+    priority: int = 5,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Submit a parameter sweep: a `simulation_sweep` job whose children are the runs."""
+    params = {"scenario_id": scenario.pk, "grid": grid, "replications": replications}
+    for key, value in (("agent_ids", agent_ids), ("seed", seed), ("chart_metric", chart_metric)):
+        if value is not None:
+            params[key] = value
+    return _submit_for_scenario(
+        membership=membership,
+        kind="simulation_sweep",
+        params=params,
+        priority=priority,
+        idempotency_key=idempotency_key,
+    )

@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.contrib import admin, messages
-from django.utils.html import format_html
+from django.http import FileResponse, Http404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from apps.accounts.models import Membership
 from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline
@@ -22,6 +24,51 @@ class ArtifactInline(ReadOnlyTabularInline):
     def link(self, artifact):
         url = f"/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.id}/download"
         return format_html('<a href="{}">{}</a>', url, artifact.name)
+
+
+class ChildJobInline(ReadOnlyTabularInline):
+    """A fan-out's children (a sweep's runs), with their status and outcome."""
+
+    model = Job
+    fk_name = "parent"
+    fields = ["child_link", "status", "progress", "attempt", "worker_host", "started_at", "finished_at", "outcome"]
+    verbose_name = "child job"
+    verbose_name_plural = "child jobs"
+    max_num = 500
+    ordering = ["created_at"]
+
+    @admin.display(description="job")
+    def child_link(self, job):
+        point = (job.params or {}).get("overrides")
+        label = f"{job.short_id} {point}" if point else job.short_id
+        return format_html('<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[job.pk]), label)
+
+    @admin.display(description="outcome")
+    def outcome(self, job):
+        if job.error:
+            return f"{job.error.get('code')}: {job.error.get('message')}"
+        final = (job.result or {}).get("final")
+        return ", ".join(f"{name} {value:.3f}" for name, value in final.items()) if final else "-"
+
+
+class ScenarioFilter(admin.SimpleListFilter):
+    """Runs and sweeps of one scenario (linked from the scenario list)."""
+
+    title = "scenario"
+    parameter_name = "scenario"
+
+    def lookups(self, request, model_admin):
+        from apps.agents.models import Scenario
+
+        scenarios = Scenario.objects.all()
+        if not request.user.is_superuser:
+            scenarios = scenarios.filter(organization__memberships__user=request.user)
+        return [(str(pk), name) for pk, name in scenarios.values_list("pk", "name")[:100]]
+
+    def queryset(self, request, queryset):
+        if not self.value() or not self.value().isdigit():
+            return queryset
+        return queryset.filter(kind__in=("simulation", "simulation_sweep"), params__scenario_id=int(self.value()))
 
 
 def _acting_membership(request, job: Job) -> Membership:
@@ -63,12 +110,12 @@ class JobAdmin(OrganizationScopedAdmin):
         "attempt_display",
         "created_at",
     ]
-    list_filter = ["status", "kind", "queue", "priority", "organization"]
+    list_filter = ["status", "kind", "queue", "priority", "organization", ScenarioFilter]
     search_fields = ["id", "kind", "owner__username", "worker_host", "idempotency_key"]
     list_select_related = ["owner", "organization"]
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
-    inlines = [JobEventInline, ArtifactInline]
+    inlines = [JobEventInline, ArtifactInline, ChildJobInline]
     actions = ["cancel_jobs", "retry_jobs", "requeue_jobs"]
     readonly_fields = [
         "id",
@@ -83,6 +130,7 @@ class JobAdmin(OrganizationScopedAdmin):
         "error",
         "progress_bar",
         "progress_message",
+        "charts",
         "attempt",
         "max_attempts",
         "idempotency_key",
@@ -100,6 +148,34 @@ class JobAdmin(OrganizationScopedAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.artifact_view)
+        return [
+            path("<uuid:job_id>/artifacts/<uuid:artifact_id>/", view, name="jobs_job_artifact"),
+            *super().get_urls(),
+        ]
+
+    def artifact_view(self, request, job_id, artifact_id):
+        """A job's file for whoever may see the job here (the chart on the job page, for one)."""
+        job = self.get_queryset(request).filter(pk=job_id).first()
+        if job is None or not self.has_view_permission(request, job):
+            raise Http404("No such job.")
+        artifact = Artifact.objects.filter(pk=artifact_id, job=job).first()
+        if artifact is None:
+            raise Http404("No such artifact.")
+        return FileResponse(artifact.file.open("rb"), content_type=artifact.content_type)
+
+    @admin.display(description="charts")
+    def charts(self, job):
+        images = job.artifacts.filter(content_type="image/png").order_by("created_at")
+        if not images:
+            return "-"
+        return format_html_join(
+            "",
+            '<div><img src="{}" alt="{}" style="max-width:100%;height:auto;border:1px solid #ddd"></div>',
+            ((reverse("admin:jobs_job_artifact", args=[job.pk, image.pk]), image.name) for image in images),
+        )
 
     @admin.display(description="progress")
     def progress_bar(self, job):

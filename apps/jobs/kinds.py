@@ -13,6 +13,17 @@ PermanentJobError = JobError
 
 
 @dataclass(frozen=True)
+class AwaitChildren:
+    """What a fan-out kind's `execute` returns once its children are submitted.
+
+    The job stays `running` without a lease (nothing runs for it any more) until its last
+    child ends; then the kind's `aggregate` runs on `control` and finishes it.
+    """
+
+    children: int
+
+
+@dataclass(frozen=True)
 class JobKind:
     name: str
     description: str
@@ -31,6 +42,9 @@ class JobKind:
     message: Callable[..., tuple[str, list]] | None = None
     # Cancel kills the running task (revoke with terminate) instead of waiting for a check.
     terminate_on_cancel: bool = False
+    # Fan-out kinds: aggregate(parent, children) -> result dict, run on `control` when the
+    # last child of a parent whose `execute` returned AwaitChildren has ended.
+    aggregate: Callable[..., dict] | None = None
 
 
 _KINDS: dict[str, JobKind] = {}

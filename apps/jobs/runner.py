@@ -17,7 +17,7 @@ from django.db import close_old_connections, connections
 
 from apps.core.logs import log_context
 from apps.jobs import services
-from apps.jobs.kinds import JobKind, PermanentJobError, get_kind
+from apps.jobs.kinds import AwaitChildren, JobKind, PermanentJobError, get_kind
 from apps.jobs.models import Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,11 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
             error=_error("internal_error", f"{type(exc).__name__}: {exc}", {"traceback": traceback.format_exc()}),
         )
         return JobStatus.FAILED
+    if isinstance(result, AwaitChildren):
+        # Fanned out: the last child to end has the kind's aggregate finish this job.
+        if not services.job_await_children(job_id=job.id, attempt=job.attempt, worker=worker, children=result.children):
+            return "lease_lost"
+        return "awaiting_children"
     # Fenced: if another attempt took the job over meanwhile, this write is refused.
     if not services.job_finish(**finish, status=JobStatus.SUCCEEDED, result=result):
         return "lease_lost"

@@ -34,6 +34,7 @@ from apps.jobs.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Artifact, Artif
 from apps.jobs.quotas import organization_quota, quota_admit, quota_check_params, quota_needs_transaction
 from project import queues
 from workers import array_files
+from workers.errors import JobError
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,16 @@ def job_submit(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
     parent: Job | None = None,
+    publish: bool = True,
 ) -> tuple[Job, bool]:
     """Validate, admit and record a job, and publish it once the transaction commits.
 
     Returns (job, created); with an idempotency key already used in this organization,
-    the existing job comes back with created=False and nothing is published.
+    the existing job comes back with created=False and nothing is published. With
+    `publish=False` the caller publishes (a fan-out sends its children as one group); the
+    job is recorded as dispatched either way, so the reaper publishes it if nobody does.
+    The children of a fan-out count against their parent's concurrency quota, not their
+    own kind's: the parent was admitted for all of them.
     """
     if not may_submit_kind(membership, kind):
         raise PermissionDenied(
@@ -129,18 +135,23 @@ def job_submit(
         task_id=str(uuid.uuid4()),
         dispatched_at=timezone.now(),
     )
+    admit_quota = parent is None
     try:
-        if quota_needs_transaction(quota=quota, kind=kind) or connection.in_atomic_block:
+        if (admit_quota and quota_needs_transaction(quota=quota, kind=kind)) or connection.in_atomic_block:
             with transaction.atomic():
-                quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
+                if admit_quota:
+                    quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
                 _insert_submitted(job, actor=membership.user)
-                transaction.on_commit(partial(_publish, job=job))
+                if publish:
+                    transaction.on_commit(partial(_publish, job=job))
         else:
             # Nothing to hold a lock for and no caller's transaction: the one INSERT statement
             # (job and first event) commits on its own, saving a BEGIN/COMMIT round trip.
-            quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
+            if admit_quota:
+                quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
             _insert_submitted(job, actor=membership.user)
-            _publish(job=job)
+            if publish:
+                _publish(job=job)
     except IntegrityError:
         # Two submits raced on one idempotency key; the other one won.
         if idempotency_key is None:
@@ -217,26 +228,51 @@ def job_dispatch(*, job_id: uuid.UUID, countdown: float | None = None) -> None:
     _publish(job=job, countdown=countdown)
 
 
-def _publish(*, job: Job, countdown: float | None = None) -> bool:
-    """Send the run message: the one place that talks to the broker for jobs. It carries only the id."""
-    from project.celery import app
-
+def _run_message(job: Job, *, countdown: float | None = None) -> tuple[str, dict]:
+    """The run message of a job (task name, publish options): it carries only the id."""
     kind = get_kind(job.kind)
     task_name, args = kind.message(job) if kind and kind.message else (RUN_JOB_TASK, [str(job.id)])
+    return task_name, {
+        "args": args,
+        "task_id": job.task_id,
+        "queue": queues.direct_queue(job.queue),
+        "priority": _broker_priority(job.priority),
+        "countdown": countdown,
+        "soft_time_limit": kind.soft_time_limit_s if kind else None,
+        "time_limit": kind.time_limit_s if kind else None,
+    }
+
+
+def _publish(*, job: Job, countdown: float | None = None) -> bool:
+    """Send the run message: the one place that talks to the broker for a job."""
+    from project.celery import app
+
+    task_name, options = _run_message(job, countdown=countdown)
     try:
-        app.send_task(
-            task_name,
-            args=args,
-            task_id=job.task_id,
-            queue=queues.direct_queue(job.queue),
-            priority=_broker_priority(job.priority),
-            countdown=countdown,
-            soft_time_limit=kind.soft_time_limit_s if kind else None,
-            time_limit=kind.time_limit_s if kind else None,
-        )
+        app.send_task(task_name, **options)
     except Exception:
         # The job is safe in PostgreSQL; the reaper publishes it again once the broker is back.
         logger.exception("job.dispatch_failed", extra={"job_id": str(job.id), "queue": job.queue})
+        return False
+    return True
+
+
+def jobs_publish_group(jobs: list[Job]) -> bool:
+    """Publish several jobs' run messages as one Celery group (a fan-out's children)."""
+    from celery import group
+
+    from project.celery import app
+
+    if not jobs:
+        return True
+    signatures = []
+    for job in jobs:
+        task_name, options = _run_message(job)
+        signatures.append(app.signature(task_name, immutable=True, **options))
+    try:
+        group(signatures).apply_async()
+    except Exception:
+        logger.exception("job.group_dispatch_failed", extra={"jobs": len(jobs)})
         return False
     return True
 
@@ -276,12 +312,12 @@ WITH previous AS (
            progress = CASE WHEN %(status)s::text = 'succeeded' THEN 1 ELSE job.progress END
       FROM previous
      WHERE job.id = previous.id
- RETURNING job.id, job.attempt, previous.status AS from_status
+ RETURNING job.id, job.attempt, job.parent_id, previous.status AS from_status
 ), event AS (
     INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
     SELECT id, now(), from_status, %(status)s::text, attempt, %(worker)s, %(message)s::text FROM finished
 )
-SELECT count(*) FROM finished
+SELECT count(*), max(parent_id::text) FROM finished
 """
 
 
@@ -326,7 +362,10 @@ def job_claim(
 def job_heartbeat(*, job_id: uuid.UUID, attempt: int) -> str | None:
     """Renew the lease; returns the job's status (a worker learns of `cancelling` here), None if fenced out."""
     lease = timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
-    updated = Job.objects.filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).update(lease_expires_at=lease)
+    # A parent waiting for its children holds no lease (NULL); a late heartbeat must not give it one.
+    updated = Job.objects.filter(
+        pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES, lease_expires_at__isnull=False
+    ).update(lease_expires_at=lease)
     if not updated:
         return None
     return Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
@@ -364,10 +403,12 @@ def job_finish(
     }
     with connection.cursor() as cursor:
         cursor.execute(*_FINISH.sql_and_args(params))
-        (finished,) = cursor.fetchone()
+        finished, parent_id = cursor.fetchone()
     if not finished:
         logger.warning("job.finish_fenced", extra={"job_id": str(job_id), "attempt": attempt})
         return False
+    if parent_id is not None:
+        _notify_parent(parent_id)
     logger.info("job.finished", extra={"job_id": str(job_id), "attempt": attempt, "status": status})
     return True
 
@@ -471,6 +512,10 @@ def _cancel(*, job_id: uuid.UUID, actor: User | None, message: str = "cancel req
             raise Conflict(f"The job already ended ({job.status}); there is nothing to cancel.")
         for child_id in job.children.exclude(status__in=TERMINAL_STATUSES).values_list("id", flat=True):
             _cancel(job_id=child_id, actor=actor, message=f"parent {job.short_id} cancelled")
+        if job.parent_id is not None and job.status == JobStatus.CANCELLED:
+            _notify_parent(job.parent_id)
+        if job.status == JobStatus.CANCELLING and job.lease_expires_at is None:
+            _notify_parent(job.pk)  # a waiting parent: it ends once its children have
     return job
 
 
@@ -493,27 +538,76 @@ def _terminate(job: Job) -> None:
 def job_retry(*, job: Job, actor: Membership) -> Job:
     """failed|cancelled -> queued, with a fresh budget of attempts (the attempt count itself never goes back)."""
     _check_may_manage(job, actor)
-    kind = get_kind(job.kind)
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if locked.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise Conflict(f"Only failed or cancelled jobs can be retried; this one is {locked.status}.")
         previous = locked.status
-        locked.status = JobStatus.QUEUED
-        # `attempt` is the fencing token and must only grow: a stale worker of attempt N
-        # must never match a new run. The retry gets a new budget on top of it.
-        locked.max_attempts = locked.attempt + (kind.default_max_attempts if kind else 1)
-        locked.queued_at = timezone.now()
-        locked.finished_at = None
-        locked.error = None
-        locked.result = None
-        locked.progress = 0.0
-        locked.progress_message = ""
-        locked.save()
-        _event(locked, from_status=previous, to_status=JobStatus.QUEUED, actor=actor.user, message="retried")
+        _requeue_ended(locked, actor=actor.user, message="retried")
         _audit_if_someone_elses(locked, actor, "job.retried", previous_status=previous)
-        transaction.on_commit(partial(job_dispatch, job_id=locked.id))
     return locked
+
+
+def _requeue_ended(locked: Job, *, actor: User | None, message: str) -> None:
+    """Back to `queued` from failed|cancelled, on a row the caller holds FOR UPDATE."""
+    kind = get_kind(locked.kind)
+    previous = locked.status
+    locked.status = JobStatus.QUEUED
+    # `attempt` is the fencing token and must only grow: a stale worker of attempt N
+    # must never match a new run. The retry gets a new budget on top of it.
+    locked.max_attempts = locked.attempt + (kind.default_max_attempts if kind else 1)
+    locked.queued_at = timezone.now()
+    locked.finished_at = None
+    locked.error = None
+    locked.result = None
+    locked.progress = 0.0
+    locked.progress_message = ""
+    locked.save()
+    _event(locked, from_status=previous, to_status=JobStatus.QUEUED, actor=actor, message=message)
+    transaction.on_commit(partial(job_dispatch, job_id=locked.id))
+
+
+def job_children_submit(*, parent_id: uuid.UUID, attempt: int, children: list[dict]) -> tuple[int, int]:
+    """Submit a fan-out's children, at most once each, and publish the new ones as one Celery group.
+
+    `children`: [{"kind", "params", "key"}]; `key` is unique within the parent, so a second
+    attempt of the parent (after a crash, or a retry) finds the children the first one made:
+    those that ended failed or cancelled are queued again, the others are left as they are.
+    Returns (children in all, children queued now). Refused (LookupError) when `attempt`
+    no longer holds the parent.
+    """
+    with transaction.atomic():
+        parent = (
+            Job.objects.select_for_update(of=("self",))
+            .select_related("organization", "owner")
+            .filter(pk=parent_id, attempt=attempt, status__in=ACTIVE_STATUSES)
+            .first()
+        )
+        if parent is None:
+            raise LookupError(f"attempt {attempt} no longer holds job {parent_id}")
+        membership = Membership.objects.filter(organization=parent.organization, user=parent.owner).first()
+        if membership is None:
+            raise PermissionDenied("The job's owner is no longer a member of its organization.")
+        new, requeued = [], 0
+        for child in children:
+            job, created = job_submit(
+                membership=membership,
+                kind=child["kind"],
+                params=child["params"],
+                priority=parent.priority,
+                idempotency_key=f"{parent.pk}:{child['key']}",
+                parent=parent,
+                publish=False,
+            )
+            if created:
+                new.append(job)
+                continue
+            locked = Job.objects.select_for_update().get(pk=job.pk)
+            if locked.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                _requeue_ended(locked, actor=None, message=f"parent {parent.short_id} attempt {attempt} runs it again")
+                requeued += 1
+        transaction.on_commit(partial(jobs_publish_group, new))
+    return len(children), len(new) + requeued
 
 
 def job_requeue(*, job: Job, actor: Membership) -> Job:
@@ -539,12 +633,15 @@ def jobs_reap(*, limit: int = 1000) -> dict:
     try:
         expired = _reap_expired_leases(limit=limit)
         redispatched = _redispatch_stale_queued(limit=limit)
+        waiting_parents = _waiting_parents(limit=limit)
+        for parent_id in waiting_parents:
+            _send_children_changed(str(parent_id))
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [REAPER_LOCK_ID])
     if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched:
         logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched})
-    return {**expired, "redispatched": redispatched}
+    return {**expired, "redispatched": redispatched, "waiting_parents": len(waiting_parents)}
 
 
 def _reap_expired_leases(*, limit: int) -> dict:
@@ -582,6 +679,8 @@ def _reap_expired_leases(*, limit: int) -> dict:
             job.lease_expires_at = None
             job.save()
             _event(job, from_status=previous, to_status=job.status, message=lost, worker="reaper")
+            if job.parent_id is not None and job.status in TERMINAL_STATUSES:
+                _notify_parent(job.parent_id)
     return counts
 
 
@@ -598,6 +697,91 @@ def _redispatch_stale_queued(*, limit: int) -> int:
         job_dispatch(job_id=job_id)
         count += 1
     return count
+
+
+# --- fan-out: a parent job and its children ----------------------------------------------
+#
+# A chord whose counter is the database: each child that ends asks `control` to look at
+# its parent (`jobs.children_changed`); the look that finds every child ended runs the
+# parent kind's aggregate and finishes the parent. Celery's own chord counts header
+# results in a result backend keyed by task id, which a reaper re-dispatch (new task id),
+# a flushed Redis or a RabbitMQ-only deployment would break; here a lost notification
+# costs one reaper interval (the reaper looks at every waiting parent), never the sweep.
+
+
+def job_await_children(*, job_id: uuid.UUID, attempt: int, worker: str, children: int) -> bool:
+    """A parent that fanned out keeps `running` without a lease until its last child ends."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).first()
+        if job is None:
+            return False
+        Job.objects.filter(pk=job.pk).update(lease_expires_at=None, progress_message=f"0/{children} children ended")
+        _event(
+            job, from_status=job.status, to_status=job.status, worker=worker, message=f"waiting for {children} children"
+        )
+        _notify_parent(job.pk)  # children may all have ended already
+    return True
+
+
+def _notify_parent(parent_id) -> None:
+    transaction.on_commit(partial(_send_children_changed, str(parent_id)))
+
+
+def _send_children_changed(parent_id: str) -> None:
+    from project.celery import app
+
+    try:
+        app.send_task("jobs.children_changed", args=[parent_id], queue=queues.direct_queue(queues.CONTROL))
+    except Exception:
+        # The reaper looks at every waiting parent anyway.
+        logger.exception("job.children_changed_not_sent", extra={"job_id": parent_id})
+
+
+def job_children_changed(*, parent_id: uuid.UUID | str, worker: str = "control") -> str:
+    """Count a waiting parent's children into its progress; once all ended, aggregate and finish it."""
+    with transaction.atomic():
+        parent = (
+            Job.objects.select_for_update()
+            .filter(pk=parent_id, status__in=ACTIVE_STATUSES, lease_expires_at__isnull=True)
+            .first()
+        )
+        if parent is None:
+            return "not_waiting"  # still fanning out (it holds a lease), or already finished
+        children = list(parent.children.order_by("created_at", "id"))
+        ended = sum(1 for child in children if child.status in TERMINAL_STATUSES)
+        if ended < len(children) or not children:
+            Job.objects.filter(pk=parent.pk).update(
+                progress=ended / len(children) if children else 0.0,
+                progress_message=f"{ended}/{len(children)} children ended",
+            )
+            return "waiting"
+        finish = {"job_id": parent.id, "attempt": parent.attempt, "worker": worker}
+        if parent.status == JobStatus.CANCELLING:
+            job_finish(**finish, status=JobStatus.CANCELLED)
+            return JobStatus.CANCELLED
+        kind = get_kind(parent.kind)
+        try:
+            if kind is None or kind.aggregate is None:
+                raise DomainError(f"No aggregate for kind '{parent.kind}' on {worker}.")
+            result = kind.aggregate(parent, children)
+        except DomainError as exc:
+            error = {"code": exc.code, "message": exc.message, "details": exc.details}
+            job_finish(**finish, status=JobStatus.FAILED, error=error)
+            return JobStatus.FAILED
+        except JobError as exc:
+            error = {"code": exc.code, "message": exc.message, "details": exc.details}
+            job_finish(**finish, status=JobStatus.FAILED, result=exc.details.get("result"), error=error)
+            return JobStatus.FAILED
+        job_finish(**finish, status=JobStatus.SUCCEEDED, result=result)
+    return JobStatus.SUCCEEDED
+
+
+def _waiting_parents(*, limit: int) -> list:
+    return list(
+        Job.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__isnull=True, children__isnull=False)
+        .values_list("id", flat=True)
+        .distinct()[:limit]
+    )
 
 
 # --- worker hosts ------------------------------------------------------------------------

@@ -11,6 +11,12 @@ def reap() -> dict:
     return services.jobs_reap()
 
 
+@shared_task(name="jobs.children_changed", bind=True, ignore_result=True, acks_late=True)
+def children_changed(self, parent_id: str) -> str:
+    with log_context(job_id=parent_id):
+        return services.job_children_changed(parent_id=parent_id, worker=self.request.hostname or "control")
+
+
 @shared_task(name="jobs.sandbox_started", ignore_result=True)
 def sandbox_started(job_id: str, task_id: str, worker: str) -> None:
     with log_context(job_id=job_id):

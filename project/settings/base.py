@@ -210,6 +210,11 @@ AGENTS_EMBEDDING_DIM = env.int("AGENTS_EMBEDDING_DIM", default=384)
 AGENTS_SEARCH_EF_SEARCH = env.int("AGENTS_SEARCH_EF_SEARCH", default=100)
 AGENTS_IMPORT_MAX_BYTES = env.int("AGENTS_IMPORT_MAX_BYTES", default=64 * 1024 * 1024)
 AGENTS_IMPORT_MAX_ROWS = env.int("AGENTS_IMPORT_MAX_ROWS", default=200_000)
+# --- Simulations -------------------------------------------------------------------------
+# A sweep's grid points x replications; each is a child job on `cpu`.
+SIMULATION_SWEEP_MAX_CHILDREN = env.int("SIMULATION_SWEEP_MAX_CHILDREN", default=500)
+# Agents in one run: the engine works on dense n x n matrices (1000 agents: ~8 MB each).
+SIMULATION_MAX_AGENTS = env.int("SIMULATION_MAX_AGENTS", default=2000)
 # Agents and memories both have a `kind` choice field; name their enums in the schema.
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     **SPECTACULAR_SETTINGS.get("ENUM_NAME_OVERRIDES", {}),

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 from apps.accounts import permissions as p
 from apps.accounts.models import Role
 from apps.accounts.services import api_token_create
-from apps.agents.services import agent_create, memory_create
+from apps.agents.services import agent_create, memory_create, scenario_create
 from apps.jobs.models import Artifact, Job, JobStatus
 from apps.jobs.services import artifact_upload, job_submit
 from apps.registry.services import model_version_upload
@@ -262,6 +262,66 @@ ENDPOINTS = [
         upload="memories",
         scope="agents:write",
     ),
+    Endpoint(
+        "scenarios",
+        "GET",
+        "/api/v1/scenarios/",
+        p.PERMISSIONS[p.READ_SCENARIOS],
+        object_scoped=False,
+        scope="scenarios:read",
+    ),
+    Endpoint(
+        "scenarios",
+        "POST",
+        "/api/v1/scenarios/",
+        p.PERMISSIONS[p.MANAGE_SCENARIOS],
+        ok=201,
+        body={"name": "new-scenario", "spec": {"rounds": 5}},
+        object_scoped=False,
+        scope="scenarios:write",
+    ),
+    Endpoint(
+        "scenario-detail",
+        "GET",
+        "/api/v1/scenarios/{scenario}/",
+        p.PERMISSIONS[p.READ_SCENARIOS],
+        scope="scenarios:read",
+    ),
+    Endpoint(
+        "scenario-detail",
+        "PATCH",
+        "/api/v1/scenarios/{scenario}/",
+        p.PERMISSIONS[p.MANAGE_SCENARIOS],
+        body={"description": "changed"},
+        scope="scenarios:write",
+    ),
+    Endpoint(
+        "scenario-detail",
+        "DELETE",
+        "/api/v1/scenarios/{scenario}/",
+        p.PERMISSIONS[p.MANAGE_SCENARIOS],
+        ok=204,
+        scope="scenarios:write",
+    ),
+    Endpoint("scenario-runs", "GET", "/api/v1/scenarios/{scenario}/runs", ALL, scope="jobs:read"),
+    Endpoint(
+        "scenario-runs",
+        "POST",
+        "/api/v1/scenarios/{scenario}/runs",
+        p.SUBMIT_BY_KIND["simulation"],
+        ok=201,
+        body={"seed": 1},
+        scope="jobs:write",
+    ),
+    Endpoint(
+        "scenario-sweeps",
+        "POST",
+        "/api/v1/scenarios/{scenario}/sweeps",
+        p.SUBMIT_BY_KIND["simulation_sweep"],
+        ok=201,
+        body={"grid": {"learning_rate": [0.1, 0.2]}, "replications": 1},
+        scope="jobs:write",
+    ),
 ]
 
 # Own-object variants where the rule differs from the someone-else's case above.
@@ -307,7 +367,10 @@ def _seed_organization(organization, tmp_path: Path, tag: str) -> dict:
     upload, _ = artifact_upload(membership=colleague, source=upload_file, name="inputs.npz")
     agent = agent_create(membership=colleague, name=f"agent-{tag}", kind="research", embedding=VECTOR)
     memory_create(membership=colleague, agent=agent, text=f"memory of {tag}", embedding=VECTOR)
+    agent_create(membership=colleague, name=f"partner-{tag}", kind="partner", embedding=VECTOR)
+    scenario = scenario_create(membership=colleague, name=f"scenario-{tag}", spec={"rounds": 10})
     return {
+        "scenario": scenario.pk,
         "agent": agent.pk,
         "upload": upload.pk,
         "job": job.pk,

@@ -11,6 +11,7 @@ from apps.agents import selectors, services
 from apps.agents.api.views import AgentOutputSerializer
 from apps.agents.models import AgentKind, MemoryKind
 from apps.core.errors import DomainError
+from apps.jobs.cli import EXIT_CODES, print_outcome, wait_for_job
 from workers.memory_file import FORMATS
 
 
@@ -132,9 +133,6 @@ class Command(BaseCommand):
         self.stdout.write(f"memory {memory.pk} ({memory.kind}, importance {memory.importance})")
 
     def _import(self, membership, options):
-        from apps.jobs.management.commands.jobs import EXIT_CODES
-        from apps.jobs.management.commands.jobs import Command as JobsCommand
-
         path = options["path"]
         if not path.is_file():
             raise CommandError(f"path: no such file {path}", returncode=USAGE_ERROR)
@@ -148,9 +146,8 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"submitted {job.id} (memory_import of {job.params['rows']} rows on {job.queue})")
         if options["wait"]:
-            jobs = JobsCommand(stdout=self.stdout, stderr=self.stderr)
-            job = jobs._wait(job, None)
-            jobs._print_outcome(job)
+            job = wait_for_job(job, None)
+            print_outcome(self, job)
             sys.exit(EXIT_CODES.get(job.status, 1))
 
     def _search(self, membership, options):

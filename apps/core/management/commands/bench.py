@@ -8,6 +8,10 @@ BENCHMARKS = {
     "vectors": ("apps.agents.bench", "pgvector HNSW search vs an exact numpy ranking: recall@10, latency, build time"),
     "compile": ("apps.registry.bench_compile", "int8, optimised and fp16 compiles vs the fp32 source on CPU"),
     "inference": ("apps.registry.bench_inference", "inference rows/s through the job path vs a bare session.run loop"),
+    "simulation": (
+        "apps.agents.bench_simulation",
+        "agent-steps/s of the vectorised engine vs plain Python, same rules",
+    ),
 }
 
 

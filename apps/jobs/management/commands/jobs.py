@@ -3,20 +3,17 @@
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
 
 from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
 from apps.core.errors import DomainError
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import JobEventOutputSerializer, JobOutputSerializer
+from apps.jobs.cli import EXIT_CODES, load_json_argument, print_outcome, wait_for_job
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import ArtifactRole, Job, JobStatus
-
-EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 3}
 
 
 class Command(BaseCommand):
@@ -73,7 +70,7 @@ class Command(BaseCommand):
     # -- actions --
 
     def _submit(self, membership, options):
-        params = _load_params(options["params"])
+        params = load_json_argument(options["params"], "--params")
         if options["inputs_file"]:
             if not isinstance(params, dict):
                 raise CommandError("--params: must be a JSON object", returncode=USAGE_ERROR)
@@ -94,37 +91,11 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"{'submitted' if created else 'existing'} {job.id} ({job.kind} on {job.queue})")
         if options["wait"]:
-            job = self._wait(job, options["timeout"])
-            self._print_outcome(job)
+            job = wait_for_job(job, options["timeout"])
+            print_outcome(self, job)
             if options["download"] and job.status == JobStatus.SUCCEEDED:
                 self._download(job, Path(options["download"]))
             sys.exit(EXIT_CODES.get(job.status, 1))
-
-    def _wait(self, job: Job, timeout: float | None) -> Job:
-        deadline = time.monotonic() + timeout if timeout else None
-        with tqdm(
-            total=100,
-            unit="%",
-            desc=f"{job.kind} {job.short_id}",
-            file=sys.stderr,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
-        ) as bar:
-            while True:
-                job.refresh_from_db()
-                bar.n = round(job.progress * 100)
-                bar.set_postfix_str(f"{job.status} {job.progress_message}".strip())
-                if job.is_terminal:
-                    return job
-                if deadline and time.monotonic() > deadline:
-                    raise CommandError(f"--timeout: job {job.id} still {job.status} after {timeout}s", returncode=4)
-                time.sleep(0.25)
-
-    def _print_outcome(self, job: Job) -> None:
-        self.stdout.write(f"{job.status} after {job.attempt} attempt(s)")
-        if job.result is not None:
-            self.stdout.write(json.dumps(job.result, indent=2))
-        if job.error:
-            self.stderr.write(f"error {job.error.get('code')}: {job.error.get('message')}")
 
     def _download(self, job: Job, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -190,19 +161,6 @@ class Command(BaseCommand):
     def _retry(self, membership, options):
         job = services.job_retry(job=_find(membership, options["job_id"]), actor=membership)
         self.stdout.write(f"{job.id} {job.status}")
-
-
-def _load_params(raw: str) -> dict:
-    text = raw
-    if raw.startswith("@"):
-        path = Path(raw[1:])
-        if not path.is_file():
-            raise CommandError(f"--params: no such file {path}", returncode=USAGE_ERROR)
-        text = path.read_text()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"--params: not valid JSON ({exc})", returncode=USAGE_ERROR) from exc
 
 
 def _find(membership, job_id: str) -> Job:

@@ -2,15 +2,14 @@
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
 
 from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
 from apps.core.errors import DomainError
+from apps.jobs.cli import wait_for_job
 from apps.registry import selectors, services
 from apps.registry.api.views import ModelOutputSerializer
 from apps.registry.models import DevicePreference, ModelTask, Stage
@@ -137,7 +136,7 @@ class Command(BaseCommand):
         self.stdout.write(f"submitted compile job {job.id} ({options['reference']} -> {options['target']})")
         if not options["wait"]:
             return
-        job = _wait(job, options["timeout"])
+        job = wait_for_job(job, options["timeout"])
         if job.status == "succeeded":
             report = job.result["report"]
             self.stdout.write(
@@ -172,19 +171,3 @@ def _load_samples(path: Path) -> dict:
         return json.loads(path.read_text())
     except (ValueError, OSError) as exc:
         raise CommandError(f"--samples: cannot read {path} ({exc})", returncode=USAGE_ERROR) from exc
-
-
-def _wait(job, timeout: float | None):
-    deadline = time.monotonic() + timeout if timeout else None
-    with tqdm(total=100, unit="%", desc=f"compile {job.short_id}", file=sys.stderr) as bar:
-        while True:
-            job.refresh_from_db()
-            bar.n = round(job.progress * 100)
-            bar.set_postfix_str(f"{job.status} {job.progress_message}".strip())
-            if job.is_terminal:
-                return job
-            if deadline and time.monotonic() > deadline:
-                raise CommandError(
-                    f"--timeout: job {job.id} still {job.status} after {timeout}s", returncode=EXIT_TIMEOUT
-                )
-            time.sleep(0.25)
