@@ -309,7 +309,8 @@ WITH previous AS (
     UPDATE jobs_job AS job
        SET status = %(status)s::text, result = %(result)s::jsonb, error = %(error)s::jsonb, finished_at = now(),
            lease_expires_at = NULL, updated_at = now(),
-           progress = CASE WHEN %(status)s::text = 'succeeded' THEN 1 ELSE job.progress END
+           progress = CASE WHEN %(status)s::text = 'succeeded' THEN 1 ELSE job.progress END,
+           progress_message = CASE WHEN %(status)s::text = 'succeeded' THEN '' ELSE job.progress_message END
       FROM previous
      WHERE job.id = previous.id
  RETURNING job.id, job.attempt, job.parent_id, previous.status AS from_status

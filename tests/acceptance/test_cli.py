@@ -112,3 +112,48 @@ def test_tokens_are_printed_once_and_listed_without_secret(operator):
     assert f"sy_{prefix}_…" in listed and token not in listed
     assert manage("tokens", "revoke", prefix, "--as", "ops").returncode == 0
     assert "revoked" in manage("tokens", "list", "--as", "ops").stdout
+
+
+def test_scenarios_create_run_and_sweep_from_the_command_line(start_worker, operator, tmp_path):
+    from apps.agents.services import agent_create
+
+    for name in ("ada", "bo", "cleo"):
+        agent_create(membership=operator, name=name, kind="research", traits={"agreeableness": 0.8})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"rounds": 30, "events": [{"round": 10, "type": "remove_agent", "agent": "cleo"}]}))
+
+    bad = manage("scenarios", "create", "village", "--spec", '{"rounds": 0}', "--as", "ops")
+    assert bad.returncode == 2 and "spec.rounds" in bad.stderr
+    created = manage("scenarios", "create", "village", "--spec", f"@{spec}", "--as", "ops")
+    assert created.returncode == 0, created.stderr
+    assert "30 rounds, all_pairs topology, 1 events" in created.stdout
+
+    start_worker("cpu,control")
+    run = manage("scenarios", "run", "village", "--seed", "5", "--set", "learning_rate=0.3", "--wait", "--as", "ops")
+    assert run.returncode == 0, run.stderr
+    assert "seed 5" in run.stdout and "succeeded after 1 attempt(s)" in run.stdout
+    assert "final: mean_affinity" in run.stdout and "strongest:" in run.stdout and "Round " in run.stdout
+    assert "100%" in run.stderr  # the progress bar
+    job = Job.objects.get(kind="simulation")
+    assert job.params["overrides"] == {"learning_rate": 0.3} and job.result["events_fired"][0]["round"] == 10
+
+    wrong = manage("scenarios", "run", "village", "--set", "charisma=1", "--as", "ops")
+    assert wrong.returncode == 2 and "overrides.charisma" in wrong.stderr
+
+    sweep = manage(
+        "scenarios",
+        "sweep",
+        "village",
+        "--grid",
+        '{"noise": [0.0, 0.2]}',
+        "--replications",
+        "2",
+        "--wait",
+        "--as",
+        "ops",
+        timeout=120,
+    )
+    assert sweep.returncode == 0, sweep.stderr
+    assert "4/4 runs succeeded" in sweep.stdout and "noise=0.2" in sweep.stdout
+    listed = manage("scenarios", "runs", "village", "--as", "ops")
+    assert listed.stdout.count("simulation_sweep") == 1 and listed.stdout.count("simulation ") == 1

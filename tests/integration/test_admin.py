@@ -1,9 +1,10 @@
 import pytest
+from django.contrib.auth.models import Permission
 
 from apps.accounts.models import Role
 from apps.jobs import services
 from apps.jobs.models import Job, WorkerHost
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -148,3 +149,69 @@ def test_uploaded_inputs_are_listed_read_only_with_their_digest(staff_client, tm
     page = client.get(f"/admin/jobs/artifact/{artifact.pk}/change/")
     assert page.status_code == 200 and artifact.sha256 in page.content.decode()
     assert 'name="_save"' not in page.content.decode()
+
+
+def test_a_simulation_job_page_shows_its_chart_and_serves_it_only_to_whom_may_see_the_job(client, settings, tmp_path):
+    import hashlib
+
+    from apps.agents.services import agent_create, scenario_create
+    from apps.jobs.models import Artifact
+    from apps.jobs.services import job_submit
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    membership = MembershipFactory(role="developer")
+    for name in ("ada", "bo"):
+        agent_create(membership=membership, name=name, kind="research")
+    scenario = scenario_create(membership=membership, name="village", spec={"rounds": 3})
+    job, _ = job_submit(membership=membership, kind="simulation", params={"scenario_id": scenario.pk, "seed": 1})
+    png = b"\x89PNG\r\n\x1a\n" + b"chart" * 10
+    (tmp_path / "chart.png").write_bytes(png)
+    artifact = Artifact.objects.create(
+        organization=membership.organization,
+        job=job,
+        role="output",
+        name="chart.png",
+        file="chart.png",
+        content_type="image/png",
+        size_bytes=len(png),
+        sha256=hashlib.sha256(png).hexdigest(),
+    )
+    image_url = f"/admin/jobs/job/{job.pk}/artifacts/{artifact.pk}/"
+
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    page = client.get(f"/admin/jobs/job/{job.pk}/change/")
+    assert page.status_code == 200
+    assert f'<img src="{image_url}"' in page.content.decode()
+    image = client.get(image_url)
+    assert image.status_code == 200 and image["Content-Type"] == "image/png"
+    assert b"".join(image.streaming_content) == png
+
+    outsider = UserFactory(is_staff=True)
+    outsider.user_permissions.add(*Permission.objects.filter(codename="view_job"))
+    client.force_login(outsider)
+    assert client.get(image_url).status_code == 404
+
+
+def test_the_scenario_admin_refuses_an_invalid_spec_with_the_field(client):
+    from apps.agents.models import Scenario
+
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    organization = OrganizationFactory()
+    response = client.post(
+        "/admin/agents/scenario/add/",
+        {
+            "organization": organization.pk,
+            "name": "bad",
+            "description": "",
+            "spec": '{"rounds": 10, "topology": {"type": "ring"}}',
+        },
+    )
+    assert response.status_code == 200
+    assert "spec.topology.type" in response.content.decode()
+    assert not Scenario.objects.exists()
+    response = client.post(
+        "/admin/agents/scenario/add/",
+        {"organization": organization.pk, "name": "good", "description": "", "spec": '{"rounds": 10}'},
+    )
+    assert response.status_code == 302
+    assert Scenario.objects.get().spec["topology"] == {"type": "all_pairs"}

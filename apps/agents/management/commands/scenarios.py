@@ -11,7 +11,7 @@ from apps.agents.models import Scenario
 from apps.agents.simulation_kind import SWEEP_METRICS
 from apps.core.errors import DomainError
 from apps.jobs.cli import EXIT_CODES, load_json_argument, print_outcome, wait_for_job
-from workers.simulation import PARAMETERS
+from workers.simulation import METRICS, PARAMETERS
 
 
 class Command(BaseCommand):
@@ -235,10 +235,11 @@ def _result_text(result: dict) -> str:
             lines.append(f"  failed {child['job_id'][:8]} {child['overrides']}: {child['error'].get('message')}")
         return "\n".join(lines)
     final = result.get("final", {})
-    lines.append("final: " + ", ".join(f"{name} {value:.3f}" for name, value in final.items()))
+    # jsonb keeps keys in its own order; print them in the engine's.
+    lines.append("final: " + ", ".join(f"{name} {final[name]:g}" for name in METRICS if name in final))
     for label, key in (("strongest", "strongest_pairs"), ("weakest", "weakest_pairs")):
         pairs = result.get(key) or []
         lines.append(f"{label}: " + "; ".join(f"{p['a']}-{p['b']} {p['compatibility']:.3f}" for p in pairs[:3]))
     for line in (result.get("transcript") or [])[:5]:
-        lines.append(f"  round {line['round']}: {line['text']}")
+        lines.append(f"  {line['text']}")
     return "\n".join(lines)
