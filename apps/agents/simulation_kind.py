@@ -202,9 +202,8 @@ def _add_artifact(context_job_id, attempt: int, path: Path, content_type: str) -
 
 
 def _execute_simulation(context) -> dict:
-    from workers.simulation_charts import render_run_chart
-
     from apps.agents.models import Agent
+    from workers.simulation_charts import render_run_chart
 
     params = context.params
     agents = list(
@@ -328,9 +327,8 @@ def _execute_sweep(context) -> AwaitChildren:
 
 def aggregate_sweep_children(parent, children: list) -> dict:
     """The sweep's table (mean and spread per grid point) and chart, from its children's results."""
-    from workers.simulation_charts import render_sweep_chart
-
     from apps.jobs.models import JobStatus
+    from workers.simulation_charts import render_sweep_chart
 
     params = parent.params
     points, failed = [], []
