@@ -2,7 +2,7 @@
 
 import os
 
-from django.core.management.base import CommandError
+from django.core.management.base import BaseCommand, CommandError
 
 from apps.accounts.models import Membership
 from apps.core.errors import DomainError
@@ -43,3 +43,17 @@ def usage_error(exc: DomainError) -> CommandError:
     """A refused request as the command's exit 2, with each field's reason on its own line."""
     fields = "".join(f"\n  {name}: {'; '.join(map(str, errors))}" for name, errors in exc.fields.items())
     return CommandError(f"{exc.message}{fields}", returncode=USAGE_ERROR)
+
+
+class MemberCommand(BaseCommand):
+    """A command with sub-actions run as a member: `handle` resolves `--as/--org` and calls `_<action>`.
+
+    A refused request (DomainError) becomes exit 2 with each field's reason on its own line.
+    """
+
+    def handle(self, *args, action, **options):
+        membership = resolve_membership(options)
+        try:
+            return getattr(self, f"_{action.replace('-', '_')}")(membership, options)
+        except DomainError as exc:
+            raise usage_error(exc) from exc

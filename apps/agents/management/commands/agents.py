@@ -4,13 +4,12 @@ import json
 import sys
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
+from apps.accounts.cli import USAGE_ERROR, MemberCommand, add_actor_arguments
 from apps.agents import selectors, services
 from apps.agents.api.views import AgentOutputSerializer
 from apps.agents.models import AgentKind, MemoryKind
-from apps.core.errors import DomainError
 from apps.jobs.cli import EXIT_CODES, print_outcome, wait_for_job
 from workers.memory_file import FORMATS
 
@@ -25,7 +24,7 @@ def _json_argument(name: str):
     return parse
 
 
-class Command(BaseCommand):
+class Command(MemberCommand):
     help = (
         "Create and list agents, add or import memories (an import is a `memory_import` job), search an agent's "
         "memories by text, find similar agents, and install the shipped text embedder. Exit code 2 when the "
@@ -82,13 +81,6 @@ class Command(BaseCommand):
 
         for action in sub.choices.values():
             add_actor_arguments(action)
-
-    def handle(self, *args, action, **options):
-        membership = resolve_membership(options)
-        try:
-            return getattr(self, f"_{action}")(membership, options)
-        except DomainError as exc:
-            raise usage_error(exc) from exc
 
     def _agent(self, membership, reference: str):
         agents = selectors.agent_list(membership=membership)

@@ -3,18 +3,17 @@
 import json
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
+from apps.accounts.cli import USAGE_ERROR, MemberCommand, add_actor_arguments
 from apps.agents import selectors, services
 from apps.agents.models import Scenario
 from apps.agents.simulation_kind import SWEEP_METRICS
-from apps.core.errors import DomainError
 from apps.jobs.cli import EXIT_CODES, load_json_argument, print_outcome, wait_for_job
 from workers.simulation import METRICS, PARAMETERS
 
 
-class Command(BaseCommand):
+class Command(MemberCommand):
     help = (
         "Scenarios (rounds, topology, parameters, events) and their simulation runs and parameter sweeps. "
         "`run` and `sweep` submit jobs; with --wait they show a progress bar and exit with the outcome: "
@@ -79,13 +78,6 @@ class Command(BaseCommand):
         parser.add_argument("--priority", type=int, default=5, help="0 (least urgent) to 9 (most urgent)")
         parser.add_argument("--wait", action="store_true", help="wait with a progress bar; exit with the outcome")
         parser.add_argument("--timeout", type=float, help="with --wait: give up after N seconds")
-
-    def handle(self, *args, action, **options):
-        membership = resolve_membership(options)
-        try:
-            return getattr(self, f"_{action}")(membership, options)
-        except DomainError as exc:
-            raise usage_error(exc) from exc
 
     # -- scenarios --
 

@@ -5,10 +5,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from apps.accounts.cli import USAGE_ERROR, add_actor_arguments, resolve_membership, usage_error
-from apps.core.errors import DomainError
+from apps.accounts.cli import USAGE_ERROR, MemberCommand, add_actor_arguments
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import JobEventOutputSerializer, JobOutputSerializer
 from apps.jobs.cli import EXIT_CODES, load_json_argument, print_outcome, wait_for_job
@@ -16,7 +15,7 @@ from apps.jobs.kinds import all_kinds
 from apps.jobs.models import ArtifactRole, Job, JobStatus
 
 
-class Command(BaseCommand):
+class Command(MemberCommand):
     help = (
         "Submit, list, show, cancel and retry jobs as a user. With `submit --wait` the exit code is the job's "
         "outcome: 0 succeeded, 1 failed, 3 cancelled; 2 means the command itself was used wrongly "
@@ -59,13 +58,6 @@ class Command(BaseCommand):
 
         for action in sub.choices.values():
             add_actor_arguments(action)
-
-    def handle(self, *args, action, **options):
-        membership = resolve_membership(options)
-        try:
-            return getattr(self, f"_{action}")(membership, options)
-        except DomainError as exc:
-            raise usage_error(exc) from exc
 
     # -- actions --
 
