@@ -151,6 +151,10 @@ def _timestamp(value) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+HALF_MAX = 65504.0
+HALF_SMALLEST = 6.0e-8  # fp16's smallest subnormal is 5.96e-8
+
+
 def vector_problem(value, *, dimension: int) -> str | None:
     """Why `value` is not a usable embedding of `dimension` numbers, or None."""
     if not isinstance(value, list | tuple):
@@ -164,6 +168,13 @@ def vector_problem(value, *, dimension: int) -> str | None:
     # Cosine distance to a zero vector is undefined: pgvector returns NaN and it sorts anywhere.
     if not any(value):
         return "must not be all zeros (cosine distance is undefined)"
+    # The HNSW indexes hold half precision (docs/decisions/0013): beyond its range a vector
+    # cannot be indexed, and below its smallest step it would index as zeros.
+    largest = max(abs(x) for x in value)
+    if largest > HALF_MAX:
+        return f"components must be within ±{HALF_MAX:g} (the search index stores half precision)"
+    if largest < HALF_SMALLEST:
+        return f"components are too small to index: the largest must be at least {HALF_SMALLEST:g} in magnitude"
     return None
 
 

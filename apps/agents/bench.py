@@ -25,6 +25,12 @@ def add_arguments(parser) -> None:
         "--ef", type=int, nargs="+", default=[40, 64, 100], help="hnsw.ef_search values to measure (default 40 64 100)"
     )
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    parser.add_argument(
+        "--index",
+        choices=sorted(INDEXED_AS),
+        default="halfvec",
+        help="what the HNSW index holds: halfvec, as the Memory index does (default), or full-precision vector",
+    )
     parser.add_argument("--seed", type=int, default=6, help="random seed (default 6)")
     parser.add_argument(
         "--maintenance-work-mem", default="1GB", help="for the index build; a graph that does not fit builds slowly"
@@ -90,7 +96,16 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarr
     return [set(row.tolist()) for row in top]
 
 
-def _search(table: str, literals: list[str], k: int, ef: int, iterative: bool, where: str = "") -> tuple[list, list]:
+# What the index is built on and the ORDER BY that uses it, per --index.
+INDEXED_AS = {
+    "halfvec": ("(embedding::halfvec({dim})) halfvec_cosine_ops", "embedding::halfvec({dim}) <=> %s::halfvec"),
+    "vector": ("embedding vector_cosine_ops", "embedding <=> %s::vector"),
+}
+
+
+def _search(
+    table: str, literals: list[str], k: int, ef: int, iterative: bool, where: str = "", order: str = ""
+) -> tuple[list, list]:
     found, latencies = [], []
     for literal in literals:
         started = time.perf_counter()
@@ -100,7 +115,7 @@ def _search(table: str, literals: list[str], k: int, ef: int, iterative: bool, w
                 [str(ef), "relaxed_order" if iterative else "off"],
             )
             cursor.execute(
-                f"SELECT id FROM {table} {where} ORDER BY embedding <=> %s::vector LIMIT %s",  # noqa: S608 - our table
+                f"SELECT id FROM {table} {where} ORDER BY {order} LIMIT %s",  # noqa: S608 - our table and expression
                 [literal, k],
             )
             ids = {row[0] for row in cursor.fetchall()}
@@ -113,7 +128,7 @@ def _recall(found: list[set[int]], truth: list[set[int]], k: int) -> float:
     return float(np.mean([len(f & t) / k for f, t in zip(found, truth, strict=True)]))
 
 
-def run(stdout, *, rows, dim, clusters, queries, ef, k, seed, maintenance_work_mem, **_options) -> dict:
+def run(stdout, *, rows, dim, clusters, queries, ef, k, seed, maintenance_work_mem, index="halfvec", **_) -> dict:
     write = stdout.write
     table = f"bench_vectors_{os.getpid()}"
     vectors, _ = synthetic_vectors(rows + queries, dim, clusters, seed)
@@ -121,7 +136,8 @@ def run(stdout, *, rows, dim, clusters, queries, ef, k, seed, maintenance_work_m
     kinds = np.random.default_rng(seed + 1).integers(0, 10, size=rows).astype(np.int16)
     literals = [_literal(q) for q in query_vectors]
     write(f"vectors: {rows} x {dim}, {clusters} clusters, {queries} held-out queries, k={k}, seed={seed}")
-    write(f"index: hnsw (vector_cosine_ops) m={HNSW_M} ef_construction={HNSW_EF_CONSTRUCTION}")
+    element, order = (part.format(dim=dim) for part in INDEXED_AS[index])
+    write(f"index: hnsw on {element} m={HNSW_M} ef_construction={HNSW_EF_CONSTRUCTION} (the Memory index: halfvec)")
 
     truth = exact_top_k(vectors, query_vectors, k)
     # The baseline answers one query at a time, as a search endpoint would.
@@ -145,17 +161,17 @@ def run(stdout, *, rows, dim, clusters, queries, ef, k, seed, maintenance_work_m
             cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
             started = time.perf_counter()
             cursor.execute(
-                f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops) "
+                f"CREATE INDEX {table}_hnsw ON {table} USING hnsw ({element}) "
                 f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
             )
             build_s = time.perf_counter() - started
             cursor.execute(f"ANALYZE {table}")
         write(f"index build: {build_s:.1f} s (maintenance_work_mem={maintenance_work_mem})")
 
-        _search(table, literals[: min(20, queries)], k, max(ef), True)  # warm the index pages
+        _search(table, literals[: min(20, queries)], k, max(ef), True, order=order)  # warm the index pages
         measured = {}
         for value in ef:
-            found, latencies = _search(table, literals, k, value, True)
+            found, latencies = _search(table, literals, k, value, True, order=order)
             recall = _recall(found, truth, k)
             p50, p99 = np.percentile(latencies, [50, 99])
             measured[value] = (recall, p50, p99)
@@ -169,7 +185,7 @@ def run(stdout, *, rows, dim, clusters, queries, ef, k, seed, maintenance_work_m
         mask = kinds == 3
         filtered_truth = exact_top_k(vectors, query_vectors, k, mask)
         for iterative in (False, True):
-            found, latencies = _search(table, literals, k, ef[0], iterative, where="WHERE kind = 3")
+            found, latencies = _search(table, literals, k, ef[0], iterative, where="WHERE kind = 3", order=order)
             write(
                 f"filter kind=3 (10% of rows), ef_search={ef[0]}, iterative_scan="
                 f"{'relaxed_order' if iterative else 'off':13} recall@{k}={_recall(found, filtered_truth, k):.3f} "
@@ -188,6 +204,7 @@ def run(stdout, *, rows, dim, clusters, queries, ef, k, seed, maintenance_work_m
         "build_s": round(build_s, 1),
         "ef_search": chosen,
         "rows": rows,
+        "index": index,
     }
     write(" ".join(f"{key}={value}" for key, value in summary.items()))
     return summary

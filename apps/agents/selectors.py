@@ -10,7 +10,7 @@ from pgvector.django import CosineDistance
 from apps.accounts.models import Membership
 from apps.accounts.permissions import READ_AGENTS, READ_SCENARIOS, has_permission, require
 from apps.agents.embeddings import text_embed
-from apps.agents.models import Agent, Memory, Scenario
+from apps.agents.models import Agent, Memory, Scenario, half_precision
 from apps.agents.services import vector_clean
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
 
@@ -44,6 +44,14 @@ def memory_list(*, membership: Membership, agent: Agent) -> QuerySet[Memory]:
     return Memory.objects.filter(agent=agent, agent__organization=membership.organization)
 
 
+def nearest_first(queryset: QuerySet, vector: list[float]) -> QuerySet:
+    """The rows by cosine distance to `vector`: ordered as the HNSW index orders them (its halfvec
+    expression), each annotated with its exact float32 `distance`."""
+    return queryset.annotate(distance=CosineDistance("embedding", vector)).order_by(
+        CosineDistance(half_precision(), vector)
+    )
+
+
 def _nearest(queryset: QuerySet, vector: list[float], k: int, ef_search: int | None) -> list:
     """The k rows nearest by cosine distance, each with `.distance`, through the HNSW index.
 
@@ -58,7 +66,7 @@ def _nearest(queryset: QuerySet, vector: list[float], k: int, ef_search: int | N
             "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
             [str(max(ef_search, k))],
         )
-        rows = list(queryset.annotate(distance=CosineDistance("embedding", vector)).order_by("distance")[:k])
+        rows = list(nearest_first(queryset, vector)[:k])
     rows.sort(key=lambda row: row.distance)
     return rows
 

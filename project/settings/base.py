@@ -19,6 +19,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Registers OpClass for index expressions (the halfvec HNSW indexes of apps.agents).
+    "django.contrib.postgres",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -206,7 +208,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads go to a temporar
 # --- Agents and vectors ------------------------------------------------------------------
 # Fixed when the agents migrations first run: the vector columns are created with it.
 AGENTS_EMBEDDING_DIM = env.int("AGENTS_EMBEDDING_DIM", default=384)
-# HNSW candidates per search: 100 measured recall@10 0.98 at p50 5.2 ms on 100k x 384 (64: 0.95, 4.0 ms).
+# HNSW candidates per search: 100 measured recall@10 0.97-0.98 at p50 4.1-4.5 ms on 100k x 384 with the halfvec
+# index (64: 0.95-0.96, 3.0-3.5 ms), docs/benchmarks.md.
 AGENTS_SEARCH_EF_SEARCH = env.int("AGENTS_SEARCH_EF_SEARCH", default=100)
 AGENTS_IMPORT_MAX_BYTES = env.int("AGENTS_IMPORT_MAX_BYTES", default=64 * 1024 * 1024)
 AGENTS_IMPORT_MAX_ROWS = env.int("AGENTS_IMPORT_MAX_ROWS", default=200_000)

@@ -125,11 +125,7 @@ def test_search_goes_through_the_hnsw_index_with_iterative_scans(seeded):
 
     agent = Agent.objects.get(pk=seeded["agent"])
     queryset = selectors.memory_list(membership=seeded["membership"], agent=agent).filter(kind="fact")
-    from pgvector.django import CosineDistance
-
-    query = queryset.annotate(distance=CosineDistance("embedding", seeded["queries"][0].tolist())).order_by("distance")[
-        :10
-    ]
+    query = selectors.nearest_first(queryset, seeded["queries"][0].tolist())[:10]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         plan = query.explain()

@@ -18,7 +18,7 @@ def test_bench_vectors_prints_recall_latency_and_build_time_and_cleans_up():
         "iterative_scan=off" in line for line in lines
     )
     summary = dict(pair.split("=") for pair in lines[-1].split())
-    assert set(summary) == {"recall_at_10", "p50_ms", "p99_ms", "build_s", "ef_search", "rows"}
+    assert set(summary) == {"recall_at_10", "p50_ms", "p99_ms", "build_s", "ef_search", "rows", "index"}
     assert float(summary["recall_at_10"]) >= 0.95 and summary["rows"] == "2000"
     assert re.fullmatch(r"\d+(\.\d+)?", summary["p50_ms"])
     with connection.cursor() as cursor:

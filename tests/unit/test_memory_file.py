@@ -77,3 +77,11 @@ def test_an_empty_file_is_refused(tmp_path):
     path.write_text("\n")
     with pytest.raises(MemoryFileError, match="no memories"):
         read(path, "jsonl")
+
+
+def test_vectors_outside_half_precision_are_refused_with_the_reason():
+    from workers.memory_file import vector_problem
+
+    assert vector_problem([1.0, 70000.0, 0.0], dimension=3).startswith("components must be within ±65504")
+    assert "too small to index" in vector_problem([1e-9, -2e-9, 0.0], dimension=3)
+    assert vector_problem([0.5, -65504.0, 1e-3], dimension=3) is None

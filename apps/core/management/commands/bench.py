@@ -1,6 +1,8 @@
 """`manage.py bench KIND`: benchmarks that measure against a baseline in the same run."""
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 
 BENCHMARKS = {
     "jobs": ("apps.jobs.bench", "the job path vs a raw Celery no-op task on the same broker"),
@@ -29,6 +31,9 @@ class Command(BaseCommand):
             __import__(module, fromlist=["add_arguments"]).add_arguments(bench_parser)
 
     def handle(self, *args, benchmark, **options):
+        executor = MigrationExecutor(connection)
+        if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+            raise CommandError("the database is not migrated: run `manage.py migrate` first", returncode=2)
         module = __import__(BENCHMARKS[benchmark][0], fromlist=["run"])
         # call_command(..., stdout=...) puts stdout/stderr among the options as well.
         options = {key: value for key, value in options.items() if key not in ("stdout", "stderr")}
