@@ -27,7 +27,10 @@ class Job(models.Model):
     """One unit of work. PostgreSQL is its source of truth; a broker message only carries its id."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="jobs")
+    # No index of its own: every job write pays for each index (claim and finish change
+    # indexed columns, so they are never HOT updates), and the (organization, ...) indexes
+    # below already serve every lookup by organization.
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="jobs", db_index=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="jobs")
     kind = models.CharField(max_length=32)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
@@ -44,7 +47,10 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     # NULL, not "": the per-organization unique constraint applies only where a key was given.
     idempotency_key = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
-    parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="children")
+    # Indexed only where set (job_children): most jobs have no parent.
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children", db_index=False
+    )
     worker_host = models.CharField(max_length=255, blank=True)
     task_id = models.CharField(max_length=64, blank=True, help_text="Celery task id of the latest dispatch")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -83,6 +89,7 @@ class Job(models.Model):
             ),
             models.Index(fields=["organization", "-created_at"], name="job_org_recent"),
             models.Index(fields=["organization", "kind", "status"], name="job_org_kind_status"),
+            models.Index(fields=["parent"], condition=models.Q(parent__isnull=False), name="job_children"),
         ]
 
     def __str__(self) -> str:
@@ -106,18 +113,25 @@ class Job(models.Model):
 class JobEvent(models.Model):
     """Every transition of a job, and who or what caused it: the audit trail."""
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    # Served by jobevent_job_time (job, created_at); three events per job are written on its path.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events", db_index=False)
     created_at = models.DateTimeField(default=timezone.now)
     from_status = models.CharField(max_length=16, blank=True)
     to_status = models.CharField(max_length=16)
     attempt = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=255, blank=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    # Set for people's actions only; workers' events leave it NULL and out of the index.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, db_index=False
+    )
     message = models.TextField(blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["job", "created_at"], name="jobevent_job_time")]
+        indexes = [
+            models.Index(fields=["job", "created_at"], name="jobevent_job_time"),
+            models.Index(fields=["actor"], condition=models.Q(actor__isnull=False), name="jobevent_actor"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.from_status or '-'} -> {self.to_status}"

@@ -13,8 +13,9 @@ import uuid
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import InterfaceError, OperationalError, connections
 
+from apps.core.db import close_old_connections_between_jobs, mark_connections_used
 from apps.core.logs import log_context
 from apps.jobs import services
 from apps.jobs.kinds import AwaitChildren, JobKind, PermanentJobError, get_kind
@@ -128,17 +129,25 @@ def _error(code: str, message: str, details: dict | None = None) -> dict:
 def run_job(*, job_id: str, worker: str) -> str:
     """Claim and run one job. Returns what happened, for logs and tests."""
     with log_context(job_id=str(job_id)):
-        return _claim_and_run(job_id=job_id, worker=worker)
+        outcome = _claim_and_run(job_id=job_id, worker=worker)
+    mark_connections_used()
+    return outcome
 
 
 def _claim_and_run(*, job_id: str, worker: str) -> str:
-    close_old_connections()
+    close_old_connections_between_jobs()
     try:
         job_uuid = uuid.UUID(str(job_id))
     except ValueError:
         logger.error("job.bad_message", extra={"job_id": job_id})
         return "bad_message"
-    job = services.job_claim(job_id=job_uuid, worker=worker)
+    try:
+        job = services.job_claim(job_id=job_uuid, worker=worker)
+    except (InterfaceError, OperationalError):
+        # A connection the server dropped since the last job (restart, idle timeout): the
+        # claim is a conditional UPDATE, so trying once more on a new connection is safe.
+        connections.close_all()
+        job = services.job_claim(job_id=job_uuid, worker=worker)
     if job is None:
         # A duplicate delivery, a cancelled job, or one another worker holds: nothing to do.
         logger.info("job.not_claimed", extra={"job_id": job_id, "worker": worker})
