@@ -185,9 +185,9 @@ def memory_similarity(agent_ids: list[int], fallback: dict[int, list[float] | No
 
 
 def _workdir(job_id, attempt: int) -> Path:
-    path = Path(settings.MEDIA_ROOT) / "artifacts" / str(job_id) / f"attempt-{attempt}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from apps.jobs.services import job_output_dir
+
+    return job_output_dir(job_id=job_id, attempt=attempt)
 
 
 def _add_artifact(context_job_id, attempt: int, path: Path, content_type: str) -> None:

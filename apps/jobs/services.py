@@ -883,6 +883,13 @@ def worker_host_report(
         worker_host_stopped(hostname=hostname)
 
 
+def job_output_dir(*, job_id, attempt: int) -> Path:
+    """Where an attempt writes its files (under MEDIA_ROOT), made if missing; one folder per attempt."""
+    path = Path(settings.MEDIA_ROOT) / "artifacts" / str(job_id) / f"attempt-{attempt}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def job_artifact_add(
     *,
     job_id: uuid.UUID,

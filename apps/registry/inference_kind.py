@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-from django.conf import settings
 from rest_framework import serializers
 
 from apps.core.errors import DomainError
@@ -109,7 +108,7 @@ def _pick_queue(params: dict) -> str:
 def _execute(context) -> dict:
     from apps.jobs.models import Artifact
     from apps.jobs.runner import JobCancelled
-    from apps.jobs.services import job_artifact_add
+    from apps.jobs.services import job_artifact_add, job_output_dir
     from apps.registry.models import ModelVersion
     from workers.inference import (
         InferenceCancelled,
@@ -132,9 +131,7 @@ def _execute(context) -> dict:
                 "inputs_missing", f"The uploaded inputs {params['inputs_artifact']} no longer exist.", {}
             )
         inputs_path = Path(artifact.file.path)
-    workdir = Path(settings.MEDIA_ROOT) / "artifacts" / str(context.job_id) / f"attempt-{context.attempt}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    output_path = workdir / "outputs.npz"
+    output_path = job_output_dir(job_id=context.job_id, attempt=context.attempt) / "outputs.npz"
     try:
         if inputs_path is not None:
             inputs = load_array_inputs(inputs_path, input_names)
