@@ -1,6 +1,6 @@
 """REST endpoints for scenarios and their runs and sweeps: thin wrappers over services and selectors."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -11,26 +11,13 @@ from apps.agents.api.views import NewestFirst
 from apps.agents.models import Scenario
 from apps.agents.simulation_kind import SWEEP_METRICS
 from apps.jobs.api.serializers import JobOutputSerializer
-
-IDEMPOTENCY_KEY = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    description="Repeat a submit safely: the same key returns the same job.",
-)
+from apps.jobs.api.views import IDEMPOTENCY_KEY_PARAMETER, idempotency_key
 
 
 class ScenarioOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Scenario
         fields = ["id", "name", "description", "spec", "created_by", "created_at", "updated_at"]
-
-
-def _idempotency_key(request) -> str | None:
-    key = request.headers.get("Idempotency-Key") or None
-    if key is not None and len(key) > 128:
-        raise serializers.ValidationError({"Idempotency-Key": ["At most 128 characters."]})
-    return key
 
 
 def _submitted(job, created: bool) -> Response:
@@ -130,7 +117,7 @@ class ScenarioRunsApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={201: JobOutputSerializer, 200: JobOutputSerializer},
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         operation_id="scenarios_run",
     )
     def post(self, request, scenario_id):
@@ -139,7 +126,7 @@ class ScenarioRunsApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job, created = services.simulation_submit(
-            membership=membership, scenario=scenario, idempotency_key=_idempotency_key(request), **data.validated_data
+            membership=membership, scenario=scenario, idempotency_key=idempotency_key(request), **data.validated_data
         )
         return _submitted(job, created)
 
@@ -163,7 +150,7 @@ class ScenarioSweepApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={201: JobOutputSerializer, 200: JobOutputSerializer},
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         operation_id="scenarios_sweep",
     )
     def post(self, request, scenario_id):
@@ -172,6 +159,6 @@ class ScenarioSweepApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job, created = services.sweep_submit(
-            membership=membership, scenario=scenario, idempotency_key=_idempotency_key(request), **data.validated_data
+            membership=membership, scenario=scenario, idempotency_key=idempotency_key(request), **data.validated_data
         )
         return _submitted(job, created)

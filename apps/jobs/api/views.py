@@ -45,6 +45,22 @@ class JobFilter(django_filters.FilterSet):
         fields = ["kind", "status", "queue", "owner", "parent", "created_after", "created_before"]
 
 
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="Repeat a submit safely: the same key returns the same job.",
+)
+
+
+def idempotency_key(request) -> str | None:
+    """The request's Idempotency-Key header, or None; a 400 when it is too long to store."""
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > 128:
+        raise serializers.ValidationError({"Idempotency-Key": ["At most 128 characters."]})
+    return key
+
+
 class JobListCreateApi(APIView):
     """List the organization's jobs (filters, cursor pagination), or submit one."""
 
@@ -74,24 +90,16 @@ class JobListCreateApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={201: JobOutputSerializer, 200: JobOutputSerializer},
-        parameters=[
-            OpenApiParameter(
-                "Idempotency-Key",
-                str,
-                OpenApiParameter.HEADER,
-                description="Repeat a submit safely: the same key returns the same job.",
-            )
-        ],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         operation_id="jobs_submit",
     )
     def post(self, request):
         membership = request_membership(request)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        key = request.headers.get("Idempotency-Key") or None
-        if key is not None and len(key) > 128:
-            raise serializers.ValidationError({"Idempotency-Key": ["At most 128 characters."]})
-        job, created = services.job_submit(membership=membership, idempotency_key=key, **data.validated_data)
+        job, created = services.job_submit(
+            membership=membership, idempotency_key=idempotency_key(request), **data.validated_data
+        )
         return Response(
             JobOutputSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
