@@ -12,8 +12,8 @@ from apps.accounts.models import Role
 from apps.accounts.services import organization_quota_set
 from apps.core.worker_process import WorkerProcess
 from apps.jobs import services
-from apps.jobs.bench import TERMINAL, _bench_membership, _wait
-from apps.jobs.models import Job, JobStatus
+from apps.jobs.bench import _bench_membership, _wait
+from apps.jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from workers.sandbox import cgroups
 
 # A slot the running workers never use (pool children take slots 0..concurrency-1).
@@ -78,7 +78,7 @@ def run(stdout, *, starts: int, runs: int, concurrency: int, **_) -> None:
             services.job_submit(membership=membership, kind="sandbox", params={"source": "print(1)"})[0].id
             for _ in range(runs)
         ]
-        _wait(lambda: Job.objects.filter(pk__in=ids, status__in=TERMINAL).count(), runs)
+        _wait(lambda: Job.objects.filter(pk__in=ids, status__in=TERMINAL_STATUSES).count(), runs)
         elapsed = time.perf_counter() - started
         ok = Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count()
     finally:

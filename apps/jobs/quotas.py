@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Organization, OrganizationQuota
 from apps.core.errors import DomainError, QuotaExceeded
-from apps.jobs.models import TERMINAL_STATUSES, Job
+from apps.jobs.models import UNFINISHED_STATUSES, Job
 from project import queues
 
 QUOTA_RETRY_AFTER_S = 30
@@ -97,7 +97,7 @@ def quota_admit(*, quota: Quota, organization: Organization, kind: str, queue: s
         # organizations are not held up.
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [organization.pk, _kind_key(kind)])
-        active = Job.objects.filter(organization=organization, kind=kind).exclude(status__in=TERMINAL_STATUSES).count()
+        active = Job.objects.filter(organization=organization, kind=kind, status__in=UNFINISHED_STATUSES).count()
         if active >= limit:
             raise QuotaExceeded(
                 f"Quota concurrent_jobs.{kind}: {active} of {limit} {kind} jobs are active; "
@@ -149,8 +149,7 @@ def quota_usage(organization: Organization) -> dict:
 
     quota = organization_quota(organization)
     active = dict(
-        Job.objects.filter(organization=organization)
-        .exclude(status__in=TERMINAL_STATUSES)
+        Job.objects.filter(organization=organization, status__in=UNFINISHED_STATUSES)
         .values_list("kind")
         .annotate(n=models.Count("id"))
         .values_list("kind", "n")

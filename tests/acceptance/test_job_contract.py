@@ -176,3 +176,22 @@ def test_priority_nine_runs_before_priority_zero(start_worker, member):
     # prefetch 1 may let one low-priority message in ahead of the rest
     assert order[:5].count(9) >= 4, order
     assert {j.pk for j in low} | {j.pk for j in high} == set(Job.objects.values_list("pk", flat=True))
+
+
+def test_bench_jobs_ends_with_the_median_paired_ratio_and_cleans_up(broker):
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("bench", "jobs", "--jobs", "20", "--rounds", "3", stdout=out)
+
+    lines = out.getvalue().strip().splitlines()
+    rounds = [float(line.rsplit("ratio=", 1)[1]) for line in lines if line.startswith("round ")]
+    summary = dict(pair.split("=") for pair in lines[-1].split())
+    assert list(summary) == ["ratio", "job_path_per_s", "raw_celery_per_s", "ratio_min"], lines[-1]
+    assert len(rounds) == 3 and float(summary["ratio_min"]) == min(rounds)
+    # The median of the rounds' own ratios (printed to two places), not a ratio of medians.
+    assert abs(float(summary["ratio"]) - sorted(rounds)[1]) <= 0.011
+    assert float(summary["job_path_per_s"]) > 0 and float(summary["raw_celery_per_s"]) > 0
+    assert Job.objects.count() == 0

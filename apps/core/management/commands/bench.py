@@ -1,5 +1,7 @@
 """`manage.py bench KIND`: benchmarks that measure against a baseline in the same run."""
 
+import logging
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
@@ -37,4 +39,13 @@ class Command(BaseCommand):
         module = __import__(BENCHMARKS[benchmark][0], fromlist=["run"])
         # call_command(..., stdout=...) puts stdout/stderr among the options as well.
         options = {key: value for key, value in options.items() if key not in ("stdout", "stderr")}
-        module.run(self.stdout, **options)
+        root = logging.getLogger()
+        level = root.level
+        if options["verbosity"] < 2:
+            # The benchmarks' workers log at WARNING; the measuring process does the same, so
+            # per-job INFO lines neither interleave with the figures nor cost only one side.
+            root.setLevel(logging.WARNING)
+        try:
+            module.run(self.stdout, **options)
+        finally:
+            root.setLevel(level)
