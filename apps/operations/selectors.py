@@ -28,7 +28,7 @@ from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.jobs.models import TERMINAL_STATUSES, Job, JobStatus, WorkerHost
+from apps.jobs.models import TERMINAL_STATUSES, UNFINISHED_STATUSES, Job, JobStatus, WorkerHost
 from project import queues
 
 logger = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ def queue_overview(*, user: User) -> list[dict]:
     counts = {
         (row["queue"], row["status"]): row["n"]
         for row in jobs_for_staff(user=user)
-        .filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING])
+        .filter(status__in=UNFINISHED_STATUSES)
         .order_by()
         .values("queue", "status")
         .annotate(n=Count("id"))
