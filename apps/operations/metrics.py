@@ -90,6 +90,15 @@ class SwitchyardCollector(Collector):
                 depth.add_metric([name], depths.get(name, 0))
         yield depth
 
+        oldest = GaugeMetricFamily(
+            f"{PREFIX}_queue_oldest_job_age_seconds",
+            "How long the longest-waiting queued job of each queue has waited (0 when none waits).",
+            labels=["queue"],
+        )
+        for name, age in sorted(selectors.oldest_queued_age_by_queue().items()):
+            oldest.add_metric([name], age)
+        yield oldest
+
         hosts = GaugeMetricFamily(
             f"{PREFIX}_worker_hosts_alive",
             "Worker hosts with a recent heartbeat, per queue they consume.",

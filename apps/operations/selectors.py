@@ -17,6 +17,7 @@ from django.db.models import (
     ExpressionWrapper,
     F,
     FloatField,
+    Min,
     Q,
     QuerySet,
     Sum,
@@ -161,6 +162,20 @@ def live_worker_hosts_by_queue() -> dict[str, int]:
         for name in host_queues:
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def oldest_queued_age_by_queue() -> dict[str, float]:
+    """Seconds the longest-waiting queued job of each queue has waited; 0 where none waits.
+
+    What the queue-wait histogram cannot show: it counts only jobs that were claimed, so a
+    consumer that stopped taking messages while its host still heartbeats leaves it flat.
+    """
+    ages = dict.fromkeys(queues.QUEUE_NAMES, 0.0)
+    now = timezone.now()
+    oldest = Job.objects.filter(status=JobStatus.QUEUED).order_by().values("queue").annotate(at=Min("queued_at"))
+    for row in oldest:
+        ages[row["queue"]] = max(0.0, (now - row["at"]).total_seconds())
+    return ages
 
 
 def broker_queue_depths() -> dict[str, int] | None:

@@ -49,6 +49,7 @@ def test_metrics_count_jobs_queue_depth_workers_and_inference_rows_after_real_ru
     assert before[("switchyard_jobs", (("kind", "sleep"), ("status", "queued")))] == 4
     assert before[("switchyard_worker_hosts_alive", (("queue", "cpu"),))] == 0
     assert before[("switchyard_broker_up", ())] == 1
+    assert before[("switchyard_queue_oldest_job_age_seconds", (("queue", "cpu"),))] > 0
 
     worker = start_worker("cpu", env=FAST)
     path = build_test_model("multi_io", tmp_path / "multi_io.onnx")
@@ -79,6 +80,7 @@ def test_metrics_count_jobs_queue_depth_workers_and_inference_rows_after_real_ru
     assert after[("switchyard_job_duration_seconds_bucket", (*sleep, ("le", "+Inf")))] == 4
     assert after[("switchyard_job_queue_wait_seconds_count", sleep)] == 4
     assert after[("switchyard_queue_depth", (("queue", "cpu"),))] == 0
+    assert after[("switchyard_queue_oldest_job_age_seconds", (("queue", "cpu"),))] == 0
     assert after[("switchyard_worker_hosts_alive", (("queue", "cpu"),))] == 1
     assert after[("switchyard_worker_hosts_alive", (("queue", "gpu"),))] == 0
     cpu = (("provider", "CPUExecutionProvider"),)

@@ -187,3 +187,20 @@ def test_dashboard_needs_staff(client):
     client.force_login(membership.user)
     response = client.get("/admin/operations/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_oldest_queued_job_age_per_queue_sees_work_nobody_claims():
+    # The queue-wait histogram counts claimed jobs only; jobs nobody takes show up here.
+    org = OrganizationFactory()
+    make_job(org, status="queued", queue="cpu", ago=timedelta(minutes=10))
+    make_job(org, status="queued", queue="cpu", ago=timedelta(minutes=1))
+    make_job(org, status="running", queue="gpu", run_s=5, ago=timedelta(hours=2))
+    make_job(org, status="succeeded", queue="sandbox", ago=timedelta(days=1))
+
+    samples = scrape()
+    age = {
+        queue: samples[("switchyard_queue_oldest_job_age_seconds", (("queue", queue),))]
+        for queue in ("cpu", "gpu", "sandbox", "control")
+    }
+    assert 600 <= age["cpu"] < 630, age
+    assert age["gpu"] == age["sandbox"] == age["control"] == 0
