@@ -159,6 +159,8 @@ def test_dashboard_shows_queues_charts_slow_and_failing_jobs_and_hosts(staff):
     assert "gpu@box" in html and "CUDAExecutionProvider" in html and "8 cpus" in html
     queues = {row["queue"]: row for row in response.context["queues"]}
     assert queues["gpu"]["queued"] == 1 and queues["gpu"]["workers"] == 1 and queues["cpu"]["queued"] == 0
+    assert timedelta(minutes=20) <= queues["gpu"]["oldest_wait"] < timedelta(minutes=21)
+    assert queues["cpu"]["oldest_wait"] is None and "20 min 0" in html
     backlog = response.context["backlog_chart"]
     assert "<polyline" in backlog
     assert "gpu: now 1" in backlog, "the queued gpu job waits in the last minute of the chart"
