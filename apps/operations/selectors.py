@@ -281,26 +281,25 @@ def queue_overview(*, user: User) -> list[dict]:
     """Per queue now: broker messages, jobs queued (and how long the oldest waits) and running, live worker hosts."""
     depths = broker_queue_depths()
     hosts = live_worker_hosts_by_queue()
-    rows = {
-        (row["queue"], row["status"]): row
-        for row in jobs_for_staff(user=user)
+    counts, oldest_queued = {}, {}
+    for row in (
+        jobs_for_staff(user=user)
         .filter(status__in=UNFINISHED_STATUSES)
         .order_by()
         .values("queue", "status")
         .annotate(n=Count("id"), oldest=Min("queued_at"))
-    }
+    ):
+        counts[(row["queue"], row["status"])] = row["n"]
+        if row["status"] == JobStatus.QUEUED:
+            oldest_queued[row["queue"]] = row["oldest"]
     now = timezone.now()
-
-    def count(name: str, status: str) -> int:
-        return rows[(name, status)]["n"] if (name, status) in rows else 0
-
     return [
         {
             "queue": name,
             "broker": None if depths is None else depths.get(name),
-            "queued": count(name, JobStatus.QUEUED),
-            "oldest_wait": now - rows[(name, JobStatus.QUEUED)]["oldest"] if (name, JobStatus.QUEUED) in rows else None,
-            "running": count(name, JobStatus.RUNNING) + count(name, JobStatus.CANCELLING),
+            "queued": counts.get((name, JobStatus.QUEUED), 0),
+            "oldest_wait": now - oldest_queued[name] if name in oldest_queued else None,
+            "running": counts.get((name, JobStatus.RUNNING), 0) + counts.get((name, JobStatus.CANCELLING), 0),
             "workers": hosts.get(name, 0),
         }
         for name in queues.QUEUE_NAMES
