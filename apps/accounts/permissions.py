@@ -4,7 +4,9 @@ Services ask `has_permission` (or `require`); views never decide themselves. The
 here are the source of truth for docs/permissions.md (a test keeps the two equal).
 """
 
-from apps.accounts.models import Membership, Role
+from dataclasses import dataclass
+
+from apps.accounts.models import Membership, Organization, Role, User
 from apps.core.errors import PermissionDenied
 
 READ_JOBS = "jobs.read"
@@ -96,14 +98,72 @@ def scope_grants(scopes, needed: str) -> bool:
     return "*" in scopes or needed in scopes or (level == "read" and ("read" in scopes or f"{area}:write" in scopes))
 
 
-def has_permission(membership: Membership | None, action: str) -> bool:
+@dataclass(frozen=True)
+class PlatformOperator:
+    """A superuser acting on one organization's objects (the admin's operator path), not a member of it.
+
+    It stands where services take the acting Membership: it may do everything a role may,
+    holds no role in the organization, is never saved, and what it does is audited under the
+    superuser's name with `via: platform operator` (services.audit_record).
+    """
+
+    user: User
+    organization: Organization
+    role = "platform operator"
+    pk = None  # not a membership: never equal to one
+
+    @property
+    def user_id(self) -> int:
+        return self.user.pk
+
+    @property
+    def organization_id(self) -> int:
+        return self.organization.pk
+
+
+# What services accept as "who is acting": a member, or the platform operator.
+Actor = Membership | PlatformOperator
+
+
+def has_permission(membership: Actor | None, action: str) -> bool:
+    if isinstance(membership, PlatformOperator):
+        return True
     return membership is not None and membership.role in PERMISSIONS[action]
 
 
-def may_submit_kind(membership: Membership, kind: str) -> bool:
+def may_submit_kind(membership: Actor, kind: str) -> bool:
+    if isinstance(membership, PlatformOperator):
+        return True
     if not has_permission(membership, SUBMIT_JOBS):
         return False
     return membership.role in SUBMIT_BY_KIND.get(kind, _SUBMITTERS)
+
+
+# Roles ranked for "never grant a role above your own". `service` (a machine account) ranks
+# with developer: it submits and uploads, it manages nobody.
+ROLE_RANK: dict[str, int] = {
+    OWNER: 6,
+    ADMIN: 5,
+    OPERATOR: 4,
+    DEVELOPER: 3,
+    SERVICE: 3,
+    ANALYST: 2,
+    VIEWER: 1,
+}
+
+
+def grantable_roles(actor: Actor) -> list[str]:
+    """The roles `actor` may give someone in its organization: none above its own (owners grant all)."""
+    if isinstance(actor, PlatformOperator):
+        return list(Role.values)
+    if not has_permission(actor, MANAGE_MEMBERS):
+        return []
+    return [role for role in Role.values if ROLE_RANK[role] <= ROLE_RANK[actor.role]]
+
+
+def is_owner(actor: Actor) -> bool:
+    """Owners (and the platform operator) may grant, change and remove the owner role."""
+    return isinstance(actor, PlatformOperator) or actor.role == OWNER
 
 
 def require(membership: Membership, action: str, doing: str) -> None:

@@ -16,7 +16,11 @@ from apps.accounts.permissions import (
     MANAGE_MEMBERS,
     MANAGE_OWN_TOKENS,
     SCOPES,
+    Actor,
+    PlatformOperator,
+    grantable_roles,
     has_permission,
+    is_owner,
     require,
 )
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
@@ -95,7 +99,7 @@ def api_token_create(
         )
         audit_record(
             organization=membership.organization_id,
-            actor=actor.user,
+            actor=actor,
             action="token.created",
             target=token,
             details={"name": name, "prefix": prefix, "for": membership.user.get_username(), "scopes": scopes},
@@ -103,7 +107,7 @@ def api_token_create(
     return IssuedToken(token=token, plaintext=f"sy_{prefix}_{secret}")
 
 
-def api_token_revoke(*, token: ApiToken, actor: Membership | None = None) -> ApiToken:
+def api_token_revoke(*, token: ApiToken, actor: Actor | None = None) -> ApiToken:
     actor = actor or token.membership
     _check_may_manage_tokens(actor, token.membership)
     if token.revoked_at is None:
@@ -112,7 +116,7 @@ def api_token_revoke(*, token: ApiToken, actor: Membership | None = None) -> Api
             token.save(update_fields=["revoked_at"])
             audit_record(
                 organization=token.membership.organization_id,
-                actor=actor.user,
+                actor=actor,
                 action="token.revoked",
                 target=token,
                 details={"name": token.name, "prefix": token.prefix, "for": token.membership.user.get_username()},
@@ -120,23 +124,7 @@ def api_token_revoke(*, token: ApiToken, actor: Membership | None = None) -> Api
     return token
 
 
-def api_token_revoke_by_staff(*, token: ApiToken, staff: User) -> ApiToken:
-    """Platform staff revoking a token from the admin (e.g. a leaked one); audited like any revocation."""
-    if token.revoked_at is None:
-        with transaction.atomic():
-            token.revoked_at = timezone.now()
-            token.save(update_fields=["revoked_at"])
-            audit_record(
-                organization=token.membership.organization_id,
-                actor=staff,
-                action="token.revoked",
-                target=token,
-                details={"name": token.name, "prefix": token.prefix, "for": token.membership.user.get_username()},
-            )
-    return token
-
-
-def _check_may_manage_tokens(actor: Membership, owner: Membership) -> None:
+def _check_may_manage_tokens(actor: Actor, owner: Membership) -> None:
     if actor.organization_id != owner.organization_id:
         raise NotFound("No such token.")
     if actor.pk == owner.pk:
@@ -168,7 +156,7 @@ def member_add(*, actor: Membership, username: str, role: str) -> Membership:
             )
         audit_record(
             organization=actor.organization_id,
-            actor=actor.user,
+            actor=actor,
             action="member.added",
             target=membership,
             details={"username": username, "role": role},
@@ -176,12 +164,12 @@ def member_add(*, actor: Membership, username: str, role: str) -> Membership:
     return membership
 
 
-def member_set_role(*, actor: Membership, membership: Membership, role: str) -> Membership:
+def member_set_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
     require(actor, MANAGE_MEMBERS, "manage members")
     if membership.organization_id != actor.organization_id:
         raise NotFound("No such member.")
     _check_role(actor, role)
-    if membership.role == Role.OWNER and actor.role != Role.OWNER:
+    if membership.role == Role.OWNER and not is_owner(actor):
         raise PermissionDenied("Only an owner may change an owner's role.")
     with transaction.atomic():
         locked = Membership.objects.select_for_update().get(pk=membership.pk)
@@ -194,7 +182,7 @@ def member_set_role(*, actor: Membership, membership: Membership, role: str) -> 
         locked.save(update_fields=["role"])
         audit_record(
             organization=actor.organization_id,
-            actor=actor.user,
+            actor=actor,
             action="member.role_changed",
             target=locked,
             details={"username": locked.user.get_username(), "from": previous, "to": role},
@@ -202,11 +190,11 @@ def member_set_role(*, actor: Membership, membership: Membership, role: str) -> 
     return locked
 
 
-def member_remove(*, actor: Membership, membership: Membership) -> None:
+def member_remove(*, actor: Actor, membership: Membership) -> None:
     require(actor, MANAGE_MEMBERS, "manage members")
     if membership.organization_id != actor.organization_id:
         raise NotFound("No such member.")
-    if membership.role == Role.OWNER and actor.role != Role.OWNER:
+    if membership.role == Role.OWNER and not is_owner(actor):
         raise PermissionDenied("Only an owner may remove an owner.")
     with transaction.atomic():
         locked = Membership.objects.select_for_update().get(pk=membership.pk)
@@ -214,7 +202,7 @@ def member_remove(*, actor: Membership, membership: Membership) -> None:
             _keep_an_owner(locked)
         audit_record(
             organization=actor.organization_id,
-            actor=actor.user,
+            actor=actor,
             action="member.removed",
             target=locked,
             details={"username": locked.user.get_username(), "role": locked.role},
@@ -223,13 +211,18 @@ def member_remove(*, actor: Membership, membership: Membership) -> None:
         locked.delete()
 
 
-def _check_role(actor: Membership, role: str) -> None:
+def _check_role(actor: Actor, role: str) -> None:
     if role not in Role.values:
         raise DomainError(
             f"role: unknown role '{role}'.", fields={"role": [f"Choose one of {', '.join(Role.values)}."]}
         )
-    if role == Role.OWNER and actor.role != Role.OWNER:
-        raise PermissionDenied("Only an owner may make someone an owner.")
+    if role not in grantable_roles(actor):
+        raise PermissionDenied(
+            "Only an owner may make someone an owner."
+            if role == Role.OWNER
+            else f"Role '{actor.role}' may not grant the role '{role}'.",
+            fields={"role": ["Above your own role."]},
+        )
 
 
 def _keep_an_owner(owner: Membership) -> None:
@@ -309,15 +302,29 @@ def organization_quota_set(*, organization: Organization, actor: User | None, **
 
 
 def audit_record(
-    *, organization: Organization | int | None, actor: User | None, action: str, target, details: dict | None = None
+    *,
+    organization: Organization | int | None,
+    actor: User | Actor | None,
+    action: str,
+    target,
+    details: dict | None = None,
 ) -> AuditEvent:
-    """Record a security-relevant action; call it inside the transaction of the action itself."""
+    """Record a security-relevant action; call it inside the transaction of the action itself.
+
+    `actor` is the user, or what acted (a membership, or the platform operator: recorded as
+    the superuser with `via: platform operator`).
+    """
     organization_id = organization.pk if isinstance(organization, Organization) else organization
+    details = dict(details or {})
+    if isinstance(actor, PlatformOperator):
+        details["via"] = "platform operator"
+    if isinstance(actor, PlatformOperator | Membership):
+        actor = actor.user
     return AuditEvent.objects.create(
         organization_id=organization_id,
         actor=actor,
         action=action,
         target_type=target._meta.label_lower,
         target_id=str(target.pk),
-        details=details or {},
+        details=details,
     )

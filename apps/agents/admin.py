@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from apps.accounts.permissions import MANAGE_AGENTS, MANAGE_SCENARIOS, READ_AGENTS, READ_SCENARIOS
 from apps.agents.models import Agent, Memory, Scenario
 from apps.agents.services import scenario_spec_clean
 from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline
@@ -26,6 +27,8 @@ class RecentMemoryInline(ReadOnlyTabularInline):
 
 @admin.register(Agent)
 class AgentAdmin(OrganizationScopedAdmin):
+    view_action = READ_AGENTS
+    change_action = MANAGE_AGENTS
     list_display = ["name", "organization", "kind", "embedding_source", "created_by", "created_at"]
     list_filter = ["kind", "organization"]
     search_fields = ["name", "persona"]
@@ -43,6 +46,8 @@ class AgentAdmin(OrganizationScopedAdmin):
 @admin.register(Memory)
 class MemoryAdmin(OrganizationScopedAdmin):
     organization_path = "agent__organization"
+    view_action = READ_AGENTS
+    change_action = MANAGE_AGENTS
     list_display = ["__str__", "agent", "kind", "importance", "embedding_source", "created_at"]
     list_filter = ["kind", "embedding_source"]
     search_fields = ["text", "agent__name"]
@@ -77,6 +82,8 @@ class ScenarioForm(forms.ModelForm):
 
 @admin.register(Scenario)
 class ScenarioAdmin(OrganizationScopedAdmin):
+    view_action = READ_SCENARIOS
+    change_action = MANAGE_SCENARIOS
     form = ScenarioForm
     list_display = ["name", "organization", "rounds", "topology", "events", "runs_link", "updated_at"]
     list_filter = ["organization"]

@@ -1,6 +1,26 @@
-"""Admin building blocks shared by the apps."""
+"""Admin building blocks shared by the apps, and the tenant rule of the admin.
+
+The rule, stated once (docs/permissions.md, "The admin"):
+
+- A **superuser** is the platform operator: every row of every organization, and the
+  platform's own tables (users, groups, worker hosts, quotas, lockouts). What a superuser
+  does to an organization's objects runs through the services as `PlatformOperator`.
+- **Any other staff user** acts organization by organization with the role they hold there,
+  like the API: a row is shown only where that role has the admin's `view_action`, changed,
+  added or deleted only where it has `change_action`, on top of the Django model permissions
+  the admin checks anyway. Every foreign-key, many-to-many and autocomplete choice and every
+  list-filter choice offers only rows the user may see. Objects never move between
+  organizations.
+- Every registered ModelAdmin is either an `OrganizationScopedAdmin` or a `PlatformAdmin`;
+  tests/integration/test_admin_tenant_sweep.py walks the registry and fails otherwise.
+"""
+
+from functools import reduce
 
 from django.contrib import admin
+from django.contrib.admin.filters import RelatedFieldListFilter, RelatedOnlyFieldListFilter
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.db import models
 
 
 class ReadOnlyTabularInline(admin.TabularInline):
@@ -16,16 +36,188 @@ class ReadOnlyTabularInline(admin.TabularInline):
         return False
 
 
+class PlatformAdmin(admin.ModelAdmin):
+    """Platform tables (users, groups, worker hosts, quotas, lockouts): superusers only."""
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request):
+        return request.user.is_active and request.user.is_superuser and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser and super().has_delete_permission(request, obj)
+
+
+def organizations_where(user, action: str | None) -> models.QuerySet:
+    """Ids of the organizations where `user`'s role allows `action` (None: any role)."""
+    from apps.accounts.models import Membership
+    from apps.accounts.permissions import PERMISSIONS
+
+    memberships = Membership.objects.filter(user=user, user__is_active=True)
+    if action is not None:
+        memberships = memberships.filter(role__in=PERMISSIONS[action])
+    return memberships.values("organization_id")
+
+
+def admin_actor(request, organization):
+    """Who acts on `organization`'s objects from the admin: the platform operator or the user's membership."""
+    from apps.accounts.models import Membership
+    from apps.accounts.permissions import PlatformOperator
+    from apps.core.errors import PermissionDenied as Refused
+
+    if request.user.is_superuser:
+        return PlatformOperator(user=request.user, organization=organization)
+    membership = Membership.objects.select_related("organization").filter(user=request.user, organization=organization)
+    found = membership.first()
+    if found is None:
+        raise Refused(f"You are not a member of {organization}.")
+    return found
+
+
 class OrganizationScopedAdmin(admin.ModelAdmin):
-    """Staff who are not superusers see only rows of organizations they belong to."""
+    """A tenant model's admin: what a staff user sees and changes follows their role per organization."""
 
     # The lookup from the model to Organization, e.g. "organization" or "model__organization";
     # "" when the model is Organization itself.
     organization_path = "organization"
+    # Actions of apps.accounts.permissions: the role needed to see rows, and to change, add or
+    # delete them. None for view_action: any role in the organization.
+    view_action: str | None = None
+    change_action: str | None = None
+
+    # --- which organizations -------------------------------------------------------------
+
+    def _organizations(self, request, action: str | None):
+        return organizations_where(request.user, action)
+
+    def _lookup(self, suffix: str) -> str:
+        return f"{self.organization_path}__{suffix}" if self.organization_path else ""
+
+    def organization_of(self, obj):
+        """The Organization an object belongs to (None for rows that belong to none)."""
+        if not self.organization_path:
+            return obj
+        return reduce(lambda value, name: getattr(value, name, None), self.organization_path.split("__"), obj)
+
+    def _allowed(self, request, obj, action: str | None) -> bool:
+        if request.user.is_superuser:
+            return True
+        if obj is None:
+            return self._organizations(request, action).exists()
+        organization = self.organization_of(obj)
+        return (
+            organization is not None
+            and self._organizations(request, action).filter(organization_id=organization.pk).exists()
+        )
+
+    # --- rows --------------------------------------------------------------------------------
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
         if request.user.is_superuser:
             return queryset
-        path = f"{self.organization_path}__memberships__user" if self.organization_path else "memberships__user"
-        return queryset.filter(**{path: request.user}).distinct()
+        return queryset.filter(**{self._lookup("in") or "pk__in": self._organizations(request, self.view_action)})
+
+    def has_module_permission(self, request):
+        return super().has_module_permission(request) and self._allowed(request, None, self.view_action)
+
+    def has_view_permission(self, request, obj=None):
+        return super().has_view_permission(request, obj) and self._allowed(request, obj, self.view_action)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and self._allowed(request, obj, self.change_action)
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and self._allowed(request, None, self.change_action)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and self._allowed(request, obj, self.change_action)
+
+    def check_may_change(self, request, obj) -> None:
+        """The last word before a write: the object's organization must allow the user's change."""
+        if not self._allowed(request, obj, self.change_action):
+            raise PermissionDenied
+
+    def save_model(self, request, obj, form, change):
+        self.check_may_change(request, obj)
+        super().save_model(request, obj, form, change)
+
+    def delete_model(self, request, obj):
+        self.check_may_change(request, obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        # The bulk "delete selected" action asks has_delete_permission without an object.
+        for obj in queryset:
+            self.check_may_change(request, obj)
+        super().delete_queryset(request, queryset)
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        first = self.organization_path.split("__")[0]
+        if obj is not None and first and first not in fields:
+            fields.append(first)  # an object never moves to another organization
+        return fields
+
+    # --- choices -----------------------------------------------------------------------------
+
+    def _choices_for(self, request, related_model, queryset):
+        """Restrict a relation's choices to rows the user may use, whatever the relation."""
+        from apps.accounts.models import Organization, User
+
+        if request.user.is_superuser:
+            return queryset
+        if related_model is Organization:
+            return queryset.filter(pk__in=self._organizations(request, self.change_action))
+        if issubclass(related_model, User):
+            return queryset.filter(memberships__organization__in=self._organizations(request, self.change_action))
+        related_admin = self.admin_site._registry.get(related_model)
+        if isinstance(related_admin, OrganizationScopedAdmin):
+            return queryset.filter(pk__in=related_admin.get_queryset(request).values("pk"))
+        return queryset.none()
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if field is not None and hasattr(field, "queryset"):
+            field.queryset = self._choices_for(request, db_field.related_model, field.queryset).distinct()
+        return field
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if field is not None and hasattr(field, "queryset"):
+            field.queryset = self._choices_for(request, db_field.related_model, field.queryset).distinct()
+        return field
+
+    def get_list_filter(self, request):
+        """Relation filters list only related rows of visible rows (never every organization)."""
+        scoped = []
+        for spec in super().get_list_filter(request):
+            name = spec[0] if isinstance(spec, tuple | list) else spec
+            filter_class = spec[1] if isinstance(spec, tuple | list) else None
+            if (
+                isinstance(name, str)
+                and self._is_relation(name)
+                and (filter_class is None or filter_class is RelatedFieldListFilter)
+            ):
+                scoped.append((name, RelatedOnlyFieldListFilter))
+            else:
+                scoped.append(spec)
+        return scoped
+
+    def _is_relation(self, path: str) -> bool:
+        model = self.model
+        field = None
+        for name in path.split("__"):
+            try:
+                field = model._meta.get_field(name)
+            except FieldDoesNotExist:
+                return False
+            model = field.related_model or model
+        return bool(field is not None and field.is_relation)

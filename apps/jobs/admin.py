@@ -4,8 +4,14 @@ from django.http import FileResponse, Http404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from apps.accounts.models import Membership
-from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline
+from apps.accounts.permissions import READ_JOBS, READ_SCENARIOS, SUBMIT_JOBS
+from apps.core.admin import (
+    OrganizationScopedAdmin,
+    PlatformAdmin,
+    ReadOnlyTabularInline,
+    admin_actor,
+    organizations_where,
+)
 from apps.core.errors import DomainError
 from apps.jobs import services
 from apps.jobs.models import Artifact, Job, JobEvent, WorkerHost
@@ -62,7 +68,7 @@ class ScenarioFilter(admin.SimpleListFilter):
 
         scenarios = Scenario.objects.all()
         if not request.user.is_superuser:
-            scenarios = scenarios.filter(organization__memberships__user=request.user)
+            scenarios = scenarios.filter(organization__in=organizations_where(request.user, READ_SCENARIOS))
         return [(str(pk), name) for pk, name in scenarios.values_list("pk", "name")[:100]]
 
     def queryset(self, request, queryset):
@@ -71,21 +77,11 @@ class ScenarioFilter(admin.SimpleListFilter):
         return queryset.filter(kind__in=("simulation", "simulation_sweep"), params__scenario_id=int(self.value()))
 
 
-def _acting_membership(request, job: Job) -> Membership:
-    membership = Membership.objects.filter(user=request.user, organization=job.organization).first()
-    if membership is None and request.user.is_superuser:
-        # A superuser operates every organization as its administrator.
-        membership = Membership(user=request.user, organization=job.organization, role="admin")
-    if membership is None:
-        raise DomainError(f"You are not a member of {job.organization}.")
-    return membership
-
-
 def _run_action(modeladmin, request, queryset, service, verb: str):
     done, refused = 0, []
     for job in queryset:
         try:
-            service(job=job, actor=_acting_membership(request, job))
+            service(job=job, actor=admin_actor(request, job.organization))
             done += 1
         except DomainError as exc:
             refused.append(f"{job.short_id}: {exc.message}")
@@ -97,6 +93,10 @@ def _run_action(modeladmin, request, queryset, service, verb: str):
 
 @admin.register(Job)
 class JobAdmin(OrganizationScopedAdmin):
+    view_action = READ_JOBS
+    # Every field is read-only; the actions go through the services, which decide per job
+    # (own job: jobs.submit; someone else's: jobs.manage_any).
+    change_action = SUBMIT_JOBS
     list_display = [
         "short_id",
         "kind",
@@ -216,7 +216,7 @@ class JobAdmin(OrganizationScopedAdmin):
 
 
 @admin.register(WorkerHost)
-class WorkerHostAdmin(admin.ModelAdmin):
+class WorkerHostAdmin(PlatformAdmin):
     list_display = ["hostname", "alive", "queues", "providers", "bwrap", "version", "last_heartbeat_at", "started_at"]
     search_fields = ["hostname"]
     readonly_fields = [
@@ -249,6 +249,8 @@ class WorkerHostAdmin(admin.ModelAdmin):
 @admin.register(Artifact)
 class ArtifactAdmin(OrganizationScopedAdmin):
     """Every stored file: uploaded job inputs (no job) and what jobs produced. Read-only: the files are evidence."""
+
+    view_action = READ_JOBS
 
     list_display = ["name", "role", "job_link", "organization", "owner", "size_bytes", "sha256_short", "created_at"]
     list_filter = ["role", "organization"]

@@ -25,7 +25,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from apps.accounts.models import Membership, User
-from apps.accounts.permissions import MANAGE_ANY_JOB, SUBMIT_JOBS, has_permission, may_submit_kind
+from apps.accounts.permissions import MANAGE_ANY_JOB, SUBMIT_JOBS, Actor, has_permission, may_submit_kind
 from apps.accounts.services import audit_record
 from apps.core.db import PreparedStatement
 from apps.core.errors import Conflict, DomainError, PermissionDenied, ServiceUnavailable
@@ -473,7 +473,7 @@ def job_retry_later(*, job_id: uuid.UUID, attempt: int, error: dict, worker: str
 # --- operator actions --------------------------------------------------------------------
 
 
-def _check_may_manage(job: Job, actor_membership: Membership) -> None:
+def _check_may_manage(job: Job, actor_membership: Actor) -> None:
     if job.organization_id != actor_membership.organization_id:
         raise PermissionDenied("This job belongs to another organization.")
     if job.owner_id != actor_membership.user_id and not has_permission(actor_membership, MANAGE_ANY_JOB):
@@ -482,7 +482,7 @@ def _check_may_manage(job: Job, actor_membership: Membership) -> None:
         raise PermissionDenied(f"Role '{actor_membership.role}' may not manage jobs.")
 
 
-def job_cancel(*, job: Job, actor: Membership) -> Job:
+def job_cancel(*, job: Job, actor: Actor) -> Job:
     """A queued job is cancelled at once; a running one goes `cancelling` and stops at its next check."""
     _check_may_manage(job, actor)
     with transaction.atomic():
@@ -491,11 +491,11 @@ def job_cancel(*, job: Job, actor: Membership) -> Job:
     return cancelled
 
 
-def _audit_if_someone_elses(job: Job, actor: Membership, action: str, **details) -> None:
+def _audit_if_someone_elses(job: Job, actor: Actor, action: str, **details) -> None:
     if job.owner_id != actor.user_id:
         audit_record(
             organization=job.organization_id,
-            actor=actor.user,
+            actor=actor,
             action=action,
             target=job,
             details={"owner": job.owner.get_username() if job.owner_id else None, "kind": job.kind, **details},
@@ -554,7 +554,7 @@ def _terminate(job: Job) -> None:
         )
 
 
-def job_retry(*, job: Job, actor: Membership) -> Job:
+def job_retry(*, job: Job, actor: Actor) -> Job:
     """failed|cancelled -> queued, with a fresh budget of attempts (the attempt count itself never goes back)."""
     _check_may_manage(job, actor)
     with transaction.atomic():
@@ -629,7 +629,7 @@ def job_children_submit(*, parent_id: uuid.UUID, attempt: int, children: list[di
     return len(children), len(new) + requeued
 
 
-def job_requeue(*, job: Job, actor: Membership) -> Job:
+def job_requeue(*, job: Job, actor: Actor) -> Job:
     """Publish a queued job's message again (e.g. after the broker lost it); harmless if it was not lost."""
     _check_may_manage(job, actor)
     if job.status != JobStatus.QUEUED:

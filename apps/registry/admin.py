@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
-from apps.accounts.models import Membership, Role
-from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline
+from apps.accounts.permissions import COMPILE_MODELS, READ_MODELS, UPLOAD_MODELS
+from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline, admin_actor
 from apps.core.errors import DomainError
 from apps.registry import services
 from apps.registry.models import MLModel, ModelAlias, ModelVersion
@@ -21,6 +21,8 @@ class ModelAliasInline(ReadOnlyTabularInline):
 
 @admin.register(MLModel)
 class MLModelAdmin(OrganizationScopedAdmin):
+    view_action = READ_MODELS
+    change_action = UPLOAD_MODELS
     list_display = ["name", "organization", "task", "created_at"]
     list_filter = ["task", "organization"]
     search_fields = ["name", "description"]
@@ -31,6 +33,9 @@ class MLModelAdmin(OrganizationScopedAdmin):
 @admin.register(ModelVersion)
 class ModelVersionAdmin(OrganizationScopedAdmin):
     organization_path = "model__organization"
+    view_action = READ_MODELS
+    # Every field is read-only; the compile actions go through the service, which checks the role.
+    change_action = COMPILE_MODELS
     list_display = [
         "__str__",
         "stage",
@@ -75,7 +80,7 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
         for version in queryset.select_related("model", "model__organization"):
             try:
                 services.model_version_compile(
-                    membership=_acting_membership(request, version), version=version, target=target
+                    membership=admin_actor(request, version.model.organization), version=version, target=target
                 )
                 submitted += 1
             except DomainError as exc:
@@ -96,14 +101,3 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
     @admin.action(description="Compile to gpu-fp16 (new staging version, validated)")
     def compile_to_gpu_fp16(self, request, queryset):
         self._compile(request, queryset, "gpu-fp16")
-
-
-def _acting_membership(request, version: ModelVersion) -> Membership:
-    organization = version.model.organization
-    membership = Membership.objects.filter(user=request.user, organization=organization).first()
-    if membership is None and request.user.is_superuser:
-        # A superuser operates every organization as its administrator (as in the jobs admin).
-        membership = Membership(user=request.user, organization=organization, role=Role.ADMIN)
-    if membership is None:
-        raise DomainError(f"You are not a member of {organization}.")
-    return membership

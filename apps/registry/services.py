@@ -235,7 +235,7 @@ def model_version_promote(
     version.save(update_fields=["stage"])
     audit_record(
         organization=membership.organization_id,
-        actor=membership.user,
+        actor=membership,
         action="model.archived" if stage == Stage.ARCHIVED else "model.promoted",
         target=version,
         details={
@@ -249,7 +249,7 @@ def model_version_promote(
     if overridden:
         audit_record(
             organization=membership.organization_id,
-            actor=membership.user,
+            actor=membership,
             action="model.promotion_overridden",
             target=version,
             details={
