@@ -239,14 +239,16 @@ def test_a_passing_compiled_version_is_promoted_without_a_reason(scorer, member,
 
 
 def test_admin_compile_action_submits_a_job_per_version_through_the_service(client, tmp_path):
+    from django.contrib.auth.models import Permission
+
     from apps.accounts.models import Role
     from apps.registry.services import model_version_upload
     from tests.factories import MembershipFactory
 
     staff = MembershipFactory(role=Role.DEVELOPER, user__is_staff=True, user__is_superuser=True)
-    analyst = MembershipFactory(
-        role=Role.ANALYST, user__is_staff=True, user__is_superuser=True, organization=staff.organization
-    )
+    # Not a superuser: superusers act as the platform operator; staff act with their role.
+    analyst = MembershipFactory(role=Role.ANALYST, user__is_staff=True, organization=staff.organization)
+    analyst.user.user_permissions.add(*Permission.objects.filter(codename__endswith="_modelversion"))
     path = build_test_model("mlp", tmp_path / "mlp.onnx")
     version, _ = model_version_upload(membership=staff, name="encoder", source=path)
 
