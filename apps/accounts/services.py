@@ -18,6 +18,7 @@ from apps.accounts.permissions import (
     SCOPES,
     has_permission,
     require,
+    scope_grants,
 )
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
 
@@ -64,8 +65,14 @@ def api_token_create(
     scopes: list[str] | None = None,
     expires_at: datetime | None = None,
     actor: Membership | None = None,
+    creator_scopes: list[str] | None = None,
 ) -> IssuedToken:
-    """Issue a token acting as `membership`; `actor` (default: that member) must be allowed to."""
+    """Issue a token acting as `membership`; `actor` (default: that member) must be allowed to.
+
+    `creator_scopes` are the scopes of the credential asking: a token's when a token creates
+    a token, None for a session login or the command line (the full role). The new token's
+    scopes are a non-empty subset of them; omitted, they are the creator's own.
+    """
     actor = actor or membership
     _check_may_manage_tokens(actor, membership)
     name = (name or "").strip()
@@ -73,13 +80,7 @@ def api_token_create(
         raise DomainError("name: a token needs a name.", fields={"name": ["This field may not be blank."]})
     if len(name) > 100:
         raise DomainError("name: at most 100 characters.", fields={"name": ["At most 100 characters."]})
-    scopes = list(dict.fromkeys(scopes or ["*"]))
-    unknown = [scope for scope in scopes if scope not in SCOPES]
-    if unknown:
-        raise DomainError(
-            f"scopes: unknown scope '{unknown[0]}'.",
-            fields={"scopes": [f"Unknown scope '{scope}'. Choose from: {', '.join(SCOPES)}." for scope in unknown]},
-        )
+    scopes = _token_scopes(scopes, creator_scopes)
     if expires_at is not None and expires_at <= timezone.now():
         raise DomainError("The expiry must be in the future.", fields={"expires_at": ["Must be in the future."]})
     prefix = secrets.token_hex(TOKEN_PREFIX_BYTES)
@@ -101,6 +102,35 @@ def api_token_create(
             details={"name": name, "prefix": prefix, "for": membership.user.get_username(), "scopes": scopes},
         )
     return IssuedToken(token=token, plaintext=f"sy_{prefix}_{secret}")
+
+
+def _token_scopes(requested: list[str] | None, creator_scopes: list[str] | None) -> list[str]:
+    """The scopes a new token gets: never empty, never unknown, never wider than its creator's."""
+    if requested is None:
+        requested = list(creator_scopes) if creator_scopes is not None else ["*"]
+    scopes = list(dict.fromkeys(requested))
+    if not scopes:
+        # An empty list once meant "default", which was `*`: a `tokens:write` token could mint
+        # a token with every scope. A token with no scope is useless, so it is refused.
+        raise DomainError(
+            "scopes: a token needs at least one scope.",
+            fields={"scopes": [f"Give at least one scope, e.g. one of: {', '.join(SCOPES)}."]},
+        )
+    unknown = [scope for scope in scopes if scope not in SCOPES]
+    if unknown:
+        raise DomainError(
+            f"scopes: unknown scope '{unknown[0]}'.",
+            fields={"scopes": [f"Unknown scope '{scope}'. Choose from: {', '.join(SCOPES)}." for scope in unknown]},
+        )
+    if creator_scopes is not None:
+        # Otherwise `tokens:write` alone would be a way to every other scope.
+        wider = [scope for scope in scopes if not scope_grants(creator_scopes, scope)]
+        if wider:
+            raise PermissionDenied(
+                f"This token cannot create a token with scope '{wider[0]}' that it does not have itself.",
+                fields={"scopes": [f"'{scope}' is wider than the calling token's scopes." for scope in wider]},
+            )
+    return scopes
 
 
 def api_token_revoke(*, token: ApiToken, actor: Membership | None = None) -> ApiToken:

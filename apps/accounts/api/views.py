@@ -8,9 +8,8 @@ from rest_framework.views import APIView
 
 from apps.accounts import selectors, services
 from apps.accounts.models import ApiToken
-from apps.accounts.permissions import SCOPES, scope_grants
+from apps.accounts.permissions import SCOPES
 from apps.accounts.selectors import membership_for_request, request_membership
-from apps.core.errors import PermissionDenied
 
 
 class MeApi(APIView):
@@ -125,7 +124,10 @@ class TokenListCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=100)
         scopes = serializers.ListField(
-            child=serializers.ChoiceField(choices=SCOPES), required=False, help_text="Default ['*']."
+            child=serializers.ChoiceField(choices=SCOPES),
+            required=False,
+            help_text="At least one, none wider than the calling token's. Default: the calling token's scopes, "
+            "or ['*'] for a session login.",
         )
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
@@ -148,18 +150,11 @@ class TokenListCreateApi(APIView):
         membership = request_membership(request)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        fields = dict(data.validated_data)
-        if isinstance(request.auth, ApiToken):
-            # A token may mint tokens only as narrow as itself; otherwise `tokens:write` alone
-            # would be a way to every other scope.
-            fields.setdefault("scopes", request.auth.scopes)
-            wider = [scope for scope in fields["scopes"] if not scope_grants(request.auth.scopes, scope)]
-            if wider:
-                raise PermissionDenied(
-                    f"This token cannot create a token with scope '{wider[0]}' that it does not have itself.",
-                    fields={"scopes": [f"'{scope}' is wider than the calling token's scopes." for scope in wider]},
-                )
-        issued = services.api_token_create(membership=membership, actor=membership, **fields)
+        # A token creates tokens only as narrow as itself (the service enforces it).
+        creator_scopes = request.auth.scopes if isinstance(request.auth, ApiToken) else None
+        issued = services.api_token_create(
+            membership=membership, actor=membership, creator_scopes=creator_scopes, **data.validated_data
+        )
         body = dict(TokenOutputSerializer(issued.token).data, token=issued.plaintext)
         return Response(body, status=status.HTTP_201_CREATED)
 
