@@ -2,7 +2,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from apps.accounts.models import ApiToken, AuditEvent, Membership, Organization, OrganizationQuota, User
+from apps.accounts.models import ApiToken, AuditEvent, Invitation, Membership, Organization, OrganizationQuota, User
 from apps.accounts.permissions import PERMISSIONS, READ_AUDIT
 from apps.accounts.services import (
     QUOTA_FIELDS,
@@ -142,3 +142,20 @@ class ApiTokenAdmin(OrganizationScopedAdmin):
             api_token_revoke_by_staff(token=token, staff=request.user)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} token(s).")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(OrganizationScopedAdmin):
+    """Read-only for now: invitations are made, revoked and answered through the services (REST, CLI)."""
+
+    list_display = ["username", "organization", "role", "status", "invited_by", "created_at", "expires_at"]
+    list_filter = ["role", "organization"]
+    search_fields = ["username", "organization__slug"]
+    list_select_related = ["organization", "invited_by"]
+    readonly_fields = [field.name for field in Invitation._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the trail of who was invited stays; revoke instead

@@ -1,16 +1,26 @@
-"""Writes for accounts: organizations, memberships, API tokens, quotas and the audit trail."""
+"""Writes for accounts: organizations, memberships, invitations, API tokens, quotas and the audit trail."""
 
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from apps.accounts.models import ApiToken, AuditEvent, Membership, Organization, OrganizationQuota, Role, User
+from apps.accounts.models import (
+    ApiToken,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organization,
+    OrganizationQuota,
+    Role,
+    User,
+)
 from apps.accounts.permissions import (
     MANAGE_ANY_TOKEN,
     MANAGE_MEMBERS,
@@ -180,32 +190,6 @@ def _check_may_manage_tokens(actor: Membership, owner: Membership) -> None:
 # --- members -----------------------------------------------------------------------------
 
 
-def member_add(*, actor: Membership, username: str, role: str) -> Membership:
-    """Add an existing user to the actor's organization."""
-    require(actor, MANAGE_MEMBERS, "manage members")
-    _check_role(actor, role)
-    user = User.objects.filter(username=username, is_active=True).first()
-    if user is None:
-        raise DomainError(f"username: no active user '{username}'.", fields={"username": ["No such active user."]})
-    with transaction.atomic():
-        membership, created = Membership.objects.get_or_create(
-            user=user, organization_id=actor.organization_id, defaults={"role": role}
-        )
-        if not created:
-            raise Conflict(
-                f"'{username}' is already a member (role {membership.role}).",
-                fields={"username": ["Already a member."]},
-            )
-        audit_record(
-            organization=actor.organization_id,
-            actor=actor.user,
-            action="member.added",
-            target=membership,
-            details={"username": username, "role": role},
-        )
-    return membership
-
-
 def member_set_role(*, actor: Membership, membership: Membership, role: str) -> Membership:
     require(actor, MANAGE_MEMBERS, "manage members")
     if membership.organization_id != actor.organization_id:
@@ -270,6 +254,183 @@ def _keep_an_owner(owner: Membership) -> None:
     )
     if not others.exists():
         raise Conflict("An organization keeps at least one owner; make someone else owner first.")
+
+
+# --- invitations -------------------------------------------------------------------------
+#
+# Nobody is added to an organization without saying yes: a member with `members.manage`
+# invites a *username*, and the user of that name accepts (or declines). Creating an
+# invitation never looks the username up, so its answer is the same whether such a user
+# exists, belongs to another organization or does not exist at all; only a member of the
+# inviter's own organization is refused (409), which tells nothing beyond it.
+
+
+def invitation_create(*, actor: Membership, username: str, role: str) -> Invitation:
+    """Invite `username` to the actor's organization with `role`; expires after INVITATION_TTL_DAYS."""
+    require(actor, MANAGE_MEMBERS, "invite members")
+    _check_role(actor, role)
+    username = (username or "").strip()
+    if not username or len(username) > 150:
+        raise DomainError(
+            "username: give the username to invite (at most 150 characters).",
+            fields={"username": ["Give a username of at most 150 characters."]},
+        )
+    if Membership.objects.filter(organization_id=actor.organization_id, user__username=username).exists():
+        raise Conflict(
+            f"'{username}' is already a member of this organization.",
+            fields={"username": ["Already a member of this organization."]},
+        )
+    now = timezone.now()
+    expires_at = now + timedelta(days=settings.INVITATION_TTL_DAYS)
+    with transaction.atomic():
+        invitation = (
+            Invitation.objects.select_for_update()
+            .filter(organization_id=actor.organization_id, username=username)
+            .filter(accepted_at__isnull=True, declined_at__isnull=True, revoked_at__isnull=True)
+            .first()
+        )
+        if invitation is not None and invitation.expires_at > now:
+            raise _already_invited(username)
+        if invitation is not None:
+            # Expired and never answered: invite again by renewing it (one open row per name).
+            invitation.role, invitation.invited_by, invitation.created_at = role, actor.user, now
+            invitation.expires_at = expires_at
+            invitation.save(update_fields=["role", "invited_by", "created_at", "expires_at"])
+        else:
+            try:
+                with transaction.atomic():
+                    invitation = Invitation.objects.create(
+                        organization_id=actor.organization_id,
+                        username=username,
+                        role=role,
+                        invited_by=actor.user,
+                        created_at=now,
+                        expires_at=expires_at,
+                    )
+            except IntegrityError as exc:  # a concurrent invitation of the same name won
+                raise _already_invited(username) from exc
+        audit_record(
+            organization=actor.organization_id,
+            actor=actor.user,
+            action="member.invited",
+            target=invitation,
+            details={"username": username, "role": role, "expires_at": expires_at.isoformat()},
+        )
+    return invitation
+
+
+def _already_invited(username: str) -> Conflict:
+    return Conflict(
+        f"'{username}' already has a pending invitation; revoke it to invite again with another role.",
+        fields={"username": ["Already invited."]},
+    )
+
+
+def invitation_revoke(*, actor: Membership, invitation: Invitation) -> Invitation:
+    if invitation.organization_id != actor.organization_id:
+        raise NotFound("No such invitation.")
+    require(actor, MANAGE_MEMBERS, "revoke invitations")
+    with transaction.atomic():
+        locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        if not locked.is_open:
+            raise Conflict(f"This invitation was already {locked.status}; there is nothing to revoke.")
+        locked.revoked_at = timezone.now()
+        locked.save(update_fields=["revoked_at"])
+        audit_record(
+            organization=actor.organization_id,
+            actor=actor.user,
+            action="invitation.revoked",
+            target=locked,
+            details={"username": locked.username, "role": locked.role},
+        )
+    return locked
+
+
+def invitation_accept(*, user: User, invitation: Invitation) -> Invitation:
+    """The addressee joins the organization with the invitation's role (a new Membership)."""
+    with transaction.atomic():
+        locked = _lock_answerable(user, invitation)
+        inviter = (
+            Membership.objects.select_related("user")
+            .filter(organization_id=locked.organization_id, user_id=locked.invited_by_id, user__is_active=True)
+            .first()
+        )
+        # The invitation carries its sender's authority, so it lapses with it: a removed or
+        # demoted admin's invitations cannot be used to join after the fact.
+        if (
+            inviter is None
+            or not has_permission(inviter, MANAGE_MEMBERS)
+            or (locked.role == Role.OWNER and inviter.role != Role.OWNER)
+        ):
+            raise Conflict(
+                "The member who sent this invitation may no longer invite with this role; "
+                "ask the organization for a new invitation."
+            )
+        try:
+            with transaction.atomic():
+                membership = Membership.objects.create(
+                    user=user, organization_id=locked.organization_id, role=locked.role
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"You are already a member of '{locked.organization.slug}'.") from exc
+        locked.accepted_at = timezone.now()
+        locked.save(update_fields=["accepted_at"])
+        audit_record(
+            organization=locked.organization_id,
+            actor=user,
+            action="member.added",
+            target=membership,
+            details={
+                "username": user.get_username(),
+                "role": locked.role,
+                "invited_by": inviter.user.get_username(),
+                "invitation": str(locked.pk),
+            },
+        )
+    return locked
+
+
+def invitation_decline(*, user: User, invitation: Invitation) -> Invitation:
+    with transaction.atomic():
+        locked = _lock_answerable(user, invitation)
+        locked.declined_at = timezone.now()
+        locked.save(update_fields=["declined_at"])
+        audit_record(
+            organization=locked.organization_id,
+            actor=user,
+            action="invitation.declined",
+            target=locked,
+            details={
+                "username": user.get_username(),
+                "role": locked.role,
+                "invited_by": locked.invited_by.get_username() if locked.invited_by else None,
+            },
+        )
+    return locked
+
+
+def _lock_answerable(user: User, invitation: Invitation) -> Invitation:
+    """The invitation, locked, if `user` is its addressee and it is still pending; else why not."""
+    locked = (
+        Invitation.objects.select_for_update(of=("self",))
+        .select_related("organization", "invited_by")
+        .filter(pk=invitation.pk, username=user.get_username())
+        .first()
+    )
+    if locked is None:
+        # Someone else's invitation is as invisible as one that does not exist.
+        raise NotFound("No such invitation.")
+    status = locked.status
+    if status == Invitation.Status.EXPIRED:
+        raise Conflict(
+            f"This invitation expired at {locked.expires_at:%Y-%m-%d %H:%M} UTC; "
+            f"ask '{locked.organization.slug}' for a new one."
+        )
+    if status == Invitation.Status.REVOKED:
+        raise Conflict(f"This invitation was revoked by '{locked.organization.slug}'.")
+    if status != Invitation.Status.PENDING:
+        raise Conflict(f"This invitation was already {status}.")
+    return locked
 
 
 # --- quotas ------------------------------------------------------------------------------

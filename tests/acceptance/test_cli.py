@@ -8,26 +8,28 @@ import sys
 import pytest
 from django.conf import settings
 
-from apps.accounts.models import Role
+from apps.accounts.models import AuditEvent, Role
 from apps.core.worker_process import current_database_url
 from apps.jobs.models import Job
-from tests.factories import MembershipFactory
+from tests.factories import MembershipFactory, UserFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def manage(*args, timeout=60) -> subprocess.CompletedProcess:
+def manage(*args, timeout=60, input=None, env=None) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings.test",
         "DATABASE_URL": current_database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "JOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.1",
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=settings.BASE_DIR,
         env=env,
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -157,3 +159,45 @@ def test_scenarios_create_run_and_sweep_from_the_command_line(start_worker, oper
     assert "4/4 runs succeeded" in sweep.stdout and "noise=0.2" in sweep.stdout
     listed = manage("scenarios", "runs", "village", "--as", "ops")
     assert listed.stdout.count("simulation_sweep") == 1 and listed.stdout.count("simulation ") == 1
+
+
+def test_members_invite_then_the_invitee_accepts_and_is_listed():
+    owner = MembershipFactory(role=Role.OWNER, user__username="olga")
+    UserFactory(username="ivan")  # in no organization yet
+    MembershipFactory(role=Role.OWNER, user__username="mallory")
+
+    invited = manage("members", "invite", "ivan", "developer", "--as", "olga")
+    assert invited.returncode == 0, invited.stderr
+    invitation_id = invited.stdout.split()[1]
+    assert "invited ivan as developer" in invited.stdout
+    assert "ivan" in manage("members", "invitations", "--as", "olga").stdout
+    received = manage("invitations", "list", "--as", "ivan")
+    assert received.returncode == 0 and owner.organization.slug in received.stdout and "pending" in received.stdout
+
+    someone_else = manage("invitations", "accept", invitation_id, "--as", "mallory")
+    assert someone_else.returncode == 2 and "No such invitation" in someone_else.stderr
+    accepted = manage("invitations", "accept", invitation_id[:8], "--as", "ivan")
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"joined {owner.organization.slug} as developer" in accepted.stdout
+
+    members = manage("members", "list", "--as", "olga").stdout
+    assert any(line.split() == ["ivan", "developer"] for line in members.splitlines()), members
+    assert AuditEvent.objects.filter(action="member.added", actor__username="ivan").exists()
+    # Adding an existing user directly is gone; `--help` points at the invitation.
+    assert manage("members", "add", "ivan", "viewer", "--as", "olga").returncode == 2
+    assert "invite" in manage("members", "--help").stdout
+
+
+def test_members_revoke_invitation_and_invitations_decline():
+    MembershipFactory(role=Role.ADMIN, user__username="ada")
+    UserFactory(username="bert")
+    first = manage("members", "invite", "bert", "viewer", "--as", "ada").stdout.split()[1]
+    assert manage("members", "revoke-invitation", first, "--as", "ada").returncode == 0
+    refused = manage("invitations", "accept", first, "--as", "bert")
+    assert refused.returncode == 2 and "revoked" in refused.stderr
+    second = manage("members", "invite", "bert", "viewer", "--as", "ada").stdout.split()[1]
+    declined = manage("invitations", "decline", second, "--as", "bert")
+    assert declined.returncode == 0, declined.stderr
+    assert "declined" in manage("members", "invitations", "--as", "ada").stdout
+    owner_invite = manage("members", "invite", "bert", "owner", "--as", "ada")
+    assert owner_invite.returncode == 2 and "owner" in owner_invite.stderr

@@ -215,3 +215,15 @@ def test_the_scenario_admin_refuses_an_invalid_spec_with_the_field(client):
     )
     assert response.status_code == 302
     assert Scenario.objects.get().spec["topology"] == {"type": "all_pairs"}
+
+
+def test_invitations_are_listed_read_only_in_the_admin(staff_client):
+    from apps.accounts.services import invitation_create
+
+    client, _ = staff_client
+    invitation = invitation_create(actor=MembershipFactory(role=Role.ADMIN), username="newcomer", role=Role.VIEWER)
+
+    assert "newcomer" in client.get("/admin/accounts/invitation/").content.decode()
+    page = client.get(f"/admin/accounts/invitation/{invitation.pk}/change/")
+    assert page.status_code == 200 and 'name="username"' not in page.content.decode()
+    assert client.get("/admin/accounts/invitation/add/").status_code == 403
