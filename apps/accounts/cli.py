@@ -41,6 +41,17 @@ def resolve_user(options) -> User:
     return user
 
 
+def resolve_superuser(options) -> User:
+    """The `--as` user, who must be an active superuser (platform staff creating tenants and logins)."""
+    user = resolve_user(options)
+    if not user.is_superuser:
+        raise CommandError(
+            f"--as: '{user.get_username()}' is not a superuser; only an active superuser may do this",
+            returncode=USAGE_ERROR,
+        )
+    return user
+
+
 def find_invitation(invitations, invitation_id: str) -> Invitation:
     """One invitation of `invitations` by its id or a unique prefix of it (at least 4 characters)."""
     matches = list(invitations.filter(id__startswith=invitation_id.lower())[:2]) if len(invitation_id) >= 4 else []

@@ -1,4 +1,4 @@
-"""Writes for accounts: organizations, memberships, invitations, API tokens, quotas and the audit trail."""
+"""Writes for accounts: organizations, users, memberships, invitations, API tokens, quotas and the audit trail."""
 
 import hashlib
 import secrets
@@ -7,6 +7,9 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -43,16 +46,98 @@ def hash_token_secret(secret: str) -> str:
 
 
 @transaction.atomic
-def organization_create(*, name: str, slug: str | None = None, owner: User | None = None) -> Organization:
+def organization_create(
+    *, name: str, slug: str | None = None, owner: User | None = None, actor: User | None = None
+) -> Organization:
+    """Create a tenant, optionally with its first owner. `actor`: the superuser asking (None: the system)."""
+    if actor is not None:
+        _require_superuser(actor, "create organizations")
+    name = (name or "").strip()
     slug = slug or slugify(name)
-    if not slug:
-        raise DomainError("An organization needs a name.", fields={"name": ["This field may not be blank."]})
+    if not name or not slug:
+        raise DomainError("name: an organization needs a name.", fields={"name": ["This field may not be blank."]})
+    try:
+        validate_slug(slug)
+    except ValidationError as exc:
+        raise DomainError(f"slug: '{slug}' is not a slug.", fields={"slug": exc.messages}) from exc
+    if len(slug) > 64 or len(name) > 200:
+        raise DomainError("slug: at most 64 characters, name at most 200.", fields={"slug": ["At most 64 characters."]})
     if Organization.objects.filter(slug=slug).exists():
         raise Conflict(f"An organization with slug '{slug}' already exists.", fields={"slug": ["Already taken."]})
+    if owner is not None and not owner.is_active:
+        raise DomainError(f"owner: '{owner.get_username()}' is not active.", fields={"owner": ["Not active."]})
     organization = Organization.objects.create(name=name, slug=slug)
     if owner is not None:
         Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="organization.created",
+        target=organization,
+        details={"slug": slug, "name": name, "owner": owner.get_username() if owner else None},
+    )
     return organization
+
+
+@transaction.atomic
+def user_create(
+    *,
+    actor: User | None,
+    username: str,
+    email: str = "",
+    password: str | None = None,
+    is_staff: bool = False,
+    is_superuser: bool = False,
+) -> User:
+    """Create a login. `password` None makes an account that only API tokens can use.
+
+    The password passes Django's AUTH_PASSWORD_VALIDATORS; `actor` is the superuser asking
+    (None: the system).
+    """
+    if actor is not None:
+        _require_superuser(actor, "create users")
+    username = (username or "").strip()
+    user = User(username=username, email=(email or "").strip(), is_staff=is_staff, is_superuser=is_superuser)
+    errors: dict[str, list[str]] = {}
+    for field in ("username", "email"):
+        try:
+            user._meta.get_field(field).clean(getattr(user, field), user)
+        except ValidationError as exc:
+            errors[field] = exc.messages
+    if "username" not in errors and User.objects.filter(username=username).exists():
+        raise Conflict(f"A user '{username}' already exists.", fields={"username": ["Already taken."]})
+    if password is not None:
+        try:
+            validate_password(password, user=user)
+        except ValidationError as exc:
+            errors["password"] = exc.messages
+    if errors:
+        first = next(iter(errors))
+        raise DomainError(f"{first}: {errors[first][0]}", fields=errors)
+    if password is None:
+        user.set_unusable_password()
+    else:
+        user.set_password(password)
+    user.save()
+    audit_record(
+        organization=None,
+        actor=actor,
+        action="user.created",
+        target=user,
+        details={
+            "username": username,
+            "email": user.email,
+            "is_staff": is_staff,
+            "is_superuser": is_superuser,
+            "password": "set" if password is not None else "unusable",
+        },
+    )
+    return user
+
+
+def _require_superuser(actor: User, doing: str) -> None:
+    if not (actor.is_active and actor.is_superuser):
+        raise PermissionDenied(f"Only an active superuser may {doing}; '{actor.get_username()}' is not one.")
 
 
 def membership_set(*, user: User, organization: Organization, role: str) -> Membership:

@@ -8,7 +8,7 @@ import sys
 import pytest
 from django.conf import settings
 
-from apps.accounts.models import AuditEvent, Role
+from apps.accounts.models import AuditEvent, Membership, Organization, Role, User
 from apps.core.worker_process import current_database_url
 from apps.jobs.models import Job
 from tests.factories import MembershipFactory, UserFactory
@@ -201,3 +201,46 @@ def test_members_revoke_invitation_and_invitations_decline():
     assert "declined" in manage("members", "invitations", "--as", "ada").stdout
     owner_invite = manage("members", "invite", "bert", "owner", "--as", "ada")
     assert owner_invite.returncode == 2 and "owner" in owner_invite.stderr
+
+
+def test_a_superuser_creates_users_and_organizations_from_the_command_line():
+    UserFactory(username="root", is_superuser=True, is_staff=True)
+    passphrase = "a long enough passphrase 42"
+
+    created = manage(
+        "users",
+        "create",
+        "dora",
+        "--email",
+        "dora@example.com",
+        "--password-stdin",
+        "--as",
+        "root",
+        input=passphrase + "\n",
+    )
+    assert created.returncode == 0, created.stderr
+    assert User.objects.get(username="dora").check_password(passphrase)
+    from_env = manage("users", "create", "emil", "--as", "root", env={"SWITCHYARD_NEW_USER_PASSWORD": passphrase})
+    assert from_env.returncode == 0, from_env.stderr
+    weak = manage("users", "create", "weak", "--password-stdin", "--as", "root", input="123\n")
+    assert weak.returncode == 2 and "password" in weak.stderr and not User.objects.filter(username="weak").exists()
+    taken = manage("users", "create", "dora", "--password-stdin", "--as", "root", input=passphrase + "\n")
+    assert taken.returncode == 2 and "already" in taken.stderr
+    assert "dora" in manage("users", "list", "--as", "root").stdout
+
+    org = manage("organizations", "create", "acme", "--name", "Acme Corp", "--owner", "dora", "--as", "root")
+    assert org.returncode == 0, org.stderr
+    assert Membership.objects.get(organization__slug="acme").user.username == "dora"
+    assert "acme" in manage("organizations", "list", "--as", "root").stdout
+    assert AuditEvent.objects.filter(action="organization.created", actor__username="root").exists()
+    assert AuditEvent.objects.filter(action="user.created", actor__username="root").count() == 2
+
+    # Only an active superuser may: anyone else is a usage error that creates nothing.
+    for command in (
+        ("users", "create", "eve", "--password-stdin"),
+        ("organizations", "create", "evil", "--name", "Evil", "--owner", "dora"),
+        ("users", "list"),
+    ):
+        refused = manage(*command, "--as", "dora", input=passphrase + "\n")
+        assert refused.returncode == 2 and "superuser" in refused.stderr, refused.stderr
+    assert not User.objects.filter(username="eve").exists() and not Organization.objects.filter(slug="evil").exists()
