@@ -24,11 +24,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-        create = sub.add_parser("create", help="create a user (join an organization by invitation afterwards)")
+        create = sub.add_parser(
+            "create",
+            help="create a user (join an organization by invitation afterwards)",
+            description="Create USERNAME. The password is read from --password-stdin, else $"
+            + PASSWORD_ENV
+            + ", else a terminal prompt (typed twice); it is never taken from the command line, "
+            "and must pass the password validators. Audited as user.created.",
+        )
         create.add_argument("username", help="login name")
         create.add_argument("--email", default="", help="e-mail address (optional)")
         create.add_argument("--staff", action="store_true", help="may log in to the admin (is_staff)")
-        create.add_argument("--superuser", action="store_true", help="platform superuser (every permission)")
+        create.add_argument(
+            "--superuser", action="store_true", help="platform superuser (every permission; implies --staff)"
+        )
         source = create.add_mutually_exclusive_group()
         source.add_argument(
             "--password-stdin", action="store_true", help="read the password from the first line of standard input"
