@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from apps.accounts.models import ApiToken, AuditEvent, Invitation, Membership, Organization, OrganizationQuota, User
-from apps.accounts.permissions import PERMISSIONS, READ_AUDIT
+from apps.accounts.permissions import MANAGE_MEMBERS, PERMISSIONS, READ_AUDIT, READ_MEMBERS
 from apps.accounts.services import (
     QUOTA_FIELDS,
     api_token_revoke_by_staff,
@@ -148,6 +148,9 @@ class ApiTokenAdmin(OrganizationScopedAdmin):
 class InvitationAdmin(OrganizationScopedAdmin):
     """Read-only for now: invitations are made, revoked and answered through the services (REST, CLI)."""
 
+    # Who sees and changes rows once OrganizationScopedAdmin checks roles per organization (main, issue 17).
+    view_action = READ_MEMBERS
+    change_action = MANAGE_MEMBERS
     list_display = ["username", "organization", "role", "status", "invited_by", "created_at", "expires_at"]
     list_filter = ["role", "organization"]
     search_fields = ["username", "organization__slug"]
