@@ -33,7 +33,7 @@ class World:
 
 def build_world(tmp_path) -> World:
     """Two organizations with a row of every tenant model; the away one's names all carry MARK."""
-    from apps.accounts.services import api_token_create, organization_quota_set
+    from apps.accounts.services import api_token_create, invitation_create, organization_quota_set
     from apps.agents.services import agent_create, memory_create, scenario_create
     from apps.jobs.services import artifact_upload, job_submit, worker_host_register
     from apps.registry.services import model_version_promote, model_version_upload
@@ -55,6 +55,7 @@ def build_world(tmp_path) -> World:
         memory_create(membership=developer, agent=agent, text=f"{tag} memory", embedding=VECTOR)
         scenario_create(membership=developer, name=f"{tag}-scenario", spec={"rounds": 5})
         organization_quota_set(organization=organization, actor=owner.user, gpu_seconds_per_day=3600)
+        invitation_create(actor=owner, username=f"{tag}-invitee", role=Role.VIEWER)
         if organization == world.away:
             world.forbidden |= {MARK, str(job.id), str(upload.id), token.prefix, version.sha256}
     worker_host_register(hostname="cpu@shared-host", queues=["cpu"], capabilities={}, version="test", pid=1)

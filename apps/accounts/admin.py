@@ -4,7 +4,7 @@ from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group
 
-from apps.accounts.models import ApiToken, AuditEvent, Membership, Organization, OrganizationQuota, User
+from apps.accounts.models import ApiToken, AuditEvent, Invitation, Membership, Organization, OrganizationQuota, User
 from apps.accounts.permissions import (
     MANAGE_ANY_TOKEN,
     MANAGE_MEMBERS,
@@ -17,6 +17,8 @@ from apps.accounts.services import (
     QUOTA_FIELDS,
     api_token_revoke,
     audit_record,
+    invitation_create,
+    invitation_revoke,
     member_remove,
     member_set_role,
     organization_quota_errors,
@@ -247,5 +249,69 @@ class ApiTokenAdmin(OrganizationScopedAdmin):
             except DomainError as exc:
                 refused.append(f"{token}: {exc.message}")
         self.message_user(request, f"Revoked {revoked} token(s).")
+        for line in refused[:20]:
+            self.message_user(request, line, messages.WARNING)
+
+
+class InvitationForm(forms.ModelForm):
+    class Meta:
+        model = Invitation
+        fields = ["organization", "username", "role"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(OrganizationScopedAdmin):
+    """New members join by invitation: made and revoked here through the services (audited), answered by the invitee."""
+
+    form = InvitationForm
+    view_action = READ_MEMBERS
+    change_action = MANAGE_MEMBERS
+    actions = ["revoke_invitations"]
+    list_display = ["username", "organization", "role", "status", "invited_by", "created_at", "expires_at"]
+    list_filter = ["role", "organization"]
+    search_fields = ["username", "organization__slug"]
+    list_select_related = ["organization", "invited_by"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Once sent, an invitation is only revoked (and answered by its addressee), never edited.
+        return [field.name for field in Invitation._meta.fields] if obj is not None else []
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is None and "role" in form.base_fields and not request.user.is_superuser:
+            # The highest role this user may grant in any organization they manage; the service
+            # checks the chosen organization's own rule again.
+            grantable = set()
+            for membership in Membership.objects.filter(
+                user=request.user, organization__in=organizations_where(request.user, MANAGE_MEMBERS)
+            ):
+                grantable |= set(grantable_roles(membership))
+            field = form.base_fields["role"]
+            field.choices = [(value, label) for value, label in field.choices if value in grantable]
+        return form
+
+    def save_model(self, request, obj, form, change):
+        self.check_may_change(request, obj)
+        try:
+            saved = invitation_create(
+                actor=admin_actor(request, obj.organization), username=obj.username, role=obj.role
+            )
+        except DomainError as exc:
+            raise _refused(exc) from exc
+        obj.pk = saved.pk
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the trail of who was invited stays; revoke instead
+
+    @admin.action(description="Revoke selected invitations")
+    def revoke_invitations(self, request, queryset):
+        revoked, refused = 0, []
+        for invitation in queryset.select_related("organization"):
+            try:
+                invitation_revoke(actor=admin_actor(request, invitation.organization), invitation=invitation)
+                revoked += 1
+            except DomainError as exc:
+                refused.append(f"{invitation.username}: {exc.message}")
+        self.message_user(request, f"Revoked {revoked} invitation(s).")
         for line in refused[:20]:
             self.message_user(request, line, messages.WARNING)

@@ -1,10 +1,10 @@
-"""How management commands act as a user in an organization (`--as`, `--org`)."""
+"""How management commands act as a user (`--as`), in an organization (`--org`) or as platform staff."""
 
 import os
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.accounts.models import Membership
+from apps.accounts.models import Invitation, Membership, User
 from apps.core.errors import DomainError
 
 USAGE_ERROR = 2
@@ -22,6 +22,43 @@ def add_actor_arguments(parser) -> None:
         default=os.environ.get("SWITCHYARD_ORG"),
         help="organization slug (default: $SWITCHYARD_ORG, else the user's first organization)",
     )
+
+
+def add_user_argument(parser) -> None:
+    """`--as` alone: for commands that act for a user, who may belong to no organization yet."""
+    parser.add_argument(
+        "--as",
+        dest="as_user",
+        default=os.environ.get("SWITCHYARD_USER", "admin"),
+        help="username to act as (default: $SWITCHYARD_USER, else 'admin')",
+    )
+
+
+def resolve_user(options) -> User:
+    user = User.objects.filter(username=options["as_user"], is_active=True).first()
+    if user is None:
+        raise CommandError(f"--as: no active user '{options['as_user']}'", returncode=USAGE_ERROR)
+    return user
+
+
+def resolve_superuser(options) -> User:
+    """The `--as` user, who must be an active superuser (platform staff creating tenants and logins)."""
+    user = resolve_user(options)
+    if not user.is_superuser:
+        raise CommandError(
+            f"--as: '{user.get_username()}' is not a superuser; only an active superuser may do this",
+            returncode=USAGE_ERROR,
+        )
+    return user
+
+
+def find_invitation(invitations, invitation_id: str) -> Invitation:
+    """One invitation of `invitations` by its id or a unique prefix of it (at least 4 characters)."""
+    matches = list(invitations.filter(id__startswith=invitation_id.lower())[:2]) if len(invitation_id) >= 4 else []
+    if len(matches) != 1:
+        reason = "No such invitation" if not matches else "Ambiguous invitation id"
+        raise CommandError(f"{reason}: '{invitation_id}'", returncode=USAGE_ERROR)
+    return matches[0]
 
 
 def resolve_membership(options) -> Membership:

@@ -1,5 +1,7 @@
 """Users, organizations (the tenants), memberships with roles, and API tokens."""
 
+import uuid
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
@@ -120,3 +122,74 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.target_type}:{self.target_id}"
+
+
+class Invitation(models.Model):
+    """An offer to join an organization with a role; the user named must accept it.
+
+    Addressed to a username rather than a user, so that creating one says nothing about
+    whether that user exists (no lookup happens until the addressee answers).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        DECLINED = "declined", "Declined"
+        REVOKED = "revoked", "Revoked"
+        EXPIRED = "expired", "Expired"
+
+    # Not sequential: an id says nothing about how many invitations the platform holds.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    username = models.CharField(max_length=150)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    declined_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One open invitation per organization and username; an expired one is renewed in place.
+            models.UniqueConstraint(
+                fields=["organization", "username"],
+                condition=models.Q(accepted_at__isnull=True, declined_at__isnull=True, revoked_at__isnull=True),
+                name="invitation_one_open_per_org_username",
+            ),
+            models.CheckConstraint(condition=models.Q(role__in=Role.values), name="invitation_role_valid"),
+            # An invitation ends once: accepted, declined or revoked, never two of them.
+            models.CheckConstraint(
+                condition=(
+                    models.Q(accepted_at__isnull=True, declined_at__isnull=True)
+                    | models.Q(accepted_at__isnull=True, revoked_at__isnull=True)
+                    | models.Q(declined_at__isnull=True, revoked_at__isnull=True)
+                ),
+                name="invitation_ends_once",
+            ),
+        ]
+        indexes = [models.Index(fields=["username", "-created_at"], name="invitation_addressee_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.username} to {self.organization} as {self.role}"
+
+    @property
+    def is_open(self) -> bool:
+        """Not yet answered or revoked (it may still have expired)."""
+        return self.accepted_at is None and self.declined_at is None and self.revoked_at is None
+
+    @property
+    def status(self) -> str:
+        if self.accepted_at is not None:
+            return self.Status.ACCEPTED
+        if self.declined_at is not None:
+            return self.Status.DECLINED
+        if self.revoked_at is not None:
+            return self.Status.REVOKED
+        if self.expires_at <= timezone.now():
+            return self.Status.EXPIRED
+        return self.Status.PENDING

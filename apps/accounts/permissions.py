@@ -22,11 +22,17 @@ MANAGE_AGENTS = "agents.manage"  # create, change, import memories
 READ_SCENARIOS = "scenarios.read"
 MANAGE_SCENARIOS = "scenarios.manage"
 READ_MEMBERS = "members.read"
-MANAGE_MEMBERS = "members.manage"  # add, change role, remove (only owners grant or take `owner`)
+# Invite (and revoke invitations), change role, remove; only owners grant or take `owner`.
+MANAGE_MEMBERS = "members.manage"
 MANAGE_OWN_TOKENS = "tokens.manage_own"
 MANAGE_ANY_TOKEN = "tokens.manage_any"  # noqa: S105 (an action name); list and revoke other members' tokens
 READ_AUDIT = "audit.read"
 READ_QUOTAS = "quotas.read"
+# Invitations addressed to the caller's own user, from any organization. They act for the
+# user, not in the membership's organization, so every role may (and a session login with
+# no organization yet); a token needs the `invitations:*` scope, which a narrow token lacks.
+READ_INVITATIONS = "invitations.read"
+RESPOND_TO_INVITATIONS = "invitations.respond"  # accept (join that organization) or decline
 
 OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, VIEWER, SERVICE = Role.values
 _ALL = frozenset(Role.values)
@@ -50,6 +56,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     MANAGE_ANY_TOKEN: frozenset({OWNER, ADMIN}),
     READ_AUDIT: frozenset({OWNER, ADMIN}),
     READ_QUOTAS: _ALL,
+    READ_INVITATIONS: _ALL,
+    RESPOND_TO_INVITATIONS: _ALL,
 }
 
 # Who may submit each job kind (on top of SUBMIT_JOBS). A kind not listed here is open to
@@ -87,6 +95,8 @@ SCOPE_BY_ACTION: dict[str, str] = {
     MANAGE_ANY_TOKEN: "tokens:write",
     READ_AUDIT: "audit:read",
     READ_QUOTAS: "jobs:read",
+    READ_INVITATIONS: "invitations:read",
+    RESPOND_TO_INVITATIONS: "invitations:write",
 }
 _AREAS = sorted({scope.partition(":")[0] for scope in SCOPE_BY_ACTION.values()})
 SCOPES: tuple[str, ...] = ("*", "read", *(f"{area}:{level}" for area in _AREAS for level in ("read", "write")))

@@ -15,6 +15,8 @@ class TokenScopePermission(BasePermission):
         if not isinstance(request.auth, ApiToken):
             return True  # session logins act with the role alone
         method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
+        if not hasattr(view, request.method.lower()):
+            return True  # nothing to protect: the view answers 405 (e.g. POST /members/, now an invitation)
         needed = getattr(view, "required_scopes", {}).get(method)
         if needed is None:
             self.message = "This endpoint does not accept API tokens."

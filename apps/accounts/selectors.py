@@ -1,6 +1,6 @@
 """Reads for accounts."""
 
-from apps.accounts.models import ApiToken, Membership, User
+from apps.accounts.models import ApiToken, Invitation, Membership, User
 
 
 def membership_for_request(*, user: User, auth) -> Membership | None:
@@ -74,3 +74,41 @@ def audit_list(*, membership: Membership):
 
     require(membership, READ_AUDIT, "read the audit trail")
     return AuditEvent.objects.select_related("actor").filter(organization_id=membership.organization_id)
+
+
+def invitation_list(*, membership: Membership):
+    """The organization's invitations, newest first (roles that may read members)."""
+    from apps.accounts.permissions import READ_MEMBERS, require
+
+    require(membership, READ_MEMBERS, "list invitations")
+    return Invitation.objects.select_related("invited_by").filter(organization_id=membership.organization_id)
+
+
+def invitation_get(*, membership: Membership, invitation_id) -> Invitation:
+    """One of the organization's invitations; another organization's is 404 like a missing one."""
+    from apps.core.errors import NotFound
+
+    invitation = (
+        Invitation.objects.select_related("invited_by", "organization")
+        .filter(organization_id=membership.organization_id, pk=invitation_id)
+        .first()
+    )
+    if invitation is None:
+        raise NotFound("No such invitation.")
+    return invitation
+
+
+def invitation_received_list(*, user: User):
+    """Invitations addressed to the user's name, from any organization, newest first."""
+
+    return Invitation.objects.select_related("organization", "invited_by").filter(username=user.get_username())
+
+
+def invitation_received_get(*, user: User, invitation_id) -> Invitation:
+    """An invitation addressed to the user; anyone else's is 404 like a missing one."""
+    from apps.core.errors import NotFound
+
+    invitation = invitation_received_list(user=user).filter(pk=invitation_id).first()
+    if invitation is None:
+        raise NotFound("No such invitation.")
+    return invitation

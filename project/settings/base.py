@@ -189,6 +189,10 @@ ORGANIZATION_QUOTA_DEFAULTS = {
     "gpu_seconds_per_day": env.int("QUOTA_GPU_SECONDS_PER_DAY", default=None),
 }
 
+# --- Accounts -----------------------------------------------------------------------------
+# How long an invitation to join an organization can be accepted (apps/accounts/services.py).
+INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
+
 CELERY_BEAT_SCHEDULE = {
     "reap-jobs": {
         "task": "jobs.reap",
@@ -223,6 +227,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     **SPECTACULAR_SETTINGS.get("ENUM_NAME_OVERRIDES", {}),
     "AgentKindEnum": "apps.agents.models.AgentKind",
     "MemoryKindEnum": "apps.agents.models.MemoryKind",
+    "InvitationStatusEnum": "apps.accounts.models.Invitation.Status",
 }
 
 

@@ -8,26 +8,28 @@ import sys
 import pytest
 from django.conf import settings
 
-from apps.accounts.models import Role
+from apps.accounts.models import AuditEvent, Membership, Organization, Role, User
 from apps.core.worker_process import current_database_url
 from apps.jobs.models import Job
-from tests.factories import MembershipFactory
+from tests.factories import MembershipFactory, UserFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def manage(*args, timeout=60) -> subprocess.CompletedProcess:
+def manage(*args, timeout=60, input=None, env=None) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings.test",
         "DATABASE_URL": current_database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "JOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.1",
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=settings.BASE_DIR,
         env=env,
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -157,3 +159,88 @@ def test_scenarios_create_run_and_sweep_from_the_command_line(start_worker, oper
     assert "4/4 runs succeeded" in sweep.stdout and "noise=0.2" in sweep.stdout
     listed = manage("scenarios", "runs", "village", "--as", "ops")
     assert listed.stdout.count("simulation_sweep") == 1 and listed.stdout.count("simulation ") == 1
+
+
+def test_members_invite_then_the_invitee_accepts_and_is_listed():
+    owner = MembershipFactory(role=Role.OWNER, user__username="olga")
+    UserFactory(username="ivan")  # in no organization yet
+    MembershipFactory(role=Role.OWNER, user__username="mallory")
+
+    invited = manage("members", "invite", "ivan", "developer", "--as", "olga")
+    assert invited.returncode == 0, invited.stderr
+    invitation_id = invited.stdout.split()[1]
+    assert "invited ivan as developer" in invited.stdout
+    assert "ivan" in manage("members", "invitations", "--as", "olga").stdout
+    received = manage("invitations", "list", "--as", "ivan")
+    assert received.returncode == 0 and owner.organization.slug in received.stdout and "pending" in received.stdout
+
+    someone_else = manage("invitations", "accept", invitation_id, "--as", "mallory")
+    assert someone_else.returncode == 2 and "No such invitation" in someone_else.stderr
+    accepted = manage("invitations", "accept", invitation_id[:8], "--as", "ivan")
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"joined {owner.organization.slug} as developer" in accepted.stdout
+
+    members = manage("members", "list", "--as", "olga").stdout
+    assert any(line.split() == ["ivan", "developer"] for line in members.splitlines()), members
+    assert AuditEvent.objects.filter(action="member.added", actor__username="ivan").exists()
+    # Adding an existing user directly is gone; `--help` points at the invitation.
+    assert manage("members", "add", "ivan", "viewer", "--as", "olga").returncode == 2
+    assert "invite" in manage("members", "--help").stdout
+
+
+def test_members_revoke_invitation_and_invitations_decline():
+    MembershipFactory(role=Role.ADMIN, user__username="ada")
+    UserFactory(username="bert")
+    first = manage("members", "invite", "bert", "viewer", "--as", "ada").stdout.split()[1]
+    assert manage("members", "revoke-invitation", first, "--as", "ada").returncode == 0
+    refused = manage("invitations", "accept", first, "--as", "bert")
+    assert refused.returncode == 2 and "revoked" in refused.stderr
+    second = manage("members", "invite", "bert", "viewer", "--as", "ada").stdout.split()[1]
+    declined = manage("invitations", "decline", second, "--as", "bert")
+    assert declined.returncode == 0, declined.stderr
+    assert "declined" in manage("members", "invitations", "--as", "ada").stdout
+    owner_invite = manage("members", "invite", "bert", "owner", "--as", "ada")
+    assert owner_invite.returncode == 2 and "owner" in owner_invite.stderr
+
+
+def test_a_superuser_creates_users_and_organizations_from_the_command_line():
+    UserFactory(username="root", is_superuser=True, is_staff=True)
+    passphrase = "a long enough passphrase 42"
+
+    created = manage(
+        "users",
+        "create",
+        "dora",
+        "--email",
+        "dora@example.com",
+        "--password-stdin",
+        "--as",
+        "root",
+        input=passphrase + "\n",
+    )
+    assert created.returncode == 0, created.stderr
+    assert User.objects.get(username="dora").check_password(passphrase)
+    from_env = manage("users", "create", "emil", "--as", "root", env={"SWITCHYARD_NEW_USER_PASSWORD": passphrase})
+    assert from_env.returncode == 0, from_env.stderr
+    weak = manage("users", "create", "weak", "--password-stdin", "--as", "root", input="123\n")
+    assert weak.returncode == 2 and "password" in weak.stderr and not User.objects.filter(username="weak").exists()
+    taken = manage("users", "create", "dora", "--password-stdin", "--as", "root", input=passphrase + "\n")
+    assert taken.returncode == 2 and "already" in taken.stderr
+    assert "dora" in manage("users", "list", "--as", "root").stdout
+
+    org = manage("organizations", "create", "acme", "--name", "Acme Corp", "--owner", "dora", "--as", "root")
+    assert org.returncode == 0, org.stderr
+    assert Membership.objects.get(organization__slug="acme").user.username == "dora"
+    assert "acme" in manage("organizations", "list", "--as", "root").stdout
+    assert AuditEvent.objects.filter(action="organization.created", actor__username="root").exists()
+    assert AuditEvent.objects.filter(action="user.created", actor__username="root").count() == 2
+
+    # Only an active superuser may: anyone else is a usage error that creates nothing.
+    for command in (
+        ("users", "create", "eve", "--password-stdin"),
+        ("organizations", "create", "evil", "--name", "Evil", "--owner", "dora"),
+        ("users", "list"),
+    ):
+        refused = manage(*command, "--as", "dora", input=passphrase + "\n")
+        assert refused.returncode == 2 and "superuser" in refused.stderr, refused.stderr
+    assert not User.objects.filter(username="eve").exists() and not Organization.objects.filter(slug="evil").exists()

@@ -109,3 +109,34 @@ def test_seed_demo_is_repeatable_and_installs_the_embedding_model(monkeypatch, s
     assert admin.is_superuser and admin.check_password("a long demo password")
     versions = ModelVersion.objects.filter(model__organization__slug="demo", model__task="embedding")
     assert [(v.number, v.stage) for v in versions] == [(1, "production")]
+
+
+def test_users_and_organizations_are_created_by_active_superusers_only_and_audited():
+    from apps.accounts.models import AuditEvent, Membership
+    from apps.accounts.services import organization_create, user_create
+    from apps.core.errors import DomainError, PermissionDenied
+    from tests.factories import UserFactory
+
+    root, plain = UserFactory(is_superuser=True), UserFactory()
+    retired = UserFactory(is_superuser=True, is_active=False)
+    for actor in (plain, retired):
+        with pytest.raises(PermissionDenied):
+            user_create(actor=actor, username="x", password=None)
+        with pytest.raises(PermissionDenied):
+            organization_create(name="X", actor=actor)
+
+    with pytest.raises(DomainError) as bad:
+        user_create(actor=root, username="no spaces!", email="not-an-email", password="short")
+    assert set(bad.value.fields) == {"username", "email", "password"}
+    service = user_create(actor=root, username="svc", password=None)  # a token-only account
+    assert not service.has_usable_password()
+    with pytest.raises(DomainError) as bad_slug:
+        organization_create(name="Acme", slug="not a slug", actor=root)
+    assert "slug" in bad_slug.value.fields
+
+    organization = organization_create(name="Acme", slug="acme", owner=service, actor=root)
+
+    assert Membership.objects.get(organization=organization).role == Role.OWNER
+    created = AuditEvent.objects.get(action="organization.created")
+    assert created.actor == root and created.details == {"slug": "acme", "name": "Acme", "owner": "svc"}
+    assert AuditEvent.objects.get(action="user.created").details["password"] == "unusable"

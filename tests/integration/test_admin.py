@@ -215,3 +215,33 @@ def test_the_scenario_admin_refuses_an_invalid_spec_with_the_field(client):
     )
     assert response.status_code == 302
     assert Scenario.objects.get().spec["topology"] == {"type": "all_pairs"}
+
+
+def test_invitations_are_sent_and_revoked_in_the_admin_through_the_services(client):
+    from apps.accounts.models import AuditEvent, Invitation
+    from apps.accounts.services import invitation_create
+
+    admin_member = MembershipFactory(role=Role.ADMIN, user__is_staff=True)
+    admin_member.user.user_permissions.add(*Permission.objects.filter(codename__endswith="_invitation"))
+    client.force_login(admin_member.user)
+    invitation = invitation_create(actor=admin_member, username="newcomer", role=Role.VIEWER)
+
+    assert "newcomer" in client.get("/admin/accounts/invitation/").content.decode()
+    page = client.get(f"/admin/accounts/invitation/{invitation.pk}/change/")
+    assert page.status_code == 200 and 'name="username"' not in page.content.decode()  # sent: never edited
+
+    add_page = client.get("/admin/accounts/invitation/add/").content.decode()
+    assert 'value="owner"' not in add_page  # an admin does not grant owner
+    organization = admin_member.organization
+    response = client.post(
+        "/admin/accounts/invitation/add/", {"organization": organization.pk, "username": "second", "role": "analyst"}
+    )
+    assert response.status_code == 302
+    sent = Invitation.objects.get(username="second")
+    assert sent.invited_by == admin_member.user and sent.role == "analyst"
+    assert AuditEvent.objects.filter(action="member.invited", target_id=str(sent.pk)).exists()
+
+    client.post("/admin/accounts/invitation/", {"action": "revoke_invitations", "_selected_action": [str(sent.pk)]})
+    sent.refresh_from_db()
+    assert sent.revoked_at is not None
+    assert AuditEvent.objects.filter(action="invitation.revoked", target_id=str(sent.pk)).exists()

@@ -18,8 +18,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from apps.accounts import permissions as p
-from apps.accounts.models import Role
-from apps.accounts.services import api_token_create
+from apps.accounts.models import Membership, Role
+from apps.accounts.services import api_token_create, invitation_create
 from apps.agents.services import agent_create, memory_create, scenario_create
 from apps.jobs.models import Artifact, Job, JobStatus
 from apps.jobs.services import artifact_upload, job_submit
@@ -144,14 +144,53 @@ ENDPOINTS = [
         "members", "GET", "/api/v1/members/", p.PERMISSIONS[p.READ_MEMBERS], object_scoped=False, scope="members:read"
     ),
     Endpoint(
-        "members",
+        "invitations",
+        "GET",
+        "/api/v1/invitations/",
+        p.PERMISSIONS[p.READ_MEMBERS],
+        object_scoped=False,
+        scope="members:read",
+    ),
+    Endpoint(
+        "invitations",
         "POST",
-        "/api/v1/members/",
+        "/api/v1/invitations/",
         p.PERMISSIONS[p.MANAGE_MEMBERS],
         ok=201,
         body={"username": "{outsider}", "role": "viewer"},
         object_scoped=False,
         scope="members:write",
+    ),
+    Endpoint(
+        "invitation-revoke",
+        "POST",
+        "/api/v1/invitations/{invitation}/revoke",
+        p.PERMISSIONS[p.MANAGE_MEMBERS],
+        scope="members:write",
+    ),
+    Endpoint(
+        "invitations-received",
+        "GET",
+        "/api/v1/invitations/received",
+        p.PERMISSIONS[p.READ_INVITATIONS],
+        object_scoped=False,
+        scope="invitations:read",
+    ),
+    # {received_invitation} is addressed to the caller in its own-organization cases (sent by the
+    # other organization) and to someone else in the other-organization case: 404 for everyone.
+    Endpoint(
+        "invitation-accept",
+        "POST",
+        "/api/v1/invitations/{received_invitation}/accept",
+        p.PERMISSIONS[p.RESPOND_TO_INVITATIONS],
+        scope="invitations:write",
+    ),
+    Endpoint(
+        "invitation-decline",
+        "POST",
+        "/api/v1/invitations/{received_invitation}/decline",
+        p.PERMISSIONS[p.RESPOND_TO_INVITATIONS],
+        scope="invitations:write",
     ),
     Endpoint(
         "member-detail",
@@ -338,6 +377,7 @@ class World:
     values: dict  # path placeholders -> the home organization's objects
     away_values: dict  # the same placeholders -> the other organization's objects
     onnx: Path
+    away_inviter: object  # an admin of the other organization, who invites callers there
 
 
 def _seed_organization(organization, tmp_path: Path, tag: str) -> dict:
@@ -369,7 +409,11 @@ def _seed_organization(organization, tmp_path: Path, tag: str) -> dict:
     memory_create(membership=colleague, agent=agent, text=f"memory of {tag}", embedding=VECTOR)
     agent_create(membership=colleague, name=f"partner-{tag}", kind="partner", embedding=VECTOR)
     scenario = scenario_create(membership=colleague, name=f"scenario-{tag}", spec={"rounds": 10})
+    inviter = MembershipFactory(organization=organization, role=Role.ADMIN)
+    invitation = invitation_create(actor=inviter, username=f"invitee-{tag}", role=Role.VIEWER)
     return {
+        "invitation": invitation.pk,
+        "received_invitation": invitation.pk,
         "scenario": scenario.pk,
         "agent": agent.pk,
         "upload": upload.pk,
@@ -400,7 +444,8 @@ def world(db, settings, tmp_path):
     outsider = MembershipFactory(organization=away, role=Role.VIEWER).user.username
     values["outsider"] = away_values["outsider"] = outsider
     onnx = build_test_model("multi_io", tmp_path / "upload.onnx", seed=777)
-    return World(home=home, away=away, values=values, away_values=away_values, onnx=onnx)
+    away_inviter = Membership.objects.get(organization=away, role=Role.ADMIN)
+    return World(home=home, away=away, values=values, away_values=away_values, onnx=onnx, away_inviter=away_inviter)
 
 
 def _call(client: APIClient, endpoint: Endpoint, values: dict, onnx: Path):
@@ -434,19 +479,29 @@ def _client_for(membership, scopes=None) -> APIClient:
     return client
 
 
-def _run_as_each_role(world: World, endpoint: Endpoint, *, values: dict, own_object: str | None = None) -> list[str]:
+def _with_own_objects(world: World, endpoint: Endpoint, caller, values: dict) -> dict:
+    """`values` plus the caller's own objects that the endpoint's path names."""
+    values = dict(values)
+    if "{own_job}" in endpoint.path:
+        values["own_job"] = job_submit(
+            membership=MembershipFactory(organization=world.home, role=Role.OWNER), kind="sleep", params={}
+        )[0].pk
+        Job.objects.filter(pk=values["own_job"]).update(owner=caller.user)
+    if "{own_token}" in endpoint.path:
+        values["own_token"] = api_token_create(membership=caller, name="own").token.prefix
+    if "{received_invitation}" in endpoint.path:
+        values["received_invitation"] = invitation_create(
+            actor=world.away_inviter, username=caller.user.username, role=Role.VIEWER
+        ).pk
+    return values
+
+
+def _run_as_each_role(world: World, endpoint: Endpoint, *, values: dict) -> list[str]:
     mismatches = []
     for role in Role.values:
         with transaction.atomic():
             caller = MembershipFactory(organization=world.home, role=role)
-            case_values = dict(values)
-            if own_object == "job":
-                case_values["own_job"] = job_submit(
-                    membership=MembershipFactory(organization=world.home, role=Role.OWNER), kind="sleep", params={}
-                )[0].pk
-                Job.objects.filter(pk=case_values["own_job"]).update(owner=caller.user)
-            if own_object == "token":
-                case_values["own_token"] = api_token_create(membership=caller, name="own").token.prefix
+            case_values = _with_own_objects(world, endpoint, caller, values)
             response = _call(_client_for(caller), endpoint, case_values, world.onnx)
             status_code = response.status_code
             transaction.set_rollback(True)
@@ -458,8 +513,7 @@ def _run_as_each_role(world: World, endpoint: Endpoint, *, values: dict, own_obj
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS + OWN_ENDPOINTS, ids=lambda e: f"{e.method} {e.id}")
 def test_own_organization(world, endpoint):
-    own = "job" if "{own_job}" in endpoint.path else "token" if "{own_token}" in endpoint.path else None
-    mismatches = _run_as_each_role(world, endpoint, values=world.values, own_object=own)
+    mismatches = _run_as_each_role(world, endpoint, values=world.values)
     assert not mismatches, f"{endpoint.method} {endpoint.path}:\n" + "\n".join(mismatches)
 
 
@@ -499,10 +553,11 @@ def test_a_token_without_the_endpoints_scope_is_refused(world, endpoint):
         others += [f"{area}:read", "read"]
     if endpoint.scope == "read":
         others = ["jobs:write"]  # /me needs the general `read` scope
-    response = _call(_client_for(caller, scopes=others), endpoint, world.values, world.onnx)
+    values = _with_own_objects(world, endpoint, caller, world.values)
+    response = _call(_client_for(caller, scopes=others), endpoint, values, world.onnx)
     assert response.status_code == 403, response.content
     assert endpoint.scope in response.json()["detail"]
-    allowed = _call(_client_for(caller, scopes=[endpoint.scope]), endpoint, world.values, world.onnx)
+    allowed = _call(_client_for(caller, scopes=[endpoint.scope]), endpoint, values, world.onnx)
     assert allowed.status_code == endpoint.ok, allowed.content
 
 
@@ -528,3 +583,14 @@ def test_every_api_view_declares_the_token_scope_the_matrix_expects():
     for name, method, view in _api_views(get_resolver().url_patterns):
         expected = {e.scope for e in ENDPOINTS if e.name == name and e.method == method}
         assert getattr(view, "required_scopes", {}).get(method) in expected, (name, method, expected)
+
+
+def test_members_post_is_gone_for_tokens_and_sessions_alike(world):
+    """People join by invitation; POST /members/ answers 405, not a scope error, to every caller."""
+    caller = MembershipFactory(organization=world.home, role=Role.OWNER)
+    body = {"username": world.values["outsider"], "role": "viewer"}
+    session = APIClient()
+    session.force_authenticate(caller.user)
+    for client in (_client_for(caller), _client_for(caller, scopes=["jobs:read"]), session):
+        assert client.post("/api/v1/members/", body, format="json").status_code == 405
+    assert not Membership.objects.filter(organization=world.home, user__username=world.values["outsider"]).exists()

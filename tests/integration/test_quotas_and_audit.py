@@ -6,8 +6,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from apps.accounts.models import AuditEvent, Role
+from apps.accounts.models import ApiToken, AuditEvent, Role
 from apps.accounts.services import api_token_create, api_token_revoke, organization_quota_set
+from apps.core.errors import DomainError, PermissionDenied
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.services import job_submit
 from tests.factories import MembershipFactory, OrganizationFactory
@@ -193,3 +194,47 @@ def test_audit_command_prints_the_trail(member, capsys):
     api_token_create(membership=owner, name="cli-token")
     call_command("audit", "--as", owner.user.username)
     assert "token.created" in capsys.readouterr().out
+
+
+def _token_client(secret):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {secret}")
+    return client
+
+
+def test_a_token_cannot_mint_a_wider_one_by_asking_for_no_scopes(member):
+    # Issue 17, finding 4: `scopes: []` skipped the "no wider than yourself" check and was
+    # then widened to `*`, so `tokens:write` alone was a way to every scope.
+    _, client = member("owner")
+    minter = _token_client(
+        client.post("/api/v1/tokens/", {"name": "minter", "scopes": ["tokens:write"]}, format="json").json()["token"]
+    )
+
+    empty = minter.post("/api/v1/tokens/", {"name": "x", "scopes": []}, format="json")
+    assert empty.status_code == 400, empty.content
+    assert "scopes" in empty.json()["fields"]
+    wider = minter.post("/api/v1/tokens/", {"name": "x", "scopes": ["*"]}, format="json")
+    assert wider.status_code == 403 and "scopes" in wider.json()["fields"]
+    assert not ApiToken.objects.filter(name="x").exists()
+    # Omitted scopes are the creating token's own, never `*`.
+    omitted = minter.post("/api/v1/tokens/", {"name": "y"}, format="json")
+    assert omitted.status_code == 201 and omitted.json()["scopes"] == ["tokens:write"]
+    narrower = minter.post("/api/v1/tokens/", {"name": "z", "scopes": ["tokens:read"]}, format="json")
+    assert narrower.status_code == 201 and narrower.json()["scopes"] == ["tokens:read"]
+
+
+def test_an_empty_scope_list_is_refused_for_sessions_and_the_service_too(client):
+    membership = MembershipFactory(role=Role.DEVELOPER)
+    client.force_login(membership.user)
+    refused = client.post("/api/v1/tokens/", {"name": "x", "scopes": []}, content_type="application/json")
+    assert refused.status_code == 400 and "scopes" in refused.json()["fields"]
+    with pytest.raises(DomainError) as empty:
+        api_token_create(membership=membership, name="x", scopes=[])
+    assert "scopes" in empty.value.fields
+    with pytest.raises(PermissionDenied) as wider:
+        api_token_create(membership=membership, name="x", scopes=["jobs:write"], creator_scopes=["jobs:read"])
+    assert "scopes" in wider.value.fields
+    # A session or the CLI (no creating token) gets `*` by default, as before.
+    assert api_token_create(membership=membership, name="cli").token.scopes == ["*"]

@@ -1,4 +1,4 @@
-"""REST endpoints for accounts: who am I, members, API tokens and the audit trail."""
+"""REST endpoints for accounts: who am I, members, invitations, API tokens and the audit trail."""
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -7,10 +7,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts import selectors, services
-from apps.accounts.models import ApiToken
-from apps.accounts.permissions import SCOPES, scope_grants
+from apps.accounts.models import ApiToken, Invitation
+from apps.accounts.permissions import SCOPES
 from apps.accounts.selectors import membership_for_request, request_membership
-from apps.core.errors import PermissionDenied
 
 
 class MeApi(APIView):
@@ -50,29 +49,22 @@ class MemberOutputSerializer(serializers.Serializer):
         ref_name = "Member"
 
 
-class MemberListAddApi(APIView):
-    """The organization's members (owner, admin, operator), or add an existing user (owner, admin)."""
+class MemberListApi(APIView):
+    """The organization's members (owner, admin, operator).
 
-    required_scopes = {"GET": "members:read", "POST": "members:write"}
+    Nobody is added directly: people join by accepting an invitation (`/api/v1/invitations/`).
+    """
 
-    class InputSerializer(serializers.Serializer):
-        username = serializers.CharField(max_length=150)
-        role = serializers.CharField(max_length=16)
+    required_scopes = {"GET": "members:read"}
 
-        class Meta:
-            ref_name = "MemberAddInput"
-
-    @extend_schema(responses=MemberOutputSerializer(many=True), operation_id="members_list")
+    @extend_schema(
+        responses=MemberOutputSerializer(many=True),
+        operation_id="members_list",
+        description="New members join by accepting an invitation: `POST /api/v1/invitations/`.",
+    )
     def get(self, request):
         members = selectors.member_list(membership=request_membership(request))
         return Response(MemberOutputSerializer(members, many=True).data)
-
-    @extend_schema(request=InputSerializer, responses={201: MemberOutputSerializer}, operation_id="members_add")
-    def post(self, request):
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        membership = services.member_add(actor=request_membership(request), **data.validated_data)
-        return Response(MemberOutputSerializer(membership).data, status=status.HTTP_201_CREATED)
 
 
 class MemberDetailApi(APIView):
@@ -102,6 +94,120 @@ class MemberDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class InvitationOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    username = serializers.CharField()
+    role = serializers.CharField()
+    status = serializers.ChoiceField(choices=Invitation.Status.choices)
+    invited_by = serializers.CharField(source="invited_by.username", allow_null=True, default=None)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "Invitation"
+
+
+class InvitationListCreateApi(APIView):
+    """The organization's invitations (owner, admin, operator), or invite a username (owner, admin).
+
+    The answer is the same whether or not a user of that name exists anywhere: it is 409 only
+    for someone who is already a member of this organization (or already invited).
+    """
+
+    required_scopes = {"GET": "members:read", "POST": "members:write"}
+
+    class InputSerializer(serializers.Serializer):
+        username = serializers.CharField(max_length=150)
+        role = serializers.CharField(max_length=16)
+
+        class Meta:
+            ref_name = "InvitationCreateInput"
+
+    @extend_schema(responses=InvitationOutputSerializer(many=True), operation_id="invitations_list")
+    def get(self, request):
+        invitations = selectors.invitation_list(membership=request_membership(request))
+        return Response(InvitationOutputSerializer(invitations, many=True).data)
+
+    @extend_schema(
+        request=InputSerializer, responses={201: InvitationOutputSerializer}, operation_id="invitations_create"
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        invitation = services.invitation_create(actor=request_membership(request), **data.validated_data)
+        return Response(InvitationOutputSerializer(invitation).data, status=status.HTTP_201_CREATED)
+
+
+class InvitationRevokeApi(APIView):
+    """Withdraw a pending (or expired) invitation of the organization (owner, admin)."""
+
+    required_scopes = {"POST": "members:write"}
+
+    @extend_schema(request=None, responses=InvitationOutputSerializer, operation_id="invitations_revoke")
+    def post(self, request, invitation_id):
+        actor = request_membership(request)
+        invitation = selectors.invitation_get(membership=actor, invitation_id=invitation_id)
+        invitation = services.invitation_revoke(actor=actor, invitation=invitation)
+        return Response(InvitationOutputSerializer(invitation).data)
+
+
+class ReceivedInvitationOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    organization = serializers.CharField(source="organization.slug")
+    organization_name = serializers.CharField(source="organization.name")
+    role = serializers.CharField()
+    status = serializers.ChoiceField(choices=Invitation.Status.choices)
+    invited_by = serializers.CharField(source="invited_by.username", allow_null=True, default=None)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "ReceivedInvitation"
+
+
+class InvitationReceivedListApi(APIView):
+    """Invitations addressed to you, from any organization, newest first.
+
+    Acts for your user, not in an organization: a session login with no organization yet
+    works; a token needs `invitations:read` (or `read`).
+    """
+
+    required_scopes = {"GET": "invitations:read"}
+
+    @extend_schema(responses=ReceivedInvitationOutputSerializer(many=True), operation_id="invitations_received")
+    def get(self, request):
+        invitations = selectors.invitation_received_list(user=request.user)
+        return Response(ReceivedInvitationOutputSerializer(invitations, many=True).data)
+
+
+class InvitationAcceptApi(APIView):
+    """Join the inviting organization with the invitation's role. Only its addressee may (404 for anyone else).
+
+    A token needs `invitations:write` (or `*`): joining another organization is the user's
+    decision, not something a narrow token of one organization may do.
+    """
+
+    required_scopes = {"POST": "invitations:write"}
+
+    @extend_schema(request=None, responses=ReceivedInvitationOutputSerializer, operation_id="invitations_accept")
+    def post(self, request, invitation_id):
+        invitation = selectors.invitation_received_get(user=request.user, invitation_id=invitation_id)
+        invitation = services.invitation_accept(user=request.user, invitation=invitation)
+        return Response(ReceivedInvitationOutputSerializer(invitation).data)
+
+
+class InvitationDeclineApi(APIView):
+    """Decline an invitation addressed to you (404 for anyone else); the organization sees it declined."""
+
+    required_scopes = {"POST": "invitations:write"}
+
+    @extend_schema(request=None, responses=ReceivedInvitationOutputSerializer, operation_id="invitations_decline")
+    def post(self, request, invitation_id):
+        invitation = selectors.invitation_received_get(user=request.user, invitation_id=invitation_id)
+        invitation = services.invitation_decline(user=request.user, invitation=invitation)
+        return Response(ReceivedInvitationOutputSerializer(invitation).data)
+
+
 class TokenOutputSerializer(serializers.Serializer):
     prefix = serializers.CharField()
     name = serializers.CharField()
@@ -125,7 +231,10 @@ class TokenListCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=100)
         scopes = serializers.ListField(
-            child=serializers.ChoiceField(choices=SCOPES), required=False, help_text="Default ['*']."
+            child=serializers.ChoiceField(choices=SCOPES),
+            required=False,
+            help_text="At least one, none wider than the calling token's. Default: the calling token's scopes, "
+            "or ['*'] for a session login.",
         )
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
@@ -148,18 +257,11 @@ class TokenListCreateApi(APIView):
         membership = request_membership(request)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        fields = dict(data.validated_data)
-        if isinstance(request.auth, ApiToken):
-            # A token may mint tokens only as narrow as itself; otherwise `tokens:write` alone
-            # would be a way to every other scope.
-            fields.setdefault("scopes", request.auth.scopes)
-            wider = [scope for scope in fields["scopes"] if not scope_grants(request.auth.scopes, scope)]
-            if wider:
-                raise PermissionDenied(
-                    f"This token cannot create a token with scope '{wider[0]}' that it does not have itself.",
-                    fields={"scopes": [f"'{scope}' is wider than the calling token's scopes." for scope in wider]},
-                )
-        issued = services.api_token_create(membership=membership, actor=membership, **fields)
+        # A token creates tokens only as narrow as itself (the service enforces it).
+        creator_scopes = request.auth.scopes if isinstance(request.auth, ApiToken) else None
+        issued = services.api_token_create(
+            membership=membership, actor=membership, creator_scopes=creator_scopes, **data.validated_data
+        )
         body = dict(TokenOutputSerializer(issued.token).data, token=issued.plaintext)
         return Response(body, status=status.HTTP_201_CREATED)
 
