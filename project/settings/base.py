@@ -87,6 +87,15 @@ STORAGES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
+def cache_config(url: str) -> dict:
+    """The default cache (throttle counters). A Redis that stops answering must cost a request
+    at most a second, not redis-py's default 5 s: the throttle then decides locally."""
+    config = env.cache_url_config(url)
+    if config["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+        config.setdefault("OPTIONS", {}).update(socket_connect_timeout=1.0, socket_timeout=1.0)
+    return config
+
+
 def database_config(url: str) -> dict:
     config = env.db_url_config(url)
     # Short-lived web requests reuse connections; health checks drop dead ones.
@@ -111,6 +120,9 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["apps.accounts.throttling.TokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api": env.str("API_RATE_LIMIT", default="100/minute")},
 }
+# Failed token authentications per client address (REMOTE_ADDR) before that address gets 429
+# without its token being checked; counted like API_RATE_LIMIT (apps/accounts/throttling.py).
+API_AUTH_FAILURE_RATE = env.str("API_AUTH_FAILURE_RATE", default="20/minute")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Switchyard API",
     "DESCRIPTION": "Jobs for AI workloads: inference, compilation, simulation and sandbox runs.",
