@@ -1,3 +1,5 @@
+from axes import admin as axes_admin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
@@ -142,3 +144,36 @@ class ApiTokenAdmin(OrganizationScopedAdmin):
             api_token_revoke_by_staff(token=token, staff=request.user)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} token(s).")
+
+
+# --- django-axes' login records (AXES_ENABLE_ADMIN is off; registered here instead) ----------
+# Usernames, addresses and user agents of every login, across all organizations: superusers only.
+
+
+class SuperuserOnlyAdminMixin:
+    def has_module_permission(self, request):
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+@admin.register(AccessAttempt)
+class LoginAttemptAdmin(SuperuserOnlyAdminMixin, axes_admin.AccessAttemptAdmin):
+    """Failed logins per username and address; deleting a row lifts that lockout."""
+
+
+@admin.register(AccessLog)
+class LoginLogAdmin(SuperuserOnlyAdminMixin, axes_admin.AccessLogAdmin):
+    pass
+
+
+@admin.register(AccessFailureLog)
+class LoginFailureLogAdmin(SuperuserOnlyAdminMixin, axes_admin.AccessFailureLogAdmin):
+    pass
