@@ -4,6 +4,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 env = environ.Env()
@@ -25,8 +26,11 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI and Redoc served from our own static files: /api/docs/ works offline and under the CSP.
+    "drf_spectacular_sidecar",
     # Admin login lockout (AccessAttempt rows in PostgreSQL), docs/decisions/0015.
     "axes",
+    "csp",
     "apps.core",
     "apps.accounts",
     "apps.jobs",
@@ -37,6 +41,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "apps.core.headers.ApiNoStoreMiddleware",
     "apps.core.logs.RequestLogContextMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -96,6 +102,25 @@ AXES_ENABLE_ACCESS_FAILURE_LOG = True
 # Its admin pages are registered by apps/accounts/admin.py, superusers only.
 AXES_ENABLE_ADMIN = False
 
+# --- Content-Security-Policy (django-csp, docs/decisions/0016) -------------------------------
+# No inline or evaluated script anywhere, nothing from another host. Inline styles stay
+# allowed: Swagger UI, Django's own change list and our admin displays use them.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        # Swagger UI draws its icons from data: URIs.
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -152,6 +177,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Jobs for AI workloads: inference, compilation, simulation and sandbox runs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery (queues, routes and reliability live in project/queues.py) ---------------
