@@ -99,6 +99,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "admin/lockout.html"
 AXES_ENABLE_ACCESS_FAILURE_LOG = True
+# Not verbose: otherwise every process, each `manage.py` command included, logs a start banner;
+# lockouts are still logged (warning) with the username and address.
+AXES_VERBOSE = False
 # Its admin pages are registered by apps/accounts/admin.py, superusers only.
 AXES_ENABLE_ADMIN = False
 
