@@ -82,23 +82,34 @@ def parse_rate(rate: str) -> tuple[int, int]:
 class LocalSlidingWindow:
     """The same log in this process's memory, under a lock: exact for one process."""
 
+    # Keys whose events have all expired are swept once this many exist (many client
+    # addresses must not grow a process without bound).
+    SWEEP_AT_KEYS = 10_000
+
     def __init__(self):
         self._lock = threading.Lock()
-        self._events: dict[str, deque] = {}
+        self._events: dict[str, tuple[float, deque]] = {}
 
     def hit(self, key: str, *, limit: int, window_s: float, record: bool = True) -> Decision:
         now = time.monotonic()
         with self._lock:
-            events = self._events.setdefault(key, deque())
+            _, events = self._events.setdefault(key, (window_s, deque()))
             while events and events[0] <= now - window_s:
                 events.popleft()
             if len(events) >= limit:
                 return Decision(False, events[0] + window_s - now if events else window_s)
             if record:
                 events.append(now)
+                if len(self._events) >= self.SWEEP_AT_KEYS:
+                    self._sweep(now)
             elif not events:
                 del self._events[key]
             return Decision(True)
+
+    def _sweep(self, now: float) -> None:
+        for key, (window_s, events) in list(self._events.items()):
+            if not events or events[-1] <= now - window_s:
+                del self._events[key]
 
     def clear(self) -> None:
         with self._lock:

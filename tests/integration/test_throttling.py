@@ -156,3 +156,17 @@ def test_without_redis_the_per_process_limiter_is_exact_under_threads():
     refused = window.hit("k", limit=40, window_s=3600)
     assert not refused.allowed and 3590 < refused.retry_after_s <= 3600
     assert window.hit("other", limit=40, window_s=3600).allowed
+
+
+def test_the_per_process_limiter_forgets_expired_keys(monkeypatch):
+    from apps.accounts import throttling
+
+    window = throttling.LocalSlidingWindow()
+    monkeypatch.setattr(window, "SWEEP_AT_KEYS", 100)
+    clock = [1000.0]
+    monkeypatch.setattr(throttling.time, "monotonic", lambda: clock[0])
+    for n in range(99):
+        window.hit(f"address-{n}", limit=5, window_s=60)
+    clock[0] += 61
+    window.hit("late", limit=5, window_s=60)
+    assert list(window._events) == ["late"]
