@@ -84,4 +84,7 @@ def member():
 @pytest.fixture(autouse=True)
 def _empty_cache():
     """Throttle counters from one test must not spend another test's budget."""
+    from apps.accounts import throttling
+
     cache.clear()
+    throttling.reset()

@@ -1,3 +1,5 @@
+from axes import admin as axes_admin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
@@ -315,3 +317,22 @@ class InvitationAdmin(OrganizationScopedAdmin):
         self.message_user(request, f"Revoked {revoked} invitation(s).")
         for line in refused[:20]:
             self.message_user(request, line, messages.WARNING)
+
+
+# --- django-axes' login records (AXES_ENABLE_ADMIN is off; registered here instead) ----------
+# Usernames, addresses and user agents of every login, across all organizations: the platform's.
+
+
+@admin.register(AccessAttempt)
+class LoginAttemptAdmin(PlatformAdmin, axes_admin.AccessAttemptAdmin):
+    """Failed logins per username and address; deleting a row lifts that lockout."""
+
+
+@admin.register(AccessLog)
+class LoginLogAdmin(PlatformAdmin, axes_admin.AccessLogAdmin):
+    pass
+
+
+@admin.register(AccessFailureLog)
+class LoginFailureLogAdmin(PlatformAdmin, axes_admin.AccessFailureLogAdmin):
+    pass

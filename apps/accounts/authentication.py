@@ -6,6 +6,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from apps.accounts import throttling
 from apps.accounts.models import ApiToken
 from apps.accounts.services import hash_token_secret
 
@@ -20,6 +21,17 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).split()
         if not header or header[0].decode("latin-1").lower() not in self.keywords:
             return None
+        # Guessing is throttled per client address (REMOTE_ADDR: X-Forwarded-For is the client's
+        # own claim). Over the limit nothing is checked, so a right guess is refused like a wrong one.
+        address = request.META.get("REMOTE_ADDR", "")
+        throttling.auth_failures_check(address)
+        try:
+            return self._authenticate_header(header)
+        except exceptions.AuthenticationFailed:
+            throttling.auth_failure_record(address)
+            raise
+
+    def _authenticate_header(self, header: list[bytes]):
         if len(header) != 2:
             raise exceptions.AuthenticationFailed("Malformed Authorization header: expected 'Token <token>'.")
         try:

@@ -74,7 +74,8 @@ class WorkerProcess:
         }
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> "WorkerProcess":
+    def start(self, timeout: float = 60.0, ready=None) -> "WorkerProcess":
+        """Start and wait until it answers a ping, or until `ready()` is true (a worker on another broker)."""
         from project.celery import app
 
         with self.log_path.open("w") as log:
@@ -90,7 +91,11 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited early:\n{self.log()[-3000:]}")
-            if app.control.ping(destination=[self.name], timeout=1.0):
+            if ready is not None:
+                if ready():
+                    return self
+                time.sleep(0.2)
+            elif app.control.ping(destination=[self.name], timeout=1.0):
                 return self
         self.stop()
         raise RuntimeError(f"worker {self.name} did not answer ping in {timeout}s:\n{self.log()[-3000:]}")

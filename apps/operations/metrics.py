@@ -1,17 +1,25 @@
 """Prometheus metrics for `/metrics`, read from PostgreSQL and the broker at scrape time.
 
-No counter lives in a process: web is several gunicorn processes and jobs finish in
+Job metrics live in no process: web is several gunicorn processes and jobs finish in
 worker processes on other hosts, so in-process counters would each see a slice and reset
 on every restart. The Job and WorkerHost rows see everything (docs/decisions/0006).
+
+One exception: `switchyard_throttle_unavailable_total` counts what only a web process sees
+(throttle checks made while the shared Redis did not answer). Under gunicorn with
+PROMETHEUS_MULTIPROC_DIR set (the Procfile does) it is summed over the web processes of the
+host; without it, it is the count of the process that answered the scrape (docs/decisions/0014).
 """
 
+import os
 import time
 from collections.abc import Iterator
 
+from prometheus_client import multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from apps.accounts.throttling import THROTTLE_UNAVAILABLE
 from apps.operations import selectors
 from project import queues
 
@@ -144,3 +152,8 @@ class SwitchyardCollector(Collector):
 # gunicorn process and would make successive scrapes disagree.
 REGISTRY = CollectorRegistry(auto_describe=False)
 REGISTRY.register(SwitchyardCollector())
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Every web process writes its in-process counters to a file there; the scrape sums them.
+    multiprocess.MultiProcessCollector(REGISTRY)
+else:
+    REGISTRY.register(THROTTLE_UNAVAILABLE)

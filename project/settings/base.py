@@ -1,8 +1,10 @@
 """Settings shared by every environment; every value that varies comes from the environment."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 env = environ.Env()
@@ -24,6 +26,11 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI and Redoc served from our own static files: /api/docs/ works offline and under the CSP.
+    "drf_spectacular_sidecar",
+    # Admin login lockout (AccessAttempt rows in PostgreSQL), docs/decisions/0015.
+    "axes",
+    "csp",
     "apps.core",
     "apps.accounts",
     "apps.jobs",
@@ -34,6 +41,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "apps.core.headers.ApiNoStoreMiddleware",
     "apps.core.logs.RequestLogContextMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -42,6 +51,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -72,6 +83,47 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "admin:login"
 
+# --- Admin login lockout (django-axes, docs/decisions/0015) ----------------------------------
+# AxesStandaloneBackend first: it refuses a locked-out username+address before any password check.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After this many failed logins for one username from one address, that pair is refused
+# (429, templates/admin/lockout.html) until the cool-off has passed since the last failure.
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("ADMIN_LOGIN_COOLOFF_MINUTES", default=15))
+# Username and address together: a guesser locks out only their own address for that user,
+# never the real user logging in from elsewhere.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "admin/lockout.html"
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+# Not verbose: otherwise every process, each `manage.py` command included, logs a start banner;
+# lockouts are still logged (warning) with the username and address.
+AXES_VERBOSE = False
+# Its admin pages are registered by apps/accounts/admin.py, superusers only.
+AXES_ENABLE_ADMIN = False
+
+# --- Content-Security-Policy (django-csp, docs/decisions/0016) -------------------------------
+# No inline or evaluated script anywhere, nothing from another host. Inline styles stay
+# allowed: Swagger UI, Django's own change list and our admin displays use them.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        # Swagger UI draws its icons from data: URIs.
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -85,6 +137,15 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def cache_config(url: str) -> dict:
+    """The default cache (throttle counters). A Redis that stops answering must cost a request
+    at most a second, not redis-py's default 5 s: the throttle then decides locally."""
+    config = env.cache_url_config(url)
+    if config["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+        config.setdefault("OPTIONS", {}).update(socket_connect_timeout=1.0, socket_timeout=1.0)
+    return config
 
 
 def database_config(url: str) -> dict:
@@ -111,11 +172,17 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["apps.accounts.throttling.TokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api": env.str("API_RATE_LIMIT", default="100/minute")},
 }
+# Failed token authentications per client address (REMOTE_ADDR) before that address gets 429
+# without its token being checked; counted like API_RATE_LIMIT (apps/accounts/throttling.py).
+API_AUTH_FAILURE_RATE = env.str("API_AUTH_FAILURE_RATE", default="20/minute")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Switchyard API",
     "DESCRIPTION": "Jobs for AI workloads: inference, compilation, simulation and sandbox runs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery (queues, routes and reliability live in project/queues.py) ---------------

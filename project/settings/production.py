@@ -1,7 +1,7 @@
 """Production: every secret and URL must be given; refuses to start otherwise."""
 
 from project.settings.base import *  # noqa: F403
-from project.settings.base import database_config, env
+from project.settings.base import cache_config, database_config, env
 
 SECRET_KEY = env.str("SECRET_KEY")
 DATABASES = {"default": database_config(env.str("DATABASE_URL"))}
@@ -24,10 +24,12 @@ X_FRAME_OPTIONS = "DENY"
 # Throttle counters must be shared by every web process: Redis (the broker's server, its
 # own database) unless CACHE_URL says otherwise; per-process memory only without Redis.
 CACHES = {
-    "default": env.cache_url(
-        "CACHE_URL",
-        default=CELERY_BROKER_URL.rsplit("/", 1)[0] + "/1"
-        if CELERY_BROKER_URL.startswith("redis")
-        else "locmemcache://",
+    "default": cache_config(
+        env.str(
+            "CACHE_URL",
+            default=CELERY_BROKER_URL.rsplit("/", 1)[0] + "/1"
+            if CELERY_BROKER_URL.startswith("redis")
+            else "locmemcache://",
+        )
     )
 }

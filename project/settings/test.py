@@ -5,7 +5,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from apps.core import devservices
 from project.settings.local import *  # noqa: F403
-from project.settings.local import env
+from project.settings.local import cache_config, env
 
 # Redis database 15 keeps test messages away from a `make run` on the same server.
 # RABBITMQ_URL runs the same suite against RabbitMQ instead (`make test-rabbitmq`).
@@ -19,7 +19,7 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
 os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
 # Throttle counters in their own database (14), emptied before each test (tests/conftest.py).
 CACHES = {
-    "default": env.cache_url_config(CELERY_BROKER_URL.rsplit("/", 1)[0] + "/14")
+    "default": cache_config(CELERY_BROKER_URL.rsplit("/", 1)[0] + "/14")
     if CELERY_BROKER_URL.startswith("redis")
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
