@@ -730,7 +730,7 @@ def jobs_reap(*, limit: int = 1000) -> dict:
     try:
         expired = _reap_expired_leases(limit=limit)
         redispatched = _redispatch_stale_queued(limit=limit)
-        jobs_ring()
+        rung = sum(jobs_ring().values())
         waiting_parents = _waiting_parents(limit=limit)
         for parent_id in waiting_parents:
             _send_children_changed(str(parent_id))
@@ -739,7 +739,7 @@ def jobs_reap(*, limit: int = 1000) -> dict:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [REAPER_LOCK_ID])
     if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched:
         logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched})
-    return {**expired, "redispatched": redispatched, "waiting_parents": len(waiting_parents)}
+    return {**expired, "redispatched": redispatched, "rung": rung, "waiting_parents": len(waiting_parents)}
 
 
 def _reap_expired_leases(*, limit: int) -> dict:
