@@ -25,7 +25,7 @@ UNFINISHED_STATUSES = (JobStatus.QUEUED, *ACTIVE_STATUSES)
 
 
 class Job(models.Model):
-    """One unit of work. PostgreSQL is its source of truth; a broker message only carries its id."""
+    """One unit of work. PostgreSQL is its source of truth and decides what runs next; the broker rings."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # No index of its own: every job write pays for each index (claim and finish change
@@ -55,6 +55,8 @@ class Job(models.Model):
     worker_host = models.CharField(max_length=255, blank=True)
     task_id = models.CharField(max_length=64, blank=True, help_text="Celery task id of the latest dispatch")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Not claimed before this time (the database's clock): a retry's backoff, a delayed job.
+    run_after = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     queued_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)

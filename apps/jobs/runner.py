@@ -10,6 +10,7 @@ import threading
 import time
 import traceback
 import uuid
+from functools import partial
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -134,6 +135,27 @@ def run_job(*, job_id: str, worker: str) -> str:
     return outcome
 
 
+def run_next(*, queue: str, worker: str, task_id: str | None = None) -> str:
+    """A doorbell rang for `queue`: claim its best eligible job and run it. Returns what happened."""
+    close_old_connections_between_jobs()
+    claim = partial(services.job_claim_next, queue=queue, worker=worker, task_id=task_id)
+    try:
+        job = claim()
+    except (InterfaceError, OperationalError):
+        # A connection the server dropped since the last job: the claim is one statement
+        # that either took a row or did not, so trying once more on a new connection is safe.
+        connections.close_all()
+        job = claim()
+    if job is None:
+        logger.info("job.nothing_eligible", extra={"queue": queue, "worker": worker})
+        mark_connections_used()
+        return "nothing_eligible"
+    with log_context(job_id=str(job.id)):
+        outcome = _run_claimed(job, worker)
+    mark_connections_used()
+    return outcome
+
+
 def _claim_and_run(*, job_id: str, worker: str) -> str:
     close_old_connections_between_jobs()
     try:
@@ -152,6 +174,10 @@ def _claim_and_run(*, job_id: str, worker: str) -> str:
         # A duplicate delivery, a cancelled job, or one another worker holds: nothing to do.
         logger.info("job.not_claimed", extra={"job_id": job_id, "worker": worker})
         return "not_claimed"
+    return _run_claimed(job, worker)
+
+
+def _run_claimed(job: Job, worker: str) -> str:
     kind = get_kind(job.kind)
     if kind is None:
         services.job_finish(

@@ -21,6 +21,7 @@ from django.core.files import File
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -39,7 +40,11 @@ from workers.errors import JobError
 logger = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "workers.run_job"
+# A doorbell: "queue Q may have work". The worker that takes it claims the best eligible job
+# of Q (job_claim_next); the message names no job, so losing or duplicating one is harmless.
+DOORBELL_TASK = "workers.claim_next"
 REAPER_LOCK_ID = 0x5377_6A6F  # pg_try_advisory_lock key: one reaper at a time, however many beats run
+RING_LOCK_ID = 0x5377_6A70  # one ringer at a time
 
 
 def _event(job: Job, *, from_status: str, to_status: str, message: str = "", worker: str = "", actor=None) -> None:
@@ -228,14 +233,28 @@ def job_dispatch(*, job_id: uuid.UUID, countdown: float | None = None) -> None:
     _publish(job=job, countdown=countdown)
 
 
+def is_pulled(kind_name: str) -> bool:
+    """Whether workers claim this kind's jobs from PostgreSQL (doorbells), rather than receive them.
+
+    Kinds whose host has no database (sandbox) get the job itself in the message instead.
+    """
+    kind = get_kind(kind_name)
+    return kind is None or kind.message is None
+
+
 def _run_message(job: Job, *, countdown: float | None = None) -> tuple[str, dict]:
-    """The run message of a job (task name, publish options): it carries only the id."""
+    """The message that gets a job run (task name, publish options): a doorbell for its queue, or the job itself."""
     kind = get_kind(job.kind)
-    task_name, args = kind.message(job) if kind and kind.message else (RUN_JOB_TASK, [str(job.id)])
+    if kind and kind.message:
+        task_name, args = kind.message(job)
+    else:
+        task_name, args = DOORBELL_TASK, [job.queue]
     return task_name, {
         "args": args,
         "task_id": job.task_id,
         "queue": queues.direct_queue(job.queue),
+        # Doorbells are all alike (the claim orders by priority); the broker priority only
+        # gets a doorbell rung for urgent work read sooner.
         "priority": _broker_priority(job.priority),
         "countdown": countdown,
         "soft_time_limit": kind.soft_time_limit_s if kind else None,
@@ -322,6 +341,43 @@ SELECT count(*), max(parent_id::text) FROM finished
 """
 
 
+# The scheduler: the best eligible job of a queue, in one statement. Eligible: queued, with an
+# attempt left, and due (`run_after`, judged by the database clock). Best: priority, then age.
+# SKIP LOCKED lets concurrent claims take different rows instead of queueing on one.
+_CLAIM_NEXT_SQL = """
+WITH candidate AS (
+    SELECT id FROM jobs_job
+     WHERE queue = %(queue)s AND status = 'queued' AND attempt < max_attempts
+       AND (run_after IS NULL OR run_after <= now())
+     ORDER BY priority DESC, created_at, id
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs_job AS job
+       SET status = 'running', attempt = attempt + 1, started_at = now(), finished_at = NULL,
+           lease_expires_at = now() + make_interval(secs => %(lease)s), worker_host = %(worker)s,
+           progress = 0, progress_message = '', updated_at = now(), run_after = NULL,
+           task_id = COALESCE(%(task_id)s::text, job.task_id)
+      FROM candidate
+     WHERE job.id = candidate.id
+ RETURNING job.*
+), event AS (
+    INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
+    SELECT id, now(), 'queued', 'running', attempt, %(worker)s, 'attempt ' || attempt || ' of ' || max_attempts
+      FROM claimed
+)
+SELECT * FROM claimed
+"""
+
+
+@functools.cache
+def _claim_next_statement() -> PreparedStatement:
+    columns = ", ".join(f"job.{connection.ops.quote_name(field.column)}" for field in Job._meta.concrete_fields)
+    return PreparedStatement(
+        "switchyard_job_claim_next", _CLAIM_NEXT_SQL.replace("RETURNING job.*", f"RETURNING {columns}")
+    )
+
+
 @functools.cache
 def _claim_statement() -> PreparedStatement:
     # RETURNING the model's columns in its field order, so a row becomes a Job without a RawQuerySet
@@ -359,8 +415,13 @@ def job_claim(
         "task_id": task_id,
         "lease": lease_seconds or settings.JOBS_LEASE_SECONDS,
     }
+    return _claimed(_claim_statement(), params)
+
+
+def _claimed(statement: PreparedStatement, params: dict) -> Job | None:
+    """Run a claim statement; the Job it took (logged), or None."""
     with connection.cursor() as cursor:
-        cursor.execute(*_claim_statement().sql_and_args(params))
+        cursor.execute(*statement.sql_and_args(params))
         row = cursor.fetchone()
     if row is None:
         return None
@@ -372,15 +433,26 @@ def job_claim(
             "organization_id": job.organization_id,
             "kind": job.kind,
             "attempt": job.attempt,
-            "worker": worker,
+            "worker": params["worker"],
         },
     )
     return job
 
 
+def job_claim_next(
+    *, queue: str, worker: str, task_id: str | None = None, lease_seconds: float | None = None
+) -> Job | None:
+    """Claim the best eligible job of `queue` (a doorbell rang); None when nothing is eligible."""
+    lease = lease_seconds or settings.JOBS_LEASE_SECONDS
+    params = {"queue": queue, "worker": worker, "task_id": task_id, "lease": lease}
+    return _claimed(_claim_next_statement(), params)
+
+
 def job_heartbeat(*, job_id: uuid.UUID, attempt: int) -> str | None:
     """Renew the lease; returns the job's status (a worker learns of `cancelling` here), None if fenced out."""
-    lease = timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
+    # The database's clock, like the claim and the reaper: a worker's skewed clock cannot
+    # make a lease look longer or shorter than it is.
+    lease = Now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
     # A parent waiting for its children holds no lease (NULL); a late heartbeat must not give it one.
     updated = Job.objects.filter(
         pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES, lease_expires_at__isnull=False
@@ -456,8 +528,14 @@ def job_retry_later(*, job_id: uuid.UUID, attempt: int, error: dict, worker: str
             job_finish(job_id=job_id, attempt=attempt, status=JobStatus.FAILED, error=exhausted, worker=worker)
             return JobStatus.FAILED
         countdown = retry_backoff_s(job.attempt)
+        # Not claimable before the backoff ends (database clock); the delayed doorbell rings
+        # then, and the ring covers it if that doorbell is lost.
         Job.objects.filter(pk=job.pk).update(
-            status=JobStatus.QUEUED, lease_expires_at=None, error=error, queued_at=timezone.now()
+            status=JobStatus.QUEUED,
+            lease_expires_at=None,
+            error=error,
+            queued_at=timezone.now(),
+            run_after=Now() + timedelta(seconds=countdown),
         )
         _event(
             job,
@@ -652,6 +730,7 @@ def jobs_reap(*, limit: int = 1000) -> dict:
     try:
         expired = _reap_expired_leases(limit=limit)
         redispatched = _redispatch_stale_queued(limit=limit)
+        rung = sum(jobs_ring().values())
         waiting_parents = _waiting_parents(limit=limit)
         for parent_id in waiting_parents:
             _send_children_changed(str(parent_id))
@@ -660,20 +739,20 @@ def jobs_reap(*, limit: int = 1000) -> dict:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [REAPER_LOCK_ID])
     if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched:
         logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched})
-    return {**expired, "redispatched": redispatched, "waiting_parents": len(waiting_parents)}
+    return {**expired, "redispatched": redispatched, "rung": rung, "waiting_parents": len(waiting_parents)}
 
 
 def _reap_expired_leases(*, limit: int) -> dict:
     counts = {"requeued": 0, "failed": 0, "cancelled": 0}
-    now = timezone.now()
+    now = timezone.now()  # for the rows written; expiry itself is judged by the database's clock
     stale_ids = list(
-        Job.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__lt=now).values_list("id", flat=True)[:limit]
+        Job.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__lt=Now()).values_list("id", flat=True)[:limit]
     )
     for job_id in stale_ids:
         with transaction.atomic():
             job = (
                 Job.objects.select_for_update(skip_locked=True)
-                .filter(pk=job_id, status__in=ACTIVE_STATUSES, lease_expires_at__lt=now)
+                .filter(pk=job_id, status__in=ACTIVE_STATUSES, lease_expires_at__lt=Now())
                 .first()
             )
             if job is None:
@@ -704,9 +783,13 @@ def _reap_expired_leases(*, limit: int) -> dict:
 
 
 def _redispatch_stale_queued(*, limit: int) -> int:
+    """Publish again the pushed jobs (their message carries the job) queued too long without a claim."""
+    from apps.jobs.kinds import all_kinds
+
+    pushed = [name for name in all_kinds() if not is_pulled(name)]
     horizon = timezone.now() - timedelta(seconds=settings.JOBS_REDISPATCH_AFTER_SECONDS)
     stale = (
-        Job.objects.filter(status=JobStatus.QUEUED)
+        Job.objects.filter(status=JobStatus.QUEUED, kind__in=pushed)
         .filter(Q(dispatched_at__lt=horizon) | Q(dispatched_at__isnull=True, queued_at__lt=horizon))
         .order_by("-priority", "created_at")
         .values_list("id", flat=True)[:limit]
@@ -716,6 +799,71 @@ def _redispatch_stale_queued(*, limit: int) -> int:
         job_dispatch(job_id=job_id)
         count += 1
     return count
+
+
+def jobs_ring(*, limit: int | None = None) -> dict[str, int]:
+    """Ring each pulled queue once per eligible job that has no doorbell waiting for it.
+
+    Recovery by state, not elapsed time: after a flushed or restarted broker, a lost publish
+    or a delayed job coming due, the next ring (every JOBS_RING_INTERVAL_SECONDS) restores one
+    doorbell per eligible job; under a long backlog it publishes nothing, since the doorbells
+    already waiting cover it. Returns the doorbells published per queue.
+    """
+    from apps.operations.selectors import broker_queue_depths
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [RING_LOCK_ID])
+        (locked,) = cursor.fetchone()
+    if not locked:
+        return {}
+    try:
+        limit = limit or settings.JOBS_RING_MAX_PER_QUEUE
+        eligible = _eligible_counts(limit=limit)
+        if not eligible:
+            return {}
+        waiting = broker_queue_depths()
+        if waiting is None:
+            return {}  # the broker is down: nothing can be rung now, the next ring retries
+        published = {}
+        for queue, count in eligible.items():
+            missing = count - waiting.get(queue, 0)
+            if missing > 0:
+                published[queue] = _ring(queue, missing)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [RING_LOCK_ID])
+    if published:
+        logger.info("jobs.rung", extra={"doorbells": published})
+    return published
+
+
+def _eligible_counts(*, limit: int) -> dict[str, int]:
+    """Eligible queued jobs of the pulled kinds per queue (each count capped at `limit`)."""
+    from apps.jobs.kinds import all_kinds
+
+    pulled = [name for name in all_kinds() if is_pulled(name)]
+    counts = {}
+    for queue in (queues.CPU, queues.GPU):
+        eligible = Job.objects.filter(queue=queue, status=JobStatus.QUEUED, kind__in=pulled).filter(
+            Q(run_after__isnull=True) | Q(run_after__lte=Now())
+        )
+        count = eligible.values("pk")[:limit].count()
+        if count:
+            counts[queue] = count
+    return counts
+
+
+def _ring(queue: str, doorbells: int) -> int:
+    from project.celery import app
+
+    try:
+        with app.producer_or_acquire() as producer:
+            for _ in range(doorbells):
+                app.send_task(DOORBELL_TASK, args=[queue], queue=queues.direct_queue(queue), producer=producer)
+    except Exception:
+        logger.exception("jobs.ring_failed", extra={"queue": queue})
+        return 0
+    return doorbells
 
 
 # --- fan-out: a parent job and its children ----------------------------------------------

@@ -11,6 +11,11 @@ def reap() -> dict:
     return services.jobs_reap()
 
 
+@shared_task(name="jobs.ring", ignore_result=True)
+def ring() -> dict:
+    return services.jobs_ring()
+
+
 @shared_task(name="jobs.children_changed", bind=True, ignore_result=True, acks_late=True)
 def children_changed(self, parent_id: str) -> str:
     with log_context(job_id=parent_id):

@@ -233,10 +233,15 @@ LOGGING = {
 # returns a job whose lease expired (its worker died) to the queue.
 JOBS_LEASE_SECONDS = env.float("JOBS_LEASE_SECONDS", default=60.0)
 JOBS_HEARTBEAT_SECONDS = env.float("JOBS_HEARTBEAT_SECONDS", default=JOBS_LEASE_SECONDS / 3)
-# A job queued this long without a claim is published again (its message may be lost,
-# e.g. a flushed broker); a duplicate message is harmless, the claim refuses it.
+# A sandbox job (its message carries the program) queued this long without a claim is
+# published again (its message may be lost, e.g. a flushed broker); a duplicate is refused
+# by the claim. Jobs that workers pull are rung instead (JOBS_RING_INTERVAL_SECONDS).
 JOBS_REDISPATCH_AFTER_SECONDS = env.float("JOBS_REDISPATCH_AFTER_SECONDS", default=300.0)
 JOBS_REAPER_INTERVAL_SECONDS = env.float("JOBS_REAPER_INTERVAL_SECONDS", default=15.0)
+# Doorbells: every this many seconds one leader rings each pulled queue (cpu, gpu) once per
+# eligible job that has no doorbell waiting in the broker, at most JOBS_RING_MAX_PER_QUEUE.
+JOBS_RING_INTERVAL_SECONDS = env.float("JOBS_RING_INTERVAL_SECONDS", default=2.0)
+JOBS_RING_MAX_PER_QUEUE = env.int("JOBS_RING_MAX_PER_QUEUE", default=1000)
 JOBS_WORKER_HEARTBEAT_SECONDS = env.float("JOBS_WORKER_HEARTBEAT_SECONDS", default=15.0)
 JOBS_WORKER_ALIVE_SECONDS = env.float("JOBS_WORKER_ALIVE_SECONDS", default=60.0)
 JOBS_PROGRESS_MIN_INTERVAL_SECONDS = env.float("JOBS_PROGRESS_MIN_INTERVAL_SECONDS", default=1.0)
@@ -261,6 +266,11 @@ ORGANIZATION_QUOTA_DEFAULTS = {
 INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
 
 CELERY_BEAT_SCHEDULE = {
+    "ring-queues": {
+        "task": "jobs.ring",
+        "schedule": JOBS_RING_INTERVAL_SECONDS,
+        "options": {"expires": JOBS_RING_INTERVAL_SECONDS},
+    },
     "reap-jobs": {
         "task": "jobs.reap",
         "schedule": JOBS_REAPER_INTERVAL_SECONDS,

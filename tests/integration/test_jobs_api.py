@@ -212,16 +212,16 @@ def test_reaper_fails_a_job_whose_attempts_are_exhausted_and_it_can_be_retried(m
     assert retried.status == "queued" and retried.max_attempts > retried.attempt == 1
 
 
-def test_reaper_redispatches_a_queued_job_whose_message_is_lost(member, queue_depth, settings):
-    settings.JOBS_REDISPATCH_AFTER_SECONDS = 0
+def test_the_ring_restores_a_lost_doorbell_at_once(member, queue_depth):
     make_job(member)
     from project.celery import app
 
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge("cpu")
     assert queue_depth("cpu") == 0
-    assert services.jobs_reap()["redispatched"] == 1
+    assert services.jobs_reap()["rung"] == 1  # no waiting period: the state says a doorbell is missing
     assert queue_depth("cpu") == 1
+    assert services.jobs_ring() == {}  # and one is enough
 
 
 def test_only_one_reaper_runs_at_a_time(member):

@@ -1,0 +1,103 @@
+"""PostgreSQL schedules, the broker rings: real workers, a real broker (both brokers with -m broker)."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from django.db import transaction
+
+from apps.jobs import services
+from apps.jobs.models import Job, JobEvent
+from project import queues
+from tests.acceptance.test_job_contract import FAST_CONTRACT, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def sleep_job(membership, priority=5, **params) -> Job:
+    return services.job_submit(membership=membership, kind="sleep", params=params, priority=priority)[0]
+
+
+def lose_every_message(settings, broker) -> None:
+    if settings.CELERY_BROKER_URL.startswith("redis"):
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    else:
+        with broker.connection_for_write() as conn:
+            for queue in queues.TASK_QUEUES:
+                queue(conn.default_channel).purge()
+
+
+def test_priority_is_exact_under_a_backlog(start_worker, member):
+    """500 low-priority jobs queued, 2 busy workers: 10 urgent jobs all start before any further low one."""
+    membership, _ = member("developer")
+    low = [sleep_job(membership, priority=0, duration_s=0.02) for _ in range(500)]
+    start_worker("cpu", concurrency=2, env=FAST_CONTRACT)
+    wait_for(lambda: Job.objects.filter(status="succeeded").count() >= 20, 60, "workers did not start consuming")
+
+    with transaction.atomic():  # all ten become visible to the claim at one instant
+        urgent = [sleep_job(membership, priority=9, duration_s=0.02) for _ in range(10)]
+    visible_at = datetime.now(UTC)
+    wait_for(lambda: Job.objects.filter(pk__in=[j.pk for j in urgent], status="succeeded").count() == 10, 60, "urgent")
+
+    last_urgent_start = max(Job.objects.filter(pk__in=[j.pk for j in urgent]).values_list("started_at", flat=True))
+    overtaken = Job.objects.filter(
+        pk__in=[j.pk for j in low], started_at__gt=visible_at, started_at__lt=last_urgent_start
+    ).count()
+    assert overtaken == 0
+    assert Job.objects.filter(pk__in=[j.pk for j in low], status="queued").exists(), "backlog ran out too soon"
+
+
+def test_a_flushed_broker_costs_seconds_not_minutes(start_worker, member, settings, broker, tmp_path):
+    """FLUSHALL with 200 jobs queued: the ring (beat, every 2 s) restores doorbells; all succeed within 30 s."""
+    membership, _ = member("developer")
+    jobs = [sleep_job(membership, duration_s=0.01) for _ in range(200)]
+    lose_every_message(settings, broker)
+    assert Job.objects.filter(status="queued").count() == 200
+
+    start_worker(
+        "cpu,control",
+        concurrency=2,
+        env={**FAST_CONTRACT, "JOBS_RING_INTERVAL_SECONDS": "2"},
+        extra_args=["--beat", f"--schedule={tmp_path / 'beat-schedule'}"],
+    )
+    up = time.monotonic()
+    wait_for(
+        lambda: Job.objects.filter(pk__in=[j.pk for j in jobs], status="succeeded").count() == 200,
+        90,
+        "jobs left behind after the flush",
+        poll=0.5,
+    )
+    assert time.monotonic() - up < 30 + 10  # 30 s once up; the worker's own start is inside the margin
+    for job in jobs:
+        assert JobEvent.objects.filter(job=job, to_status="succeeded").count() == 1
+
+
+def test_a_long_backlog_gets_no_duplicate_doorbells(member, queue_depth, settings, broker):
+    membership, _ = member("developer")
+    for _ in range(300):
+        sleep_job(membership)
+    assert queue_depth("cpu") == 300  # one doorbell per submit
+    for _ in range(5):
+        services.jobs_ring()
+    assert queue_depth("cpu") == 300  # the ring adds none while doorbells cover the backlog
+
+    lose_every_message(settings, broker)
+    services.jobs_ring()
+    assert queue_depth("cpu") == 300
+    services.jobs_ring()
+    assert queue_depth("cpu") == 300
+
+
+def test_a_delayed_retry_is_not_claimed_early_and_rings_when_due(start_worker, member):
+    """A transient failure sets run_after (backoff, database clock); the job waits for it, then runs."""
+    membership, _ = member("developer")
+    start_worker("cpu", env={**FAST_CONTRACT, "JOBS_RETRY_BACKOFF_SECONDS": "2", "JOBS_RETRY_BACKOFF_MAX_SECONDS": "2"})
+    job = sleep_job(membership, fail_first_attempts=1)
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == "succeeded", 60, "job did not succeed")
+
+    requeued = JobEvent.objects.get(job=job, from_status="running", to_status="queued").created_at
+    second_start = JobEvent.objects.get(job=job, to_status="running", attempt=2).created_at
+    # Backoff is uniform in [ceiling/2, ceiling] = [1, 2] s: never before 1 s, and rung when due.
+    assert second_start - requeued >= timedelta(seconds=1)
+    assert second_start - requeued < timedelta(seconds=2 + 3)
