@@ -14,7 +14,7 @@ from apps.core.admin import (
 )
 from apps.core.errors import DomainError
 from apps.jobs import services
-from apps.jobs.models import Artifact, Job, JobEvent, WorkerHost
+from apps.jobs.models import Artifact, Job, JobEvent, QueueState, WorkerHost
 
 
 class JobEventInline(ReadOnlyTabularInline):
@@ -130,6 +130,7 @@ class JobAdmin(OrganizationScopedAdmin):
         "error",
         "progress_bar",
         "progress_message",
+        "wait_reason",
         "charts",
         "attempt",
         "max_attempts",
@@ -177,6 +178,13 @@ class JobAdmin(OrganizationScopedAdmin):
             ((reverse("admin:jobs_job_artifact", args=[job.pk, image.pk]), image.name) for image in images),
         )
 
+    @admin.display(description="waiting because")
+    def wait_reason(self, job):
+        from apps.jobs.selectors import job_wait_reason
+
+        reason = job_wait_reason(job)
+        return reason["message"] if reason else "-"
+
     @admin.display(description="progress")
     def progress_bar(self, job):
         percent = round(job.progress * 100)
@@ -213,6 +221,36 @@ class JobAdmin(OrganizationScopedAdmin):
     @admin.action(description="Requeue selected queued jobs (publish again)")
     def requeue_jobs(self, request, queryset):
         _run_action(self, request, queryset, services.job_requeue, "Requeued")
+
+
+@admin.register(QueueState)
+class QueueStateAdmin(PlatformAdmin):
+    """Pause and resume job queues (through the service: audited, doorbells rung on resume)."""
+
+    list_display = ["name", "paused", "reason", "changed_by", "changed_at"]
+    readonly_fields = ["name", "paused", "reason", "changed_by", "changed_at"]
+    actions = ["pause_queues", "resume_queues"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def _set(self, request, queryset, paused: bool):
+        for state in queryset:
+            try:
+                services.queue_set_paused(queue=state.name, paused=paused, actor=request.user, reason="from the admin")
+            except DomainError as exc:
+                self.message_user(request, f"{state.name}: {exc.message}", messages.WARNING)
+
+    @admin.action(description="Pause selected queues (no new claims)")
+    def pause_queues(self, request, queryset):
+        self._set(request, queryset, paused=True)
+
+    @admin.action(description="Resume selected queues")
+    def resume_queues(self, request, queryset):
+        self._set(request, queryset, paused=False)
 
 
 @admin.register(WorkerHost)

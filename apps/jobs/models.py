@@ -194,6 +194,24 @@ class Artifact(models.Model):
         return f"{self.role}:{self.name}"
 
 
+class QueueState(models.Model):
+    """A queue's run-time switch: while paused, no job of it is claimed (queued jobs wait, none is lost)."""
+
+    name = models.CharField(max_length=16, primary_key=True)
+    paused = models.BooleanField(default=False)
+    reason = models.CharField(max_length=200, blank=True)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'paused' if self.paused else 'running'})"
+
+
 class WorkerHost(models.Model):
     """A running Celery worker: what it consumes and can do, and when it was last heard from."""
 

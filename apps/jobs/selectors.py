@@ -1,6 +1,7 @@
 """Reads for jobs, always scoped to the caller's organization."""
 
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Count, F, QuerySet
 
 from apps.accounts.models import Membership
 from apps.core.errors import NotFound
@@ -47,3 +48,62 @@ def input_artifact_get(*, membership: Membership, artifact_id) -> Artifact:
     if artifact is None:
         raise NotFound("No such artifact.")
     return artifact
+
+
+def job_wait_reason(job: Job) -> dict | None:
+    """Why a queued job is not running yet, by the rules the claim uses (apps.jobs.services.job_claim_next).
+
+    {"code", "message"} with code one of: run_after, queue_paused, attempts_exhausted,
+    no_live_host, behind; None for a job that is not queued.
+    """
+    from django.db.models import Q
+    from django.db.models.functions import Now
+
+    from apps.jobs.models import JobStatus, QueueState
+
+    if job.status != JobStatus.QUEUED:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")  # the claim's clock
+        (now,) = cursor.fetchone()
+    if job.run_after is not None and job.run_after > now:
+        seconds = (job.run_after - now).total_seconds()
+        return {"code": "run_after", "message": f"Not before {job.run_after.isoformat()} (in {seconds:.0f} s)."}
+    paused = QueueState.objects.filter(name=job.queue, paused=True).first()
+    if paused is not None:
+        why = f": {paused.reason}" if paused.reason else ""
+        return {"code": "queue_paused", "message": f"Queue '{job.queue}' is paused{why}."}
+    if job.attempt >= job.max_attempts:
+        return {"code": "attempts_exhausted", "message": f"No attempt left ({job.attempt} of {job.max_attempts})."}
+    if not any(host.is_alive and job.queue in host.queues for host in WorkerHost.objects.filter(stopped_at=None)):
+        return {"code": "no_live_host", "message": f"No live worker consumes queue '{job.queue}'."}
+    ahead = (
+        Job.objects.filter(queue=job.queue, status=JobStatus.QUEUED, attempt__lt=F("max_attempts"))
+        .filter(Q(run_after__isnull=True) | Q(run_after__lte=Now()))
+        .filter(Q(priority__gt=job.priority) | Q(priority=job.priority, created_at__lt=job.created_at))
+        .count()
+    )
+    return {
+        "code": "behind",
+        "message": f"Behind {ahead} eligible job(s) of '{job.queue}' with higher priority or queued earlier.",
+        "ahead": ahead,
+    }
+
+
+def queue_list() -> list[dict]:
+    """Every job queue with its switch and how much waits in it (platform-wide, no job details)."""
+    from apps.jobs.models import JobStatus, QueueState
+    from project import queues
+
+    states = {state.name: state for state in QueueState.objects.all()}
+    queued = dict(Job.objects.filter(status=JobStatus.QUEUED).values_list("queue").annotate(n=Count("pk")).order_by())
+    return [
+        {
+            "name": name,
+            "paused": bool(states.get(name) and states[name].paused),
+            "reason": states[name].reason if name in states else "",
+            "queued": queued.get(name, 0),
+        }
+        for name in queues.QUEUE_NAMES
+        if name != queues.CONTROL
+    ]

@@ -31,7 +31,16 @@ from apps.accounts.services import audit_record
 from apps.core.db import PreparedStatement
 from apps.core.errors import Conflict, DomainError, PermissionDenied, ServiceUnavailable
 from apps.jobs.kinds import get_kind
-from apps.jobs.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Artifact, ArtifactRole, Job, JobEvent, JobStatus
+from apps.jobs.models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Artifact,
+    ArtifactRole,
+    Job,
+    JobEvent,
+    JobStatus,
+    QueueState,
+)
 from apps.jobs.quotas import organization_quota, quota_admit, quota_check_params, quota_needs_transaction
 from project import queues
 from workers import array_files
@@ -45,6 +54,8 @@ RUN_JOB_TASK = "workers.run_job"
 DOORBELL_TASK = "workers.claim_next"
 REAPER_LOCK_ID = 0x5377_6A6F  # pg_try_advisory_lock key: one reaper at a time, however many beats run
 RING_LOCK_ID = 0x5377_6A70  # one ringer at a time
+# The queues whose jobs workers claim from PostgreSQL: rung, and pausable.
+PULLED_QUEUES = PAUSABLE_QUEUES = (queues.CPU, queues.GPU)
 
 
 def _event(job: Job, *, from_status: str, to_status: str, message: str = "", worker: str = "", actor=None) -> None:
@@ -342,13 +353,15 @@ SELECT count(*), max(parent_id::text) FROM finished
 
 
 # The scheduler: the best eligible job of a queue, in one statement. Eligible: queued, with an
-# attempt left, and due (`run_after`, judged by the database clock). Best: priority, then age.
+# attempt left, due (`run_after`, judged by the database clock), its queue not paused. Best:
+# priority, then age. apps.jobs.selectors.job_wait_reason explains a queued job by the same rules.
 # SKIP LOCKED lets concurrent claims take different rows instead of queueing on one.
 _CLAIM_NEXT_SQL = """
 WITH candidate AS (
     SELECT id FROM jobs_job
      WHERE queue = %(queue)s AND status = 'queued' AND attempt < max_attempts
        AND (run_after IS NULL OR run_after <= now())
+       AND NOT EXISTS (SELECT 1 FROM jobs_queuestate WHERE name = %(queue)s AND paused)
      ORDER BY priority DESC, created_at, id
      LIMIT 1
        FOR UPDATE SKIP LOCKED
@@ -842,8 +855,11 @@ def _eligible_counts(*, limit: int) -> dict[str, int]:
     from apps.jobs.kinds import all_kinds
 
     pulled = [name for name in all_kinds() if is_pulled(name)]
+    paused = set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
     counts = {}
-    for queue in (queues.CPU, queues.GPU):
+    for queue in PULLED_QUEUES:
+        if queue in paused:
+            continue
         eligible = Job.objects.filter(queue=queue, status=JobStatus.QUEUED, kind__in=pulled).filter(
             Q(run_after__isnull=True) | Q(run_after__lte=Now())
         )
@@ -864,6 +880,35 @@ def _ring(queue: str, doorbells: int) -> int:
         logger.exception("jobs.ring_failed", extra={"queue": queue})
         return 0
     return doorbells
+
+
+def queue_set_paused(*, queue: str, paused: bool, actor: User, reason: str = "") -> QueueState:
+    """Pause or resume a queue (platform operators only): claims stop or restart at once, audited."""
+    if not (actor.is_active and actor.is_superuser):
+        raise PermissionDenied("Only platform operators (superusers) pause or resume queues.")
+    if queue not in PAUSABLE_QUEUES:
+        # Sandbox runs are pushed to their hosts with the program in the message, so no claim
+        # could hold them back; control is housekeeping.
+        choices = ", ".join(PAUSABLE_QUEUES)
+        raise DomainError(f"queue: '{queue[:64]}' cannot be paused.", fields={"queue": [f"Choose one of {choices}."]})
+    if len(reason) > 200:
+        raise DomainError("reason: at most 200 characters.", fields={"reason": ["At most 200 characters."]})
+    with transaction.atomic():
+        state, _ = QueueState.objects.select_for_update().get_or_create(name=queue)
+        if state.paused != paused:
+            state.paused, state.reason, state.changed_by, state.changed_at = paused, reason, actor, timezone.now()
+            state.save()
+            audit_record(
+                organization=None,
+                actor=actor,
+                action="queue.paused" if paused else "queue.resumed",
+                target=state,
+                details={"queue": queue, "reason": reason},
+            )
+            if not paused:
+                transaction.on_commit(jobs_ring)  # the work that waited gets its doorbells now
+    logger.info("queue.paused" if paused else "queue.resumed", extra={"queue": queue, "reason": reason})
+    return state
 
 
 # --- fan-out: a parent job and its children ----------------------------------------------

@@ -101,3 +101,23 @@ def test_a_delayed_retry_is_not_claimed_early_and_rings_when_due(start_worker, m
     # Backoff is uniform in [ceiling/2, ceiling] = [1, 2] s: never before 1 s, and rung when due.
     assert second_start - requeued >= timedelta(seconds=1)
     assert second_start - requeued < timedelta(seconds=2 + 3)
+
+
+def test_pause_stops_claims_at_once_and_resume_restarts_them(start_worker, member):
+    from tests.factories import UserFactory
+
+    operator = UserFactory(username="root", is_superuser=True, is_staff=True)
+    membership, _ = member("developer")
+    start_worker("cpu", env=FAST_CONTRACT)
+    sleep_job(membership)
+    wait_for(lambda: Job.objects.filter(status="succeeded").count() == 1, 60, "worker did not start")
+
+    services.queue_set_paused(queue="cpu", paused=True, actor=operator)
+    paused_at = datetime.now(UTC)
+    held = [sleep_job(membership, duration_s=0.01) for _ in range(5)]
+    time.sleep(3)  # the doorbells are delivered and find nothing eligible
+    assert not Job.objects.filter(pk__in=[j.pk for j in held]).exclude(status="queued").exists()
+    assert not Job.objects.filter(started_at__gt=paused_at).exists()
+
+    services.queue_set_paused(queue="cpu", paused=False, actor=operator)  # rings on commit
+    wait_for(lambda: Job.objects.filter(pk__in=[j.pk for j in held], status="succeeded").count() == 5, 30, "resume")

@@ -55,6 +55,7 @@ ENDPOINTS = [
     Endpoint("me", "GET", "/api/v1/me", ALL, object_scoped=False, scope="read"),
     Endpoint("quota", "GET", "/api/v1/quota", p.PERMISSIONS[p.READ_QUOTAS], object_scoped=False, scope="jobs:read"),
     Endpoint("job-kinds", "GET", "/api/v1/jobs/kinds/", ALL, object_scoped=False, scope="jobs:read"),
+    Endpoint("queues", "GET", "/api/v1/queues/", ALL, object_scoped=False, scope="jobs:read"),
     Endpoint("jobs", "GET", "/api/v1/jobs/", p.PERMISSIONS[p.READ_JOBS], object_scoped=False, scope="jobs:read"),
     Endpoint(
         "jobs",

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.jobs.models import Artifact, Job, JobEvent
@@ -37,6 +38,42 @@ class JobOutputSerializer(serializers.ModelSerializer):
     def get_duration_s(self, job: Job) -> float | None:
         duration = job.duration
         return round(duration.total_seconds(), 3) if duration is not None else None
+
+
+class JobWaitReasonSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(
+        choices=["run_after", "queue_paused", "attempts_exhausted", "no_live_host", "behind"]
+    )
+    message = serializers.CharField()
+    ahead = serializers.IntegerField(required=False, help_text="eligible jobs claimed before this one ('behind')")
+
+    class Meta:
+        ref_name = "JobWaitReason"
+
+
+class JobDetailOutputSerializer(JobOutputSerializer):
+    """A job with, while it is queued, why it is not running yet (the claim's own rules)."""
+
+    wait_reason = serializers.SerializerMethodField()
+
+    class Meta(JobOutputSerializer.Meta):
+        fields = [*JobOutputSerializer.Meta.fields, "wait_reason"]
+
+    @extend_schema_field(JobWaitReasonSerializer(allow_null=True))
+    def get_wait_reason(self, job: Job) -> dict | None:
+        from apps.jobs.selectors import job_wait_reason
+
+        return job_wait_reason(job)
+
+
+class QueueOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    paused = serializers.BooleanField()
+    reason = serializers.CharField()
+    queued = serializers.IntegerField(help_text="jobs of every organization waiting in it")
+
+    class Meta:
+        ref_name = "Queue"
 
 
 class JobEventOutputSerializer(serializers.ModelSerializer):

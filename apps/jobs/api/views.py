@@ -16,8 +16,10 @@ from apps.jobs import selectors, services
 from apps.jobs.api.serializers import (
     ArtifactOutputSerializer,
     InputArtifactOutputSerializer,
+    JobDetailOutputSerializer,
     JobEventOutputSerializer,
     JobOutputSerializer,
+    QueueOutputSerializer,
 )
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import Job, JobStatus
@@ -108,10 +110,21 @@ class JobListCreateApi(APIView):
 class JobDetailApi(APIView):
     required_scopes = {"GET": "jobs:read"}
 
-    @extend_schema(responses=JobOutputSerializer, operation_id="jobs_detail")
+    @extend_schema(responses=JobDetailOutputSerializer, operation_id="jobs_detail")
     def get(self, request, job_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
-        return Response(JobOutputSerializer(job).data)
+        return Response(JobDetailOutputSerializer(job).data)
+
+
+class QueueListApi(APIView):
+    """The job queues: paused or not, and how many jobs wait in each (all organizations, counts only)."""
+
+    required_scopes = {"GET": "jobs:read"}
+
+    @extend_schema(responses=QueueOutputSerializer(many=True), operation_id="queues_list")
+    def get(self, request):
+        request_membership(request)
+        return Response(QueueOutputSerializer(selectors.queue_list(), many=True).data)
 
 
 class JobCancelApi(APIView):

@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 
 from apps.accounts.cli import USAGE_ERROR, MemberCommand, add_actor_arguments
 from apps.jobs import selectors, services
-from apps.jobs.api.serializers import JobEventOutputSerializer, JobOutputSerializer
+from apps.jobs.api.serializers import JobDetailOutputSerializer, JobEventOutputSerializer
 from apps.jobs.cli import EXIT_CODES, load_json_argument, print_outcome, wait_for_job
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import ArtifactRole, Job, JobStatus
@@ -112,7 +112,7 @@ class Command(MemberCommand):
 
     def _show(self, membership, options):
         job = _find(membership, options["job_id"])
-        data = JobOutputSerializer(job).data
+        data = JobDetailOutputSerializer(job).data
         data["events"] = JobEventOutputSerializer(selectors.job_events(job=job), many=True).data
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2, default=str))
@@ -139,6 +139,8 @@ class Command(MemberCommand):
             self.stdout.write(f"{'result':>13}: {json.dumps(data['result'])}")
         if data["error"]:
             self.stdout.write(f"{'error':>13}: {data['error']['code']}: {data['error']['message']}")
+        if data["wait_reason"]:
+            self.stdout.write(f"{'waiting':>13}: {data['wait_reason']['message']}")
         self.stdout.write("events:")
         for event in data["events"]:
             self.stdout.write(

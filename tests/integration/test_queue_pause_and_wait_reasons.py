@@ -1,0 +1,125 @@
+"""Queue pause/resume and "why is my job waiting?", from the same rules as the claim."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from apps.accounts.models import AuditEvent
+from apps.core.errors import PermissionDenied
+from apps.jobs import services
+from apps.jobs.models import Job
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def operator():
+    return UserFactory(username="root", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def live_cpu_host():
+    services.worker_host_register(hostname="cpu@live", queues=["cpu"], capabilities={}, version="test", pid=1)
+
+
+def submit(membership, **fields) -> Job:
+    job, _ = services.job_submit(membership=membership, kind="sleep", params={}, publish=False)
+    if fields:
+        Job.objects.filter(pk=job.pk).update(**fields)
+    return Job.objects.get(pk=job.pk)
+
+
+def reason(client, job) -> dict | None:
+    return client.get(f"/api/v1/jobs/{job.pk}/").json()["wait_reason"]
+
+
+def test_a_paused_queue_is_not_claimed_from_until_resumed(member, operator):
+    membership, client = member("developer")
+    job = submit(membership)
+    services.queue_set_paused(queue="cpu", paused=True, actor=operator, reason="driver upgrade")
+
+    assert services.job_claim_next(queue="cpu", worker="cpu@test") is None
+    assert reason(client, job) == {"code": "queue_paused", "message": "Queue 'cpu' is paused: driver upgrade."}
+    assert {"name": "cpu", "paused": True, "reason": "driver upgrade", "queued": 1} in client.get(
+        "/api/v1/queues/"
+    ).json()
+
+    services.queue_set_paused(queue="cpu", paused=False, actor=operator)
+    assert services.job_claim_next(queue="cpu", worker="cpu@test").pk == job.pk
+    actions = list(AuditEvent.objects.filter(organization=None).values_list("action", "actor__username"))
+    assert ("queue.paused", "root") in actions and ("queue.resumed", "root") in actions
+
+
+def test_only_platform_operators_pause_queues_and_only_pulled_queues(member, operator):
+    membership, _ = member("owner")
+    with pytest.raises(PermissionDenied):
+        services.queue_set_paused(queue="cpu", paused=True, actor=membership.user)
+    from apps.core.errors import DomainError
+
+    with pytest.raises(DomainError) as refused:
+        services.queue_set_paused(queue="sandbox", paused=True, actor=operator)
+    assert "queue" in refused.value.fields
+
+
+def test_every_wait_rule_is_reported_as_the_reason(member, live_cpu_host):
+    membership, client = member("developer")
+    later = submit(membership, run_after=timezone.now() + timedelta(minutes=5))
+    delayed = reason(client, later)
+    assert delayed["code"] == "run_after"
+    assert 290 <= int(re.search(r"in (\d+) s", delayed["message"]).group(1)) <= 300
+
+    exhausted = submit(membership, attempt=3, max_attempts=3)
+    assert reason(client, exhausted)["code"] == "attempts_exhausted"
+
+    first, second = submit(membership, priority=9), submit(membership, priority=1)
+    assert reason(client, first) == {
+        "code": "behind",
+        "message": "Behind 0 eligible job(s) of 'cpu' with higher priority or queued earlier.",
+        "ahead": 0,
+    }
+    assert reason(client, second)["ahead"] == 1  # `first` outranks it; `later` and `exhausted` are not eligible
+
+    gpu_job = submit(membership, queue="gpu")
+    assert reason(client, gpu_job)["code"] == "no_live_host"
+
+    services.job_claim_next(queue="cpu", worker="cpu@live")
+    assert reason(client, first) is None  # running: nothing to explain
+
+
+def test_cli_lists_pauses_and_resumes_queues_as_a_superuser(member, operator, capsys):
+    membership, _ = member("developer")
+    submit(membership)
+    call_command("queues", "pause", "gpu", "--reason", "maintenance", "--as", "root")
+    call_command("queues", "list")
+    listing = capsys.readouterr().out
+    assert "gpu        paused" in listing and "maintenance" in listing and "cpu        running        1" in listing
+    call_command("queues", "resume", "gpu", "--as", "root")
+    assert "gpu: running" in capsys.readouterr().out
+
+    with pytest.raises(CommandError) as refused:
+        call_command("queues", "pause", "cpu", "--as", membership.user.username)
+    assert "not a superuser" in str(refused.value)
+
+
+def test_jobs_show_prints_the_wait_reason(member, capsys):
+    membership, _ = member("developer")
+    job = submit(membership, run_after=timezone.now() + timedelta(minutes=5))
+    call_command("jobs", "show", str(job.pk), "--as", membership.user.username)
+    assert "waiting: Not before" in capsys.readouterr().out
+
+
+def test_queues_are_paused_and_resumed_from_the_admin(client, operator):
+    from apps.jobs.models import QueueState
+
+    QueueState.objects.get_or_create(name="cpu")
+    client.force_login(operator)
+    client.post("/admin/jobs/queuestate/", {"action": "pause_queues", "_selected_action": ["cpu"]})
+    assert QueueState.objects.get(name="cpu").paused
+    client.post("/admin/jobs/queuestate/", {"action": "resume_queues", "_selected_action": ["cpu"]})
+    assert not QueueState.objects.get(name="cpu").paused
+    assert AuditEvent.objects.filter(action="queue.paused", actor=operator).exists()
