@@ -77,7 +77,7 @@ class OrganizationAdmin(OrganizationScopedAdmin):
 class OrganizationQuotaForm(forms.ModelForm):
     class Meta:
         model = OrganizationQuota
-        fields = ["organization", "concurrent_jobs", "sandbox_limits", "gpu_seconds_per_day"]
+        fields = ["organization", "concurrent_jobs", "running_jobs", "sandbox_limits", "gpu_seconds_per_day"]
 
     def clean(self):
         cleaned = super().clean()
@@ -92,7 +92,10 @@ class OrganizationQuotaAdmin(PlatformAdmin):
     """Quotas are set by platform staff; every change goes through the service, so it is audited."""
 
     form = OrganizationQuotaForm
-    list_display = ["organization", "concurrent_jobs", "sandbox_limits", "gpu_seconds_per_day", "updated_at"]
+    list_display = [
+        *["organization", "concurrent_jobs", "running_jobs"],
+        *["sandbox_limits", "gpu_seconds_per_day", "updated_at"],
+    ]
     autocomplete_fields = ["organization"]
 
     def save_model(self, request, obj, form, change):
@@ -100,6 +103,7 @@ class OrganizationQuotaAdmin(PlatformAdmin):
             organization=obj.organization,
             actor=request.user,
             concurrent_jobs=obj.concurrent_jobs,
+            running_jobs=obj.running_jobs,
             sandbox_limits=obj.sandbox_limits,
             gpu_seconds_per_day=obj.gpu_seconds_per_day,
         )

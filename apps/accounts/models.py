@@ -92,6 +92,9 @@ class OrganizationQuota(models.Model):
     organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="quota")
     # kind -> most active (queued, running or cancelling) jobs of that kind at once.
     concurrent_jobs = models.JSONField(default=dict, blank=True)
+    # queue -> most jobs of this organization running at once there (checked by the claim:
+    # the rest stay queued, nobody is refused).
+    running_jobs = models.JSONField(default=dict, blank=True)
     # sandbox limit name (cpu_seconds, wall_seconds, memory_mb, ...) -> the most a run may ask for.
     sandbox_limits = models.JSONField(default=dict, blank=True)
     gpu_seconds_per_day = models.PositiveIntegerField(null=True, blank=True)

@@ -514,7 +514,7 @@ def _lock_answerable(user: User, invitation: Invitation) -> Invitation:
 # --- quotas ------------------------------------------------------------------------------
 
 
-QUOTA_FIELDS = ("concurrent_jobs", "sandbox_limits", "gpu_seconds_per_day")
+QUOTA_FIELDS = ("concurrent_jobs", "running_jobs", "sandbox_limits", "gpu_seconds_per_day")
 
 
 def organization_quota_errors(values: dict) -> dict[str, list[str]]:
@@ -532,6 +532,15 @@ def organization_quota_errors(values: dict) -> dict[str, list[str]]:
             errors[f"concurrent_jobs.{kind}"] = ["Not a job kind."]
         elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             errors[f"concurrent_jobs.{kind}"] = ["Must be a whole number >= 0."]
+    running = values.get("running_jobs") or {}
+    if not isinstance(running, dict):
+        errors["running_jobs"] = ["Must be an object: queue -> most jobs running at once."]
+        running = {}
+    for queue, limit in running.items():
+        if queue not in ("cpu", "gpu"):
+            errors[f"running_jobs.{queue}"] = ["Not a queue whose jobs are claimed; choose cpu or gpu."]
+        elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            errors[f"running_jobs.{queue}"] = ["Must be a whole number >= 1 (remove it for no limit)."]
     caps = values.get("sandbox_limits") or {}
     if not isinstance(caps, dict):
         errors["sandbox_limits"] = ["Must be an object: limit name -> cap."]

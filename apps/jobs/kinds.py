@@ -38,7 +38,7 @@ class JobKind:
     # Only these exceptions are retried (with backoff); anything else fails the job.
     transient_errors: tuple[type[BaseException], ...] = field(default=())
     # message(job) -> (task name, args) for kinds whose host cannot read the Job row
-    # (sandbox); default: `workers.run_job(job_id)`.
+    # (sandbox); default: a doorbell for the job's queue (`workers.claim_next(queue)`).
     message: Callable[..., tuple[str, list]] | None = None
     # Cancel kills the running task (revoke with terminate) instead of waiting for a check.
     terminate_on_cancel: bool = False

@@ -57,6 +57,10 @@ class Job(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     # Not claimed before this time (the database's clock): a retry's backoff, a delayed job.
     run_after = models.DateTimeField(null=True, blank=True)
+    # At most `concurrency_limit` running jobs of the organization share one key (e.g. one
+    # customer's model, one external API): the claim passes over the rest until one ends.
+    concurrency_key = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001
+    concurrency_limit = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     queued_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -71,6 +75,10 @@ class Job(models.Model):
             models.CheckConstraint(condition=models.Q(status__in=JobStatus.values), name="job_status_valid"),
             models.CheckConstraint(
                 condition=models.Q(progress__gte=0) & models.Q(progress__lte=1), name="job_progress_0_1"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(concurrency_key__isnull=True) | models.Q(concurrency_limit__gte=1),
+                name="job_concurrency_key_has_limit",
             ),
             models.UniqueConstraint(
                 fields=["organization", "idempotency_key"],

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Organization, OrganizationQuota
 from apps.core.errors import DomainError, QuotaExceeded
-from apps.jobs.models import UNFINISHED_STATUSES, Job
+from apps.jobs.models import ACTIVE_STATUSES, UNFINISHED_STATUSES, Job
 from project import queues
 
 QUOTA_RETRY_AFTER_S = 30
@@ -26,6 +26,7 @@ QUOTA_RETRY_AFTER_S = 30
 @dataclass(frozen=True)
 class Quota:
     concurrent_jobs: dict[str, int] = field(default_factory=dict)
+    running_jobs: dict[str, int] = field(default_factory=dict)
     sandbox_limits: dict[str, float] = field(default_factory=dict)
     gpu_seconds_per_day: int | None = None
 
@@ -58,11 +59,13 @@ def _load_quota(organization: Organization) -> Quota:
     if own is None:
         return Quota(
             concurrent_jobs=dict(defaults["concurrent_jobs"]),
+            running_jobs=dict(defaults["running_jobs"]),
             sandbox_limits=dict(defaults["sandbox_limits"]),
             gpu_seconds_per_day=defaults["gpu_seconds_per_day"],
         )
     return Quota(
         concurrent_jobs={**defaults["concurrent_jobs"], **own.concurrent_jobs},
+        running_jobs={**defaults["running_jobs"], **own.running_jobs},
         sandbox_limits={**defaults["sandbox_limits"], **own.sandbox_limits},
         gpu_seconds_per_day=(
             own.gpu_seconds_per_day if own.gpu_seconds_per_day is not None else defaults["gpu_seconds_per_day"]
@@ -154,10 +157,20 @@ def quota_usage(organization: Organization) -> dict:
         .annotate(n=models.Count("id"))
         .values_list("kind", "n")
     )
+    running = dict(
+        Job.objects.filter(organization=organization, status__in=ACTIVE_STATUSES)
+        .values_list("queue")
+        .annotate(n=models.Count("id"))
+        .values_list("queue", "n")
+    )
     return {
         "concurrent_jobs": {
             kind: {"limit": quota.concurrent_jobs.get(kind), "used": active.get(kind, 0)}
             for kind in sorted(all_kinds())
+        },
+        "running_jobs": {
+            queue: {"limit": quota.running_jobs.get(queue), "used": running.get(queue, 0)}
+            for queue in (queues.CPU, queues.GPU)
         },
         "sandbox_limits": quota.sandbox_limits,
         "gpu_seconds_per_day": {"limit": quota.gpu_seconds_per_day, "used": round(gpu_seconds_today(organization), 1)},

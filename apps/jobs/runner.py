@@ -6,10 +6,12 @@ contract (fencing, leases, cancellation, retry policy), not about any kind.
 
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from functools import partial
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -193,11 +195,45 @@ def _run_claimed(job: Job, worker: str) -> str:
         return _execute(job, kind, worker)
 
 
+@contextmanager
+def time_limits(kind: JobKind):
+    """Hold the job to its kind's limits: SoftTimeLimitExceeded at the soft one, the process ends at the hard one.
+
+    A doorbell's Celery limits are those of the longest kind of its queue (it may claim any
+    of them), so the limits of the kind it did claim are enforced here, with the same
+    effect as Celery's own: the soft limit raises in the job, the hard one ends the process
+    (its lease then expires and the reaper decides). Only in a pool process's main thread
+    (where Celery runs tasks); a no-op elsewhere, e.g. a test calling the runner in a thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hard_after = max(1, kind.time_limit_s - kind.soft_time_limit_s)
+
+    def soft(signum, frame):
+        # From here the job has until the hard limit to stop.
+        signal.signal(signal.SIGALRM, hard)
+        signal.setitimer(signal.ITIMER_REAL, hard_after)
+        raise SoftTimeLimitExceeded(f"soft time limit ({kind.soft_time_limit_s}s) exceeded")
+
+    def hard(signum, frame):
+        logger.error("job.hard_time_limit", extra={"kind": kind.name, "time_limit_s": kind.time_limit_s})
+        os._exit(1)
+
+    previous = signal.signal(signal.SIGALRM, soft)
+    signal.setitimer(signal.ITIMER_REAL, kind.soft_time_limit_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _execute(job: Job, kind: JobKind, worker: str) -> str:
     context = JobContext(job)
     finish = {"job_id": job.id, "attempt": job.attempt, "worker": worker}
     try:
-        with Heartbeat(context):
+        with Heartbeat(context), time_limits(kind):
             result = kind.execute(context)
     except JobCancelled:
         services.job_finish(**finish, status=JobStatus.CANCELLED)

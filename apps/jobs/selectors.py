@@ -54,12 +54,13 @@ def job_wait_reason(job: Job) -> dict | None:
     """Why a queued job is not running yet, by the rules the claim uses (apps.jobs.services.job_claim_next).
 
     {"code", "message"} with code one of: run_after, queue_paused, attempts_exhausted,
-    no_live_host, behind; None for a job that is not queued.
+    organization_limit, key_limit, no_live_host, behind; None for a job that is not queued.
     """
     from django.db.models import Q
     from django.db.models.functions import Now
 
-    from apps.jobs.models import JobStatus, QueueState
+    from apps.jobs.models import ACTIVE_STATUSES, JobStatus, QueueState
+    from apps.jobs.quotas import organization_quota
 
     if job.status != JobStatus.QUEUED:
         return None
@@ -75,6 +76,23 @@ def job_wait_reason(job: Job) -> dict | None:
         return {"code": "queue_paused", "message": f"Queue '{job.queue}' is paused{why}."}
     if job.attempt >= job.max_attempts:
         return {"code": "attempts_exhausted", "message": f"No attempt left ({job.attempt} of {job.max_attempts})."}
+    running = Job.objects.filter(organization_id=job.organization_id, status__in=ACTIVE_STATUSES)
+    limit = organization_quota(job.organization).running_jobs.get(job.queue)
+    if limit is not None:
+        used = running.filter(queue=job.queue).count()
+        if used >= limit:
+            return {
+                "code": "organization_limit",
+                "message": f"Your organization runs {used} of at most {limit} jobs at once on '{job.queue}'.",
+            }
+    if job.concurrency_key is not None:
+        used = running.filter(concurrency_key=job.concurrency_key).count()
+        if used >= job.concurrency_limit:
+            return {
+                "code": "key_limit",
+                "message": f"{used} of at most {job.concurrency_limit} jobs with concurrency key "
+                f"'{job.concurrency_key}' are running.",
+            }
     if not any(host.is_alive and job.queue in host.queues for host in WorkerHost.objects.filter(stopped_at=None)):
         return {"code": "no_live_host", "message": f"No live worker consumes queue '{job.queue}'."}
     ahead = (

@@ -12,7 +12,8 @@ import random
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+import zlib
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def job_submit(
     idempotency_key: str | None = None,
     parent: Job | None = None,
     publish: bool = True,
+    run_after: datetime | None = None,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
 ) -> tuple[Job, bool]:
     """Validate, admit and record a job, and publish it once the transaction commits.
 
@@ -131,6 +135,9 @@ def job_submit(
     job_kind, clean_params = _validate_params(kind, params, membership)
     if max_attempts is not None and not (isinstance(max_attempts, int) and 1 <= max_attempts <= 20):
         raise DomainError("max_attempts: must be an integer from 1 to 20.", fields={"max_attempts": ["Must be 1-20."]})
+    _check_schedule(run_after=run_after, concurrency_key=concurrency_key, concurrency_limit=concurrency_limit)
+    if concurrency_key is not None and concurrency_limit is None:
+        concurrency_limit = 1
     quota = organization_quota(membership.organization)
     quota_check_params(quota=quota, kind=kind, params=clean_params)
     queue = job_kind.pick_queue(clean_params)
@@ -150,6 +157,9 @@ def job_submit(
         parent=parent,
         task_id=str(uuid.uuid4()),
         dispatched_at=timezone.now(),
+        run_after=run_after,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
     )
     admit_quota = parent is None
     try:
@@ -159,7 +169,7 @@ def job_submit(
                     quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
                 _insert_submitted(job, actor=membership.user)
                 if publish:
-                    transaction.on_commit(partial(_publish, job=job))
+                    transaction.on_commit(partial(_publish, job=job, countdown=_delay_s(run_after)))
         else:
             # Nothing to hold a lock for and no caller's transaction: the one INSERT statement
             # (job and first event) commits on its own, saving a BEGIN/COMMIT round trip.
@@ -167,7 +177,7 @@ def job_submit(
                 quota_admit(quota=quota, organization=membership.organization, kind=kind, queue=queue)
             _insert_submitted(job, actor=membership.user)
             if publish:
-                _publish(job=job)
+                _publish(job=job, countdown=_delay_s(run_after))
     except IntegrityError:
         # Two submits raced on one idempotency key; the other one won.
         if idempotency_key is None:
@@ -178,6 +188,46 @@ def job_submit(
         extra={"job_id": str(job.id), "organization_id": membership.organization_id, "kind": kind, "queue": queue},
     )
     return job, True
+
+
+MAX_RUN_AFTER = timedelta(days=30)
+
+
+def _check_schedule(*, run_after, concurrency_key, concurrency_limit) -> None:
+    """When a job may run and what it shares a limit with: checked before anything is written."""
+    if run_after is not None:
+        if not isinstance(run_after, datetime) or timezone.is_naive(run_after):
+            raise DomainError(
+                "run_after: must be a date-time with a time zone.", fields={"run_after": ["Give an ISO 8601 time."]}
+            )
+        if run_after > timezone.now() + MAX_RUN_AFTER:
+            raise DomainError("run_after: at most 30 days ahead.", fields={"run_after": ["At most 30 days from now."]})
+    if concurrency_key is not None and not (isinstance(concurrency_key, str) and 0 < len(concurrency_key) <= 100):
+        raise DomainError(
+            "concurrency_key: 1 to 100 characters.", fields={"concurrency_key": ["Give 1 to 100 characters."]}
+        )
+    if concurrency_limit is not None:
+        if concurrency_key is None:
+            raise DomainError(
+                "concurrency_limit: only with a concurrency_key.",
+                fields={"concurrency_limit": ["Give a concurrency_key too."]},
+            )
+        if (
+            not isinstance(concurrency_limit, int)
+            or isinstance(concurrency_limit, bool)
+            or not 1 <= concurrency_limit <= 1000
+        ):
+            raise DomainError(
+                "concurrency_limit: an integer from 1 to 1000.", fields={"concurrency_limit": ["Must be 1-1000."]}
+            )
+
+
+def _delay_s(run_after: datetime | None) -> float | None:
+    """Seconds until `run_after` for a delayed doorbell (the ring covers it if this one is lost)."""
+    if run_after is None:
+        return None
+    seconds = (run_after - timezone.now()).total_seconds()
+    return seconds if seconds > 0 else None
 
 
 _backlog_cache: dict[str, tuple[float, int]] = {}
@@ -258,8 +308,13 @@ def _run_message(job: Job, *, countdown: float | None = None) -> tuple[str, dict
     kind = get_kind(job.kind)
     if kind and kind.message:
         task_name, args = kind.message(job)
+        soft_limit, hard_limit = kind.soft_time_limit_s, kind.time_limit_s
     else:
+        # A doorbell may claim any kind of its queue: Celery's limits for it are the
+        # longest any pulled kind may take, and the runner holds the claimed job to its own
+        # kind's limits (apps.jobs.runner.time_limits).
         task_name, args = DOORBELL_TASK, [job.queue]
+        soft_limit = hard_limit = doorbell_time_limit_s()
     return task_name, {
         "args": args,
         "task_id": job.task_id,
@@ -268,9 +323,20 @@ def _run_message(job: Job, *, countdown: float | None = None) -> tuple[str, dict
         # gets a doorbell rung for urgent work read sooner.
         "priority": _broker_priority(job.priority),
         "countdown": countdown,
-        "soft_time_limit": kind.soft_time_limit_s if kind else None,
-        "time_limit": kind.time_limit_s if kind else None,
+        "soft_time_limit": soft_limit,
+        "time_limit": hard_limit + DOORBELL_HARD_LIMIT_MARGIN_S if hard_limit else None,
     }
+
+
+# Celery's own hard limit on a doorbell comes this long after the longest kind's hard limit,
+# so the runner's per-kind limits always act first.
+DOORBELL_HARD_LIMIT_MARGIN_S = 30
+
+
+def doorbell_time_limit_s() -> int:
+    from apps.jobs.kinds import all_kinds
+
+    return max((kind.time_limit_s for kind in all_kinds().values() if kind.message is None), default=3600)
 
 
 def _publish(*, job: Job, countdown: float | None = None) -> bool:
@@ -353,18 +419,39 @@ SELECT count(*), max(parent_id::text) FROM finished
 
 
 # The scheduler: the best eligible job of a queue, in one statement. Eligible: queued, with an
-# attempt left, due (`run_after`, judged by the database clock), its queue not paused. Best:
-# priority, then age. apps.jobs.selectors.job_wait_reason explains a queued job by the same rules.
-# SKIP LOCKED lets concurrent claims take different rows instead of queueing on one.
+# attempt left, due (`run_after`, judged by the database clock), its queue not paused, its
+# organization under its running limit for the queue (OrganizationQuota.running_jobs) and its
+# concurrency key under the key's limit. Best: priority, then age. The limits count running
+# jobs, so claims of one queue take turns (job_claim_next holds a transaction-level advisory
+# lock per queue while it counts); SKIP LOCKED still keeps other work from waiting on a row.
+# apps.jobs.selectors.job_wait_reason explains a queued job by the same rules.
 _CLAIM_NEXT_SQL = """
-WITH candidate AS (
-    SELECT id FROM jobs_job
-     WHERE queue = %(queue)s AND status = 'queued' AND attempt < max_attempts
-       AND (run_after IS NULL OR run_after <= now())
+WITH active AS (
+    SELECT organization_id, queue, concurrency_key FROM jobs_job WHERE status IN ('running', 'cancelling')
+), organization_full AS (
+    SELECT active.organization_id FROM active
+      LEFT JOIN accounts_organizationquota AS quota ON quota.organization_id = active.organization_id
+     WHERE active.queue = %(queue)s
+     GROUP BY active.organization_id
+    HAVING count(*) >= min(COALESCE((quota.running_jobs ->> %(queue)s)::int, %(default_running)s::int))
+), key_running AS (
+    SELECT organization_id, concurrency_key, count(*) AS running FROM active
+     WHERE concurrency_key IS NOT NULL
+     GROUP BY organization_id, concurrency_key
+), candidate AS (
+    SELECT job.id FROM jobs_job AS job
+     WHERE job.queue = %(queue)s AND job.status = 'queued' AND job.attempt < job.max_attempts
+       AND (job.run_after IS NULL OR job.run_after <= now())
        AND NOT EXISTS (SELECT 1 FROM jobs_queuestate WHERE name = %(queue)s AND paused)
-     ORDER BY priority DESC, created_at, id
+       AND job.organization_id NOT IN (SELECT organization_id FROM organization_full)
+       AND NOT EXISTS (
+           SELECT 1 FROM key_running AS k
+            WHERE k.organization_id = job.organization_id AND k.concurrency_key = job.concurrency_key
+              AND k.running >= job.concurrency_limit
+       )
+     ORDER BY job.priority DESC, job.created_at, job.id
      LIMIT 1
-       FOR UPDATE SKIP LOCKED
+       FOR UPDATE OF job SKIP LOCKED
 ), claimed AS (
     UPDATE jobs_job AS job
        SET status = 'running', attempt = attempt + 1, started_at = now(), finished_at = NULL,
@@ -381,6 +468,8 @@ WITH candidate AS (
 )
 SELECT * FROM claimed
 """
+# pg_advisory_xact_lock(CLAIM_LOCK_CLASS, crc32(queue)): one claim of a queue counts at a time.
+CLAIM_LOCK_CLASS = 0x5377
 
 
 @functools.cache
@@ -431,10 +520,18 @@ def job_claim(
     return _claimed(_claim_statement(), params)
 
 
-def _claimed(statement: PreparedStatement, params: dict) -> Job | None:
-    """Run a claim statement; the Job it took (logged), or None."""
+def _claimed(statement: PreparedStatement, params: dict, prefix: tuple[str, list] | None = None) -> Job | None:
+    """Run a claim statement (after `prefix`, a statement with positional args); the Job it took (logged), or None."""
+    sql, args = statement.sql_and_args(params)
+    if prefix is not None:
+        if isinstance(args, dict):  # plain SQL with named placeholders (prepared statements off)
+            named = {f"prefix_{i}": value for i, value in enumerate(prefix[1])}
+            sql = prefix[0] % tuple(f"%({name})s" for name in named) + sql
+            args = {**args, **named}
+        else:
+            sql, args = prefix[0] + sql, [*prefix[1], *args]
     with connection.cursor() as cursor:
-        cursor.execute(*statement.sql_and_args(params))
+        cursor.execute(sql, args)
         row = cursor.fetchone()
     if row is None:
         return None
@@ -457,8 +554,19 @@ def job_claim_next(
 ) -> Job | None:
     """Claim the best eligible job of `queue` (a doorbell rang); None when nothing is eligible."""
     lease = lease_seconds or settings.JOBS_LEASE_SECONDS
-    params = {"queue": queue, "worker": worker, "task_id": task_id, "lease": lease}
-    return _claimed(_claim_next_statement(), params)
+    default_running = settings.ORGANIZATION_QUOTA_DEFAULTS.get("running_jobs", {}).get(queue)
+    params = {
+        "queue": queue,
+        "worker": worker,
+        "task_id": task_id,
+        "lease": lease,
+        "default_running": default_running,
+    }
+    # The lock and the claim go in one round trip, as two statements of one implicit
+    # transaction: the claim's snapshot is taken after the lock, so the running jobs it
+    # counts include every claim of this queue that committed before it.
+    lock = ("SELECT pg_advisory_xact_lock(%s, %s); ", [CLAIM_LOCK_CLASS, zlib.crc32(queue.encode()) & 0x7FFFFFFF])
+    return _claimed(_claim_next_statement(), params, prefix=lock)
 
 
 def job_heartbeat(*, job_id: uuid.UUID, attempt: int) -> str | None:
@@ -872,10 +980,18 @@ def _eligible_counts(*, limit: int) -> dict[str, int]:
 def _ring(queue: str, doorbells: int) -> int:
     from project.celery import app
 
+    limit = doorbell_time_limit_s()
     try:
         with app.producer_or_acquire() as producer:
             for _ in range(doorbells):
-                app.send_task(DOORBELL_TASK, args=[queue], queue=queues.direct_queue(queue), producer=producer)
+                app.send_task(
+                    DOORBELL_TASK,
+                    args=[queue],
+                    queue=queues.direct_queue(queue),
+                    producer=producer,
+                    soft_time_limit=limit,
+                    time_limit=limit + DOORBELL_HARD_LIMIT_MARGIN_S,
+                )
     except Exception:
         logger.exception("jobs.ring_failed", extra={"queue": queue})
         return 0

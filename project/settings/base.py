@@ -255,6 +255,8 @@ JOBS_RETRY_BACKOFF_MAX_SECONDS = env.float("JOBS_RETRY_BACKOFF_MAX_SECONDS", def
 # here and bounded only by the queue backlog above.
 ORGANIZATION_QUOTA_DEFAULTS = {
     "concurrent_jobs": {"sandbox": 32, "inference": 200, "compile": 8, "simulation": 32},
+    # Jobs running at once per queue (cpu, gpu), enforced by the claim; unset: no limit.
+    "running_jobs": {},
     # Caps on what a sandbox run may ask for; unset caps are the system maxima.
     "sandbox_limits": {},
     # Wall-clock seconds of gpu-queue jobs started per UTC day; None is unlimited.

@@ -121,3 +121,31 @@ def test_pause_stops_claims_at_once_and_resume_restarts_them(start_worker, membe
 
     services.queue_set_paused(queue="cpu", paused=False, actor=operator)  # rings on commit
     wait_for(lambda: Job.objects.filter(pk__in=[j.pk for j in held], status="succeeded").count() == 5, 30, "resume")
+
+
+def test_an_organization_limit_holds_across_workers_and_never_idles_them(start_worker, member):
+    """Limit 2 for A across 4 worker processes: never 3 of A running; B's work fills the other slots."""
+    from apps.accounts.services import organization_quota_set
+
+    flooder, _ = member("developer")
+    other, _ = member("developer")
+    organization_quota_set(organization=flooder.organization, actor=None, running_jobs={"cpu": 2})
+    flood = [sleep_job(flooder, priority=9, duration_s=1) for _ in range(10)]
+    theirs = [sleep_job(other, priority=0, duration_s=1) for _ in range(8)]
+    everything = [job.pk for job in flood + theirs]
+    for _ in range(2):
+        start_worker("cpu", concurrency=2, env=FAST_CONTRACT)
+
+    most_of_theirs_at_once, samples = 0, 0
+    deadline = time.monotonic() + 120
+    while Job.objects.filter(pk__in=everything, status="succeeded").count() < len(everything):
+        assert time.monotonic() < deadline, "jobs did not finish"
+        running = Job.objects.filter(pk__in=everything, status="running")
+        mine = running.filter(organization=flooder.organization).count()
+        assert mine <= 2, f"{mine} of the limited organization's jobs running at once"
+        most_of_theirs_at_once = max(most_of_theirs_at_once, running.filter(organization=other.organization).count())
+        samples += 1
+        time.sleep(0.05)
+    assert samples > 20
+    # A's limit left two of the four processes to B (priority 0, yet not starved behind A's priority 9).
+    assert most_of_theirs_at_once >= 2

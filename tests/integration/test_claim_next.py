@@ -95,3 +95,87 @@ def test_leases_are_judged_by_the_database_clock(member, settings):
         assert services.job_heartbeat(job_id=job.pk, attempt=job.attempt) == JobStatus.RUNNING
     job.refresh_from_db()
     assert job.lease_expires_at < timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS + 30)
+
+
+def test_an_organization_at_its_running_limit_is_passed_over_not_waited_for(member):
+    from apps.accounts.services import organization_quota_set
+
+    flooder, client = member("developer")
+    other, _ = member("developer")
+    organization_quota_set(organization=flooder.organization, actor=None, running_jobs={"cpu": 2})
+    flood = [submit(flooder, priority=9) for _ in range(5)]
+    theirs = submit(other, priority=0)
+
+    claimed = [services.job_claim_next(queue="cpu", worker="cpu@test") for _ in range(4)]
+
+    assert [job.pk if job else None for job in claimed] == [flood[0].pk, flood[1].pk, theirs.pk, None]
+    held = client.get(f"/api/v1/jobs/{flood[2].pk}/").json()["wait_reason"]
+    assert held == {
+        "code": "organization_limit",
+        "message": "Your organization runs 2 of at most 2 jobs at once on 'cpu'.",
+    }
+    services.job_finish(job_id=flood[0].pk, attempt=1, status=JobStatus.SUCCEEDED)
+    assert services.job_claim_next(queue="cpu", worker="cpu@test").pk == flood[2].pk
+
+
+def test_jobs_sharing_a_concurrency_key_run_within_its_limit(member):
+    membership, client = member("developer")
+    first, second = (
+        services.job_submit(
+            membership=membership, kind="sleep", params={}, concurrency_key="customer-42", publish=False
+        )[0]
+        for _ in range(2)
+    )
+    unkeyed = submit(membership, priority=0)
+
+    assert services.job_claim_next(queue="cpu", worker="cpu@test").pk == first.pk
+    assert services.job_claim_next(queue="cpu", worker="cpu@test").pk == unkeyed.pk  # `second` is held
+    assert services.job_claim_next(queue="cpu", worker="cpu@test") is None
+    assert client.get(f"/api/v1/jobs/{second.pk}/").json()["wait_reason"]["code"] == "key_limit"
+
+
+def test_submit_takes_run_after_and_a_concurrency_key_through_rest(member):
+    _, client = member("developer")
+    later = (timezone.now() + timedelta(minutes=10)).isoformat()
+    body = client.post(
+        "/api/v1/jobs/",
+        {"kind": "sleep", "params": {}, "run_after": later, "concurrency_key": "nightly", "concurrency_limit": 2},
+        format="json",
+    ).json()
+    assert body["concurrency_key"] == "nightly" and body["concurrency_limit"] == 2 and body["run_after"]
+    assert services.job_claim_next(queue="cpu", worker="cpu@test") is None
+
+    refused = client.post("/api/v1/jobs/", {"kind": "sleep", "concurrency_limit": 2}, format="json")
+    assert refused.status_code == 400 and "concurrency_limit" in refused.json()["fields"]
+    too_late = (timezone.now() + timedelta(days=40)).isoformat()
+    refused = client.post("/api/v1/jobs/", {"kind": "sleep", "run_after": too_late}, format="json")
+    assert refused.status_code == 400 and "run_after" in refused.json()["fields"]
+
+
+def test_a_doorbell_carries_the_longest_limit_and_the_runner_holds_the_job_to_its_kind(member):
+    import time
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from apps.jobs.kinds import JobKind, all_kinds
+    from apps.jobs.runner import time_limits
+
+    membership, _ = member("developer")
+    job = submit(membership)
+    _, options = services._run_message(job)
+    longest = max(kind.time_limit_s for kind in all_kinds().values() if kind.message is None)
+    assert options["soft_time_limit"] == longest and options["time_limit"] > longest
+
+    quick = JobKind(
+        name="quick",
+        description="",
+        params_serializer=None,
+        execute=None,
+        pick_queue=None,
+        soft_time_limit_s=1,
+        time_limit_s=30,
+    )
+    started = time.monotonic()
+    with pytest.raises(SoftTimeLimitExceeded), time_limits(quick):
+        time.sleep(20)
+    assert time.monotonic() - started < 15  # raised at the soft limit, not after the sleep

@@ -25,6 +25,9 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "attempt",
             "max_attempts",
             "idempotency_key",
+            "run_after",
+            "concurrency_key",
+            "concurrency_limit",
             "parent",
             "owner",
             "worker_host",
@@ -42,7 +45,15 @@ class JobOutputSerializer(serializers.ModelSerializer):
 
 class JobWaitReasonSerializer(serializers.Serializer):
     code = serializers.ChoiceField(
-        choices=["run_after", "queue_paused", "attempts_exhausted", "no_live_host", "behind"]
+        choices=[
+            "run_after",
+            "queue_paused",
+            "attempts_exhausted",
+            "organization_limit",
+            "key_limit",
+            "no_live_host",
+            "behind",
+        ]
     )
     message = serializers.CharField()
     ahead = serializers.IntegerField(required=False, help_text="eligible jobs claimed before this one ('behind')")

@@ -73,6 +73,17 @@ class JobListCreateApi(APIView):
         params = serializers.JSONField(default=dict, help_text="Parameters for the kind; validated per kind.")
         priority = serializers.IntegerField(min_value=0, max_value=9, default=5, help_text="9 is the most urgent.")
         max_attempts = serializers.IntegerField(min_value=1, max_value=20, required=False)
+        run_after = serializers.DateTimeField(
+            required=False, help_text="Not started before this time (ISO 8601, at most 30 days ahead)."
+        )
+        concurrency_key = serializers.CharField(
+            max_length=100,
+            required=False,
+            help_text="Jobs of your organization with the same key run at most `concurrency_limit` at a time.",
+        )
+        concurrency_limit = serializers.IntegerField(
+            min_value=1, max_value=1000, required=False, help_text="Default 1; needs `concurrency_key`."
+        )
 
         class Meta:
             ref_name = "JobSubmitInput"

@@ -19,7 +19,10 @@ def _pair(text: str) -> tuple[str, float]:
 
 
 class Command(BaseCommand):
-    help = "Show or set an organization's quotas: active jobs per kind, sandbox limit caps, GPU seconds per day."
+    help = (
+        "Show or set an organization's quotas: active jobs per kind, running jobs per queue, sandbox limit caps, "
+        "GPU seconds per day."
+    )
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -29,6 +32,13 @@ class Command(BaseCommand):
         change.add_argument("org", help="organization slug")
         change.add_argument(
             "--concurrent", action="append", default=[], metavar="KIND=N", help="most active jobs of a kind"
+        )
+        change.add_argument(
+            "--running",
+            action="append",
+            default=[],
+            metavar="QUEUE=N",
+            help="most jobs running at once in a queue (cpu, gpu); the rest wait queued; N=0 removes the limit",
         )
         change.add_argument(
             "--sandbox-limit", action="append", default=[], metavar="NAME=MAX", help="cap, e.g. memory_mb=256"
@@ -46,11 +56,17 @@ class Command(BaseCommand):
             try:
                 concurrent = dict(_pair(text) for text in options["concurrent"])
                 caps = dict(_pair(text) for text in options["sandbox_limit"])
+                running = dict(_pair(text) for text in options["running"])
             except ValueError as exc:
                 raise CommandError(str(exc), returncode=USAGE_ERROR) from exc
             values = {
                 "concurrent_jobs": {**(current.concurrent_jobs if current else {}), **concurrent},
                 "sandbox_limits": {**(current.sandbox_limits if current else {}), **caps},
+                "running_jobs": {
+                    queue: limit
+                    for queue, limit in {**(current.running_jobs if current else {}), **running}.items()
+                    if limit != 0
+                },
             }
             if options["gpu_seconds_per_day"] is not None:
                 seconds = options["gpu_seconds_per_day"]

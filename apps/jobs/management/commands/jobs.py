@@ -3,9 +3,11 @@
 import json
 import shutil
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.management.base import CommandError
+from django.utils import timezone
 
 from apps.accounts.cli import USAGE_ERROR, MemberCommand, add_actor_arguments
 from apps.jobs import selectors, services
@@ -37,6 +39,11 @@ class Command(MemberCommand):
         submit.add_argument("--priority", type=int, default=5, help="0 (least urgent) to 9 (most urgent); default 5")
         submit.add_argument("--max-attempts", type=int, help="attempts before the job fails (default: the kind's)")
         submit.add_argument("--idempotency-key", help="repeat a submit safely: the same key returns the same job")
+        submit.add_argument("--delay", type=float, metavar="SECONDS", help="do not start before SECONDS from now")
+        submit.add_argument(
+            "--concurrency-key", help="jobs with the same key run at most --concurrency-limit at a time (default 1)"
+        )
+        submit.add_argument("--concurrency-limit", type=int, help="with --concurrency-key: how many at a time")
         submit.add_argument("--wait", action="store_true", help="wait with a progress bar; exit with its outcome")
         submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up after N seconds")
         submit.add_argument(
@@ -80,6 +87,9 @@ class Command(MemberCommand):
             priority=options["priority"],
             max_attempts=options["max_attempts"],
             idempotency_key=options["idempotency_key"],
+            run_after=timezone.now() + timedelta(seconds=options["delay"]) if options["delay"] else None,
+            concurrency_key=options["concurrency_key"],
+            concurrency_limit=options["concurrency_limit"],
         )
         self.stdout.write(f"{'submitted' if created else 'existing'} {job.id} ({job.kind} on {job.queue})")
         if options["wait"]:
