@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import task_prerun, worker_init
 
 from project import queues
 
@@ -26,3 +26,16 @@ def refuse_unsafe_time_limits(sender=None, **kwargs):
             f"task_time_limit={limit}s exceeds {queues.MAX_TASK_TIME_LIMIT_S}s, "
             f"the longest limit safe with visibility_timeout={queues.VISIBILITY_TIMEOUT_S}s"
         )
+
+
+@task_prerun.connect
+def heal_database_connections(**kwargs):
+    """Before every task, drop a database connection that broke since the last one (e.g. a PostgreSQL restart).
+
+    Celery's Django fixup closes connections only every CELERY_DB_REUSE_MAX tasks, so a
+    control worker used to fail every reaper run on a dead connection until restarted.
+    A connection used without error a moment ago is kept without a check (apps.core.db).
+    """
+    from apps.core.db import close_old_connections_between_jobs
+
+    close_old_connections_between_jobs()

@@ -57,8 +57,14 @@ class JobContext:
         if now - self._last_progress_write < settings.JOBS_PROGRESS_MIN_INTERVAL_SECONDS:
             return
         self._last_progress_write = now
-        if not services.job_progress(job_id=self.job_id, attempt=self.attempt, progress=fraction, message=message):
-            self._refresh_state()
+        try:
+            if not services.job_progress(job_id=self.job_id, attempt=self.attempt, progress=fraction, message=message):
+                self._refresh_state()
+        except (InterfaceError, OperationalError):
+            # Progress is advice: a database outage must not fail work that can go on. The
+            # connection is dropped so the next write (the finish) starts on a new one.
+            logger.warning("job.progress_not_written", extra={"job_id": str(self.job_id)})
+            connections.close_all()
 
     def should_cancel(self) -> bool:
         return self._cancel_requested.is_set() or self._lease_lost.is_set()
@@ -120,6 +126,9 @@ class Heartbeat:
                     context._refresh_state()
                 except Exception:
                     logger.exception("job.heartbeat_failed", extra={"job_id": str(context.job_id)})
+                    # This thread's connection may be dead (a PostgreSQL restart): the next
+                    # beat starts on a new one instead of failing until the lease is gone.
+                    connections.close_all()
             if not watched:
                 # Idle: give the connection back rather than hold it between jobs.
                 connections.close_all()
@@ -229,6 +238,26 @@ def time_limits(kind: JobKind):
         signal.signal(signal.SIGALRM, previous)
 
 
+def _through_outage(write, /, **kwargs):
+    """Record a job's outcome even across a short database outage: retried until it lands or the lease is gone.
+
+    Work that finished must be recorded, not run again: a success write lost to a
+    PostgreSQL restart used to send the job back for a second attempt. Past the lease the
+    reaper may have requeued the job, and the write would be fenced anyway.
+    """
+    delay, deadline = 0.25, time.monotonic() + settings.JOBS_LEASE_SECONDS
+    while True:
+        try:
+            return write(**kwargs)
+        except (InterfaceError, OperationalError):
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("job.write_retried", extra={"job_id": str(kwargs.get("job_id")), "in_s": delay})
+            connections.close_all()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _execute(job: Job, kind: JobKind, worker: str) -> str:
     context = JobContext(job)
     finish = {"job_id": job.id, "attempt": job.attempt, "worker": worker}
@@ -236,20 +265,22 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
         with Heartbeat(context), time_limits(kind):
             result = kind.execute(context)
     except JobCancelled:
-        services.job_finish(**finish, status=JobStatus.CANCELLED)
+        _through_outage(services.job_finish, **finish, status=JobStatus.CANCELLED)
         return JobStatus.CANCELLED
     except LeaseLost:
         logger.warning("job.lease_lost", extra={"job_id": str(job.id), "attempt": job.attempt})
         return "lease_lost"
     except PermanentJobError as exc:
-        services.job_finish(**finish, status=JobStatus.FAILED, error=_error(exc.code, exc.message, exc.details))
+        error = _error(exc.code, exc.message, exc.details)
+        _through_outage(services.job_finish, **finish, status=JobStatus.FAILED, error=error)
         return JobStatus.FAILED
     except SoftTimeLimitExceeded:
         message = f"Exceeded the time limit of {kind.soft_time_limit_s}s for kind '{kind.name}'."
-        services.job_finish(**finish, status=JobStatus.FAILED, error=_error("time_limit", message))
+        _through_outage(services.job_finish, **finish, status=JobStatus.FAILED, error=_error("time_limit", message))
         return JobStatus.FAILED
     except kind.transient_errors as exc:
-        return services.job_retry_later(
+        return _through_outage(
+            services.job_retry_later,
             job_id=job.id,
             attempt=job.attempt,
             worker=worker,
@@ -257,7 +288,8 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
         )
     except Exception as exc:
         logger.exception("job.crashed", extra={"job_id": str(job.id), "kind": job.kind})
-        services.job_finish(
+        _through_outage(
+            services.job_finish,
             **finish,
             status=JobStatus.FAILED,
             error=_error("internal_error", f"{type(exc).__name__}: {exc}", {"traceback": traceback.format_exc()}),
@@ -265,10 +297,12 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
         return JobStatus.FAILED
     if isinstance(result, AwaitChildren):
         # Fanned out: the last child to end has the kind's aggregate finish this job.
-        if not services.job_await_children(job_id=job.id, attempt=job.attempt, worker=worker, children=result.children):
+        if not _through_outage(
+            services.job_await_children, job_id=job.id, attempt=job.attempt, worker=worker, children=result.children
+        ):
             return "lease_lost"
         return "awaiting_children"
     # Fenced: if another attempt took the job over meanwhile, this write is refused.
-    if not services.job_finish(**finish, status=JobStatus.SUCCEEDED, result=result):
+    if not _through_outage(services.job_finish, **finish, status=JobStatus.SUCCEEDED, result=result):
         return "lease_lost"
     return JobStatus.SUCCEEDED
