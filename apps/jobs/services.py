@@ -141,7 +141,7 @@ def job_submit(
     quota = organization_quota(membership.organization)
     quota_check_params(quota=quota, kind=kind, params=clean_params)
     queue = job_kind.pick_queue(clean_params)
-    _admit(queue)
+    _admit(queue, organization_id=membership.organization_id)
 
     # Recorded as dispatched with the insert: if the publish after it fails, the reaper
     # publishes again like for a lost message.
@@ -234,14 +234,18 @@ _backlog_cache: dict[str, tuple[float, int]] = {}
 BACKLOG_CACHE_SECONDS = 1.0
 
 
-def _queued_count(queue: str) -> int:
+def _queued_count(queue: str, organization_id: int | None = None) -> int:
     # Admission is approximate by nature; counting the backlog once a second per process
     # keeps a COUNT over thousands of queued rows off every submit.
     now = time.monotonic()
-    cached = _backlog_cache.get(queue)
+    key = f"{queue}:{organization_id or ''}"
+    cached = _backlog_cache.get(key)
     if cached is None or now - cached[0] > BACKLOG_CACHE_SECONDS:
-        cached = (now, Job.objects.filter(queue=queue, status=JobStatus.QUEUED).count())
-        _backlog_cache[queue] = cached
+        queued = Job.objects.filter(queue=queue, status=JobStatus.QUEUED)
+        if organization_id is not None:
+            queued = queued.filter(organization_id=organization_id)
+        cached = (now, queued.count())
+        _backlog_cache[key] = cached
     return cached[1]
 
 
@@ -268,12 +272,20 @@ def _insert_submitted(job: Job, *, actor: User) -> None:
     job._state.db = "default"
 
 
-def _admit(queue: str) -> None:
+def _admit(queue: str, *, organization_id: int) -> None:
+    """Bounded backlogs: one organization's flood meets its own cap long before the queue's, which everyone shares."""
+    mine = _queued_count(queue, organization_id)
+    if mine >= settings.JOBS_ORGANIZATION_MAX_BACKLOG:
+        raise ServiceUnavailable(
+            f"Your organization has {mine} jobs queued on '{queue}' (maximum "
+            f"{settings.JOBS_ORGANIZATION_MAX_BACKLOG} per organization); retry later.",
+            details={"cap": "organization_backlog", "queue": queue, "queued": mine, "retry_after_s": 30},
+        )
     backlog = _queued_count(queue)
     if backlog >= settings.JOBS_QUEUE_MAX_BACKLOG:
         raise ServiceUnavailable(
             f"Queue '{queue}' holds {backlog} queued jobs (maximum {settings.JOBS_QUEUE_MAX_BACKLOG}); retry later.",
-            details={"queue": queue, "queued": backlog, "retry_after_s": 30},
+            details={"cap": "queue_backlog", "queue": queue, "queued": backlog, "retry_after_s": 30},
         )
 
 

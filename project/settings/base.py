@@ -247,6 +247,9 @@ JOBS_WORKER_ALIVE_SECONDS = env.float("JOBS_WORKER_ALIVE_SECONDS", default=60.0)
 JOBS_PROGRESS_MIN_INTERVAL_SECONDS = env.float("JOBS_PROGRESS_MIN_INTERVAL_SECONDS", default=1.0)
 # Admission control: submit answers 503 + Retry-After past this many queued jobs per queue.
 JOBS_QUEUE_MAX_BACKLOG = env.int("JOBS_QUEUE_MAX_BACKLOG", default=10000)
+# ... and past this many of one organization's queued jobs per queue, for that organization
+# only: a flood meets its own cap first instead of filling the queue for everyone.
+JOBS_ORGANIZATION_MAX_BACKLOG = env.int("JOBS_ORGANIZATION_MAX_BACKLOG", default=5000)
 JOBS_RETRY_BACKOFF_SECONDS = env.float("JOBS_RETRY_BACKOFF_SECONDS", default=2.0)
 JOBS_RETRY_BACKOFF_MAX_SECONDS = env.float("JOBS_RETRY_BACKOFF_MAX_SECONDS", default=300.0)
 

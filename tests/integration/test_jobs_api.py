@@ -145,7 +145,23 @@ def test_full_queue_answers_503_with_retry_after(member, settings, monkeypatch):
     assert response.status_code == 503
     assert response["Retry-After"] == "30"
     assert "holds 2 queued jobs" in response.json()["detail"]
+    assert response.json()["details"]["cap"] == "queue_backlog"
     assert Job.objects.count() == 2
+
+
+def test_one_organizations_flood_meets_its_own_cap_before_the_queues(member, settings, monkeypatch):
+    settings.JOBS_ORGANIZATION_MAX_BACKLOG = 2
+    settings.JOBS_QUEUE_MAX_BACKLOG = 10
+    monkeypatch.setattr(services, "BACKLOG_CACHE_SECONDS", 0)
+    _, flooder = member("developer")
+    _, bystander = member("developer")
+    submit(flooder)
+    submit(flooder)
+    refused = submit(flooder)
+    assert refused.status_code == 503 and refused["Retry-After"] == "30"
+    assert refused.json()["details"]["cap"] == "organization_backlog"
+    assert "Your organization has 2 jobs queued on 'cpu'" in refused.json()["detail"]
+    assert submit(bystander).status_code == 201  # the queue itself still has room for everyone else
 
 
 def test_openapi_schema_lists_the_job_endpoints(client):
