@@ -16,7 +16,11 @@ def run_sleep(
     attempt: int,
     report_progress: Callable[[float, str], None],
     raise_if_cancelled: Callable[[], None],
+    snooze_first_s: float = 0,
+    snooze: Callable[[float], None] | None = None,
 ) -> dict:
+    if snooze_first_s and attempt == 1 and snooze is not None:
+        snooze(snooze_first_s)  # does not return: the job is queued again, due in that many seconds
     if attempt <= fail_first_attempts:
         raise TransientDrillError(f"drill: attempt {attempt} of the first {fail_first_attempts} fails on purpose")
     started = time.monotonic()

@@ -81,6 +81,12 @@ class SleepParams(serializers.Serializer):
     fail_first_attempts = serializers.IntegerField(
         min_value=0, max_value=10, default=0, help_text="Drill: the first N attempts fail with a transient error."
     )
+    snooze_first_s = serializers.FloatField(
+        min_value=0,
+        max_value=3600,
+        default=0,
+        help_text="Drill: the first attempt snoozes this long before working (no attempt is used).",
+    )
 
 
 def _execute_sleep(context) -> dict:
@@ -92,6 +98,8 @@ def _execute_sleep(context) -> dict:
         steps=params["steps"],
         fail_first_attempts=params["fail_first_attempts"],
         attempt=context.attempt,
+        snooze_first_s=params.get("snooze_first_s", 0),
+        snooze=context.snooze,
         report_progress=context.report_progress,
         raise_if_cancelled=context.raise_if_cancelled,
     )

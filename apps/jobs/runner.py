@@ -35,6 +35,17 @@ class LeaseLost(Exception):
     """Another attempt owns the job now; this run must stop writing."""
 
 
+class JobSnoozed(Exception):
+    """The job asked to be run again later (`JobContext.snooze`), without using an attempt."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = seconds
+
+
+MAX_SNOOZE_S = 24 * 3600
+
+
 class JobContext:
     """What an executor may know and do about its job: params, attempt, progress, cancellation."""
 
@@ -65,6 +76,12 @@ class JobContext:
             # connection is dropped so the next write (the finish) starts on a new one.
             logger.warning("job.progress_not_written", extra={"job_id": str(self.job_id)})
             connections.close_all()
+
+    def snooze(self, seconds: float) -> None:
+        """Stop now and be claimed again in `seconds` (e.g. a resource is busy), without using an attempt."""
+        if not 0 < seconds <= MAX_SNOOZE_S:
+            raise ValueError(f"snooze: seconds must be in (0, {MAX_SNOOZE_S}]")
+        raise JobSnoozed(seconds)
 
     def should_cancel(self) -> bool:
         return self._cancel_requested.is_set() or self._lease_lost.is_set()
@@ -270,6 +287,10 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
     except LeaseLost:
         logger.warning("job.lease_lost", extra={"job_id": str(job.id), "attempt": job.attempt})
         return "lease_lost"
+    except JobSnoozed as snoozed:
+        return _through_outage(
+            services.job_snooze, job_id=job.id, attempt=job.attempt, seconds=snoozed.seconds, worker=worker
+        )
     except PermanentJobError as exc:
         error = _error(exc.code, exc.message, exc.details)
         _through_outage(services.job_finish, **finish, status=JobStatus.FAILED, error=error)

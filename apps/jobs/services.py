@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 from rest_framework import serializers
@@ -679,6 +679,35 @@ def job_retry_later(*, job_id: uuid.UUID, attempt: int, error: dict, worker: str
         )
         transaction.on_commit(partial(job_dispatch, job_id=job.id, countdown=countdown))
     return JobStatus.QUEUED
+
+
+def job_snooze(*, job_id: uuid.UUID, attempt: int, seconds: float, worker: str = "") -> str:
+    """running -> queued, due in `seconds` (database clock), without using an attempt: the job asked to wait."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).first()
+        if job is None:
+            return "fenced"
+        if job.status == JobStatus.CANCELLING:
+            job_finish(job_id=job_id, attempt=attempt, status=JobStatus.CANCELLED, worker=worker)
+            return JobStatus.CANCELLED
+        # `attempt` only grows (it is the fencing token); the budget grows with it instead,
+        # so the next claim's attempt is not one the job spent.
+        Job.objects.filter(pk=job.pk).update(
+            status=JobStatus.QUEUED,
+            lease_expires_at=None,
+            queued_at=timezone.now(),
+            run_after=Now() + timedelta(seconds=seconds),
+            max_attempts=F("max_attempts") + 1,
+        )
+        _event(
+            job,
+            from_status=job.status,
+            to_status=JobStatus.QUEUED,
+            worker=worker,
+            message=f"snoozed for {seconds:g}s (no attempt used)",
+        )
+        transaction.on_commit(partial(job_dispatch, job_id=job.id, countdown=seconds))
+    return "snoozed"
 
 
 # --- operator actions --------------------------------------------------------------------

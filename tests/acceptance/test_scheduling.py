@@ -149,3 +149,26 @@ def test_an_organization_limit_holds_across_workers_and_never_idles_them(start_w
     assert samples > 20
     # A's limit left two of the four processes to B (priority 0, yet not starved behind A's priority 9).
     assert most_of_theirs_at_once >= 2
+
+
+def test_a_snoozed_job_runs_again_later_without_using_an_attempt(start_worker, member):
+    membership, _ = member("developer")
+    start_worker("cpu", env=FAST_CONTRACT)
+    # One attempt only: if snoozing used it, the job could never run again.
+    job = services.job_submit(membership=membership, kind="sleep", params={"snooze_first_s": 1.5}, max_attempts=1)[0]
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == "succeeded", 60, "snoozed job did not succeed")
+
+    job.refresh_from_db()
+    assert job.attempt == 2 and job.max_attempts == 2 and job.error is None
+    events = list(JobEvent.objects.filter(job=job).values_list("from_status", "to_status", "message"))
+    assert [(a, b) for a, b, _ in events] == [
+        ("", "queued"),
+        ("queued", "running"),
+        ("running", "queued"),
+        ("queued", "running"),
+        ("running", "succeeded"),
+    ]
+    assert "snoozed for 1.5s (no attempt used)" in events[2][2]
+    snoozed_at = JobEvent.objects.get(job=job, from_status="running", to_status="queued").created_at
+    again = JobEvent.objects.get(job=job, to_status="running", attempt=2).created_at
+    assert again - snoozed_at >= timedelta(seconds=1.5)
