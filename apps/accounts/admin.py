@@ -77,7 +77,10 @@ class OrganizationAdmin(OrganizationScopedAdmin):
 class OrganizationQuotaForm(forms.ModelForm):
     class Meta:
         model = OrganizationQuota
-        fields = ["organization", "concurrent_jobs", "running_jobs", "sandbox_limits", "gpu_seconds_per_day"]
+        fields = [
+            *["organization", "concurrent_jobs", "running_jobs", "share_weight"],
+            *["sandbox_limits", "gpu_seconds_per_day"],
+        ]
 
     def clean(self):
         cleaned = super().clean()
@@ -104,6 +107,7 @@ class OrganizationQuotaAdmin(PlatformAdmin):
             actor=request.user,
             concurrent_jobs=obj.concurrent_jobs,
             running_jobs=obj.running_jobs,
+            share_weight=obj.share_weight,
             sandbox_limits=obj.sandbox_limits,
             gpu_seconds_per_day=obj.gpu_seconds_per_day,
         )

@@ -95,6 +95,9 @@ class OrganizationQuota(models.Model):
     # queue -> most jobs of this organization running at once there (checked by the claim:
     # the rest stay queued, nobody is refused).
     running_jobs = models.JSONField(default=dict, blank=True)
+    # Weighted fair share: under contention an organization gets throughput in proportion to
+    # its weight (the claim prefers whoever is furthest below their share of recent cost).
+    share_weight = models.FloatField(default=1.0)
     # sandbox limit name (cpu_seconds, wall_seconds, memory_mb, ...) -> the most a run may ask for.
     sandbox_limits = models.JSONField(default=dict, blank=True)
     gpu_seconds_per_day = models.PositiveIntegerField(null=True, blank=True)

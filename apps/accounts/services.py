@@ -514,7 +514,7 @@ def _lock_answerable(user: User, invitation: Invitation) -> Invitation:
 # --- quotas ------------------------------------------------------------------------------
 
 
-QUOTA_FIELDS = ("concurrent_jobs", "running_jobs", "sandbox_limits", "gpu_seconds_per_day")
+QUOTA_FIELDS = ("concurrent_jobs", "running_jobs", "share_weight", "sandbox_limits", "gpu_seconds_per_day")
 
 
 def organization_quota_errors(values: dict) -> dict[str, list[str]]:
@@ -541,6 +541,9 @@ def organization_quota_errors(values: dict) -> dict[str, list[str]]:
             errors[f"running_jobs.{queue}"] = ["Not a queue whose jobs are claimed; choose cpu or gpu."]
         elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             errors[f"running_jobs.{queue}"] = ["Must be a whole number >= 1 (remove it for no limit)."]
+    weight = values.get("share_weight", 1.0)
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= 1000:
+        errors["share_weight"] = ["Must be a number > 0 and at most 1000 (1 is everyone's default)."]
     caps = values.get("sandbox_limits") or {}
     if not isinstance(caps, dict):
         errors["sandbox_limits"] = ["Must be an object: limit name -> cap."]

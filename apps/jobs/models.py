@@ -98,6 +98,13 @@ class Job(models.Model):
                 condition=models.Q(status__in=["running", "cancelling"]),
                 name="job_active_by_lease",
             ),
+            # The claim's walk over the organizations with queued work (fair share), one
+            # index probe per organization rather than a scan of the backlog.
+            models.Index(
+                fields=["queue", "organization", "-priority", "created_at"],
+                condition=models.Q(status="queued"),
+                name="job_queued_by_organization",
+            ),
             models.Index(fields=["organization", "-created_at"], name="job_org_recent"),
             # Quotas count an organization's unfinished jobs of a kind. Only unfinished rows are
             # in it: a finish adds no entry, and the index stays the size of the live work.
@@ -200,6 +207,27 @@ class Artifact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}:{self.name}"
+
+
+class OrganizationUsage(models.Model):
+    """Recent cost of one organization's jobs on one queue, for the claim's fair share.
+
+    Wall seconds of finished attempts (GPU-seconds on `gpu`, CPU-seconds elsewhere), decayed
+    with a half-life of JOBS_FAIR_SHARE_HALF_LIFE_SECONDS: `cost_s` is the value at
+    `updated_at`, and every reader decays it to its own now(). Written by the finish
+    statement; never edited.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    queue = models.CharField(max_length=16)
+    cost_s = models.FloatField(default=0.0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "queue"], name="usage_one_per_org_queue")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.queue}: {self.cost_s:.1f}s"
 
 
 class QueueState(models.Model):

@@ -146,6 +146,11 @@ def _seconds_until_utc_midnight() -> int:
     return max(1, int(tomorrow - now.timestamp()))
 
 
+def _share_weight(organization: Organization) -> float:
+    own = OrganizationQuota.objects.filter(organization=organization).values_list("share_weight", flat=True).first()
+    return own if own is not None else 1.0
+
+
 def quota_usage(organization: Organization) -> dict:
     """The effective quota beside the current use, for the quota endpoint and the admin."""
     from apps.jobs.kinds import all_kinds
@@ -172,6 +177,7 @@ def quota_usage(organization: Organization) -> dict:
             queue: {"limit": quota.running_jobs.get(queue), "used": running.get(queue, 0)}
             for queue in (queues.CPU, queues.GPU)
         },
+        "share_weight": _share_weight(organization),
         "sandbox_limits": quota.sandbox_limits,
         "gpu_seconds_per_day": {"limit": quota.gpu_seconds_per_day, "used": round(gpu_seconds_today(organization), 1)},
     }

@@ -421,10 +421,20 @@ WITH previous AS (
            progress_message = CASE WHEN %(status)s::text = 'succeeded' THEN '' ELSE job.progress_message END
       FROM previous
      WHERE job.id = previous.id
- RETURNING job.id, job.attempt, job.parent_id, previous.status AS from_status
+ RETURNING job.id, job.attempt, job.parent_id, previous.status AS from_status, job.organization_id, job.queue,
+           job.started_at
 ), event AS (
     INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
     SELECT id, now(), from_status, %(status)s::text, attempt, %(worker)s, %(message)s::text FROM finished
+), usage AS (
+    -- The attempt's wall time joins its organization's decayed cost on the queue (fair share).
+    INSERT INTO jobs_organizationusage AS usage (organization_id, queue, cost_s, updated_at)
+    SELECT organization_id, queue, GREATEST(EXTRACT(EPOCH FROM now() - started_at)::float8, 0), now()
+      FROM finished WHERE started_at IS NOT NULL
+        ON CONFLICT (organization_id, queue) DO UPDATE
+       SET cost_s = usage.cost_s * exp(-EXTRACT(EPOCH FROM now() - usage.updated_at)::float8 * ln(2) / %(half_life)s)
+                    + EXCLUDED.cost_s,
+           updated_at = now()
 )
 SELECT count(*), max(parent_id::text) FROM finished
 """
@@ -433,13 +443,16 @@ SELECT count(*), max(parent_id::text) FROM finished
 # The scheduler: the best eligible job of a queue, in one statement. Eligible: queued, with an
 # attempt left, due (`run_after`, judged by the database clock), its queue not paused, its
 # organization under its running limit for the queue (OrganizationQuota.running_jobs) and its
-# concurrency key under the key's limit. Best: priority, then age. The limits count running
+# concurrency key under the key's limit. Best: priority; then weighted fair share, the
+# organization whose recent cost on the queue (decayed, running attempts included) divided by
+# its weight (OrganizationQuota.share_weight) is lowest; then age. The limits count running
 # jobs, so claims of one queue take turns (job_claim_next holds a transaction-level advisory
 # lock per queue while it counts); SKIP LOCKED still keeps other work from waiting on a row.
 # apps.jobs.selectors.job_wait_reason explains a queued job by the same rules.
 _CLAIM_NEXT_SQL = """
-WITH active AS (
-    SELECT organization_id, queue, concurrency_key FROM jobs_job WHERE status IN ('running', 'cancelling')
+WITH RECURSIVE active AS (
+    SELECT organization_id, queue, concurrency_key, started_at FROM jobs_job
+     WHERE status IN ('running', 'cancelling')
 ), organization_full AS (
     SELECT active.organization_id FROM active
       LEFT JOIN accounts_organizationquota AS quota ON quota.organization_id = active.organization_id
@@ -450,19 +463,56 @@ WITH active AS (
     SELECT organization_id, concurrency_key, count(*) AS running FROM active
      WHERE concurrency_key IS NOT NULL
      GROUP BY organization_id, concurrency_key
+), running_cost AS (
+    SELECT organization_id, sum(GREATEST(EXTRACT(EPOCH FROM now() - started_at)::float8, 0)) AS cost_s FROM active
+     WHERE queue = %(queue)s AND started_at IS NOT NULL
+     GROUP BY organization_id
+), organizations AS (
+    -- Each organization with queued work on the queue: one index probe per organization.
+    (SELECT organization_id FROM jobs_job WHERE queue = %(queue)s AND status = 'queued'
+      ORDER BY organization_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT job.organization_id FROM jobs_job AS job
+             WHERE job.queue = %(queue)s AND job.status = 'queued'
+               AND job.organization_id > organizations.organization_id
+             ORDER BY job.organization_id LIMIT 1)
+      FROM organizations WHERE organizations.organization_id IS NOT NULL
+), heads AS (
+    -- Each organization's best eligible job.
+    SELECT head.* FROM organizations
+     CROSS JOIN LATERAL (
+        SELECT job.id, job.organization_id, job.priority, job.created_at FROM jobs_job AS job
+         WHERE job.queue = %(queue)s AND job.status = 'queued' AND job.organization_id = organizations.organization_id
+           AND job.attempt < job.max_attempts
+           AND (job.run_after IS NULL OR job.run_after <= now())
+           AND NOT EXISTS (
+               SELECT 1 FROM key_running AS k
+                WHERE k.organization_id = job.organization_id AND k.concurrency_key = job.concurrency_key
+                  AND k.running >= job.concurrency_limit
+           )
+         ORDER BY job.priority DESC, job.created_at, job.id
+         LIMIT 1
+     ) AS head
+     WHERE organizations.organization_id IS NOT NULL
+       AND organizations.organization_id NOT IN (SELECT organization_id FROM organization_full)
+       AND NOT EXISTS (SELECT 1 FROM jobs_queuestate WHERE name = %(queue)s AND paused)
+), best AS (
+    -- Priority first; then the organization furthest below its share (recent cost over
+    -- weight, running attempts included); then age.
+    SELECT heads.id FROM heads
+      LEFT JOIN jobs_organizationusage AS usage
+             ON usage.organization_id = heads.organization_id AND usage.queue = %(queue)s
+      LEFT JOIN running_cost ON running_cost.organization_id = heads.organization_id
+      LEFT JOIN accounts_organizationquota AS quota ON quota.organization_id = heads.organization_id
+     ORDER BY heads.priority DESC,
+              (COALESCE(usage.cost_s * exp(-EXTRACT(EPOCH FROM now() - usage.updated_at)::float8 * ln(2)
+                                           / %(half_life)s), 0)
+               + COALESCE(running_cost.cost_s, 0)) / COALESCE(quota.share_weight, 1.0),
+              heads.created_at, heads.id
+     LIMIT 1
 ), candidate AS (
     SELECT job.id FROM jobs_job AS job
-     WHERE job.queue = %(queue)s AND job.status = 'queued' AND job.attempt < job.max_attempts
-       AND (job.run_after IS NULL OR job.run_after <= now())
-       AND NOT EXISTS (SELECT 1 FROM jobs_queuestate WHERE name = %(queue)s AND paused)
-       AND job.organization_id NOT IN (SELECT organization_id FROM organization_full)
-       AND NOT EXISTS (
-           SELECT 1 FROM key_running AS k
-            WHERE k.organization_id = job.organization_id AND k.concurrency_key = job.concurrency_key
-              AND k.running >= job.concurrency_limit
-       )
-     ORDER BY job.priority DESC, job.created_at, job.id
-     LIMIT 1
+     WHERE job.id = (SELECT id FROM best) AND job.status = 'queued'
        FOR UPDATE OF job SKIP LOCKED
 ), claimed AS (
     UPDATE jobs_job AS job
@@ -573,6 +623,7 @@ def job_claim_next(
         "task_id": task_id,
         "lease": lease,
         "default_running": default_running,
+        "half_life": settings.JOBS_FAIR_SHARE_HALF_LIFE_SECONDS,
     }
     # The lock and the claim go in one round trip, as two statements of one implicit
     # transaction: the claim's snapshot is taken after the lock, so the running jobs it
@@ -624,6 +675,7 @@ def job_finish(
         "result": _jsonb(result),
         "error": _jsonb(error),
         "message": error["message"] if error else "",
+        "half_life": settings.JOBS_FAIR_SHARE_HALF_LIFE_SECONDS,
     }
     with connection.cursor() as cursor:
         cursor.execute(*_FINISH.sql_and_args(params))

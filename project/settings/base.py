@@ -242,6 +242,9 @@ JOBS_REAPER_INTERVAL_SECONDS = env.float("JOBS_REAPER_INTERVAL_SECONDS", default
 # eligible job that has no doorbell waiting in the broker, at most JOBS_RING_MAX_PER_QUEUE.
 JOBS_RING_INTERVAL_SECONDS = env.float("JOBS_RING_INTERVAL_SECONDS", default=2.0)
 JOBS_RING_MAX_PER_QUEUE = env.int("JOBS_RING_MAX_PER_QUEUE", default=1000)
+# Fair share: an organization's recent cost on a queue (wall seconds of its attempts) halves
+# every this many seconds; the claim prefers whoever is furthest below their weighted share.
+JOBS_FAIR_SHARE_HALF_LIFE_SECONDS = env.float("JOBS_FAIR_SHARE_HALF_LIFE_SECONDS", default=300.0)
 JOBS_WORKER_HEARTBEAT_SECONDS = env.float("JOBS_WORKER_HEARTBEAT_SECONDS", default=15.0)
 JOBS_WORKER_ALIVE_SECONDS = env.float("JOBS_WORKER_ALIVE_SECONDS", default=60.0)
 JOBS_PROGRESS_MIN_INTERVAL_SECONDS = env.float("JOBS_PROGRESS_MIN_INTERVAL_SECONDS", default=1.0)

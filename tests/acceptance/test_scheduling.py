@@ -172,3 +172,23 @@ def test_a_snoozed_job_runs_again_later_without_using_an_attempt(start_worker, m
     snoozed_at = JobEvent.objects.get(job=job, from_status="running", to_status="queued").created_at
     again = JobEvent.objects.get(job=job, to_status="running", attempt=2).created_at
     assert again - snoozed_at >= timedelta(seconds=1.5)
+
+
+def test_one_organizations_flood_does_not_starve_another(start_worker, member):
+    """A floods the queue first; B's later jobs start within a few job durations, not behind A's backlog."""
+    flooder, _ = member("developer")
+    latecomer, _ = member("developer")
+    flood = [sleep_job(flooder, duration_s=0.05) for _ in range(400)]
+    start_worker("cpu", concurrency=2, env=FAST_CONTRACT)
+    wait_for(lambda: Job.objects.filter(pk__in=[j.pk for j in flood], status="succeeded").count() >= 40, 60, "A")
+
+    late = [sleep_job(latecomer, duration_s=0.05) for _ in range(10)]
+    wait_for(lambda: Job.objects.filter(pk__in=[j.pk for j in late], status="succeeded").count() == 10, 60, "B")
+
+    waits = [
+        (job.started_at - job.created_at).total_seconds() for job in Job.objects.filter(pk__in=[j.pk for j in late])
+    ]
+    still_queued = Job.objects.filter(pk__in=[j.pk for j in flood], status="queued").count()
+    # FIFO would have put B behind A's remaining backlog; fair share runs it next.
+    assert still_queued >= 100, "the flood ran out before B was served: the test proves nothing"
+    assert max(waits) < 10, waits

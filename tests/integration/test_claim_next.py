@@ -179,3 +179,55 @@ def test_a_doorbell_carries_the_longest_limit_and_the_runner_holds_the_job_to_it
     with pytest.raises(SoftTimeLimitExceeded), time_limits(quick):
         time.sleep(20)
     assert time.monotonic() - started < 15  # raised at the soft limit, not after the sleep
+
+
+def _usage(organization, cost_s: float) -> None:
+    from apps.jobs.models import OrganizationUsage
+
+    OrganizationUsage.objects.update_or_create(
+        organization=organization, queue="cpu", defaults={"cost_s": cost_s, "updated_at": timezone.now()}
+    )
+
+
+def test_fair_share_prefers_the_organization_furthest_below_its_share(member):
+    heavy, _ = member("developer")
+    light, _ = member("developer")
+    flood = [submit(heavy) for _ in range(5)]
+    late = [submit(light) for _ in range(2)]
+    _usage(heavy.organization, 100.0)
+
+    order = [services.job_claim_next(queue="cpu", worker="cpu@test").pk for _ in range(3)]
+
+    # The light organization's newer jobs go first; age decides only between equals.
+    assert order == [late[0].pk, late[1].pk, flood[0].pk]
+
+
+def test_fair_share_divides_recent_cost_by_the_weight(member):
+    from apps.accounts.services import organization_quota_set
+
+    paying, _ = member("developer")
+    other, _ = member("developer")
+    organization_quota_set(organization=paying.organization, actor=None, share_weight=2.0)
+    theirs = submit(other)  # older
+    mine = submit(paying)
+    _usage(paying.organization, 100.0)  # 100 / 2 = 50
+    _usage(other.organization, 60.0)  # 60 / 1 = 60
+
+    assert services.job_claim_next(queue="cpu", worker="cpu@test").pk == mine.pk
+    assert services.job_claim_next(queue="cpu", worker="cpu@test").pk == theirs.pk
+
+
+def test_priority_comes_before_fair_share_and_finishing_records_the_cost(member):
+    from apps.jobs.models import OrganizationUsage
+
+    heavy, _ = member("developer")
+    light, _ = member("developer")
+    urgent = submit(heavy, priority=9)
+    submit(light, priority=5)
+    _usage(heavy.organization, 1000.0)
+
+    claimed = services.job_claim_next(queue="cpu", worker="cpu@test")
+    assert claimed.pk == urgent.pk
+    services.job_finish(job_id=claimed.pk, attempt=1, status=JobStatus.SUCCEEDED)
+    usage = OrganizationUsage.objects.get(organization=heavy.organization, queue="cpu")
+    assert 999.0 < usage.cost_s < 1001.0  # decayed by a moment, plus this attempt's wall time

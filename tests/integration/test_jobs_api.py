@@ -21,7 +21,13 @@ def test_submit_records_the_job_and_its_first_event_and_publishes_once(member, q
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["status"] == "queued" and body["queue"] == "cpu" and body["priority"] == 7
-    assert body["params"] == {"duration_s": 1.5, "steps": 3, "queue": "cpu", "fail_first_attempts": 0}
+    assert body["params"] == {
+        "duration_s": 1.5,
+        "steps": 3,
+        "queue": "cpu",
+        "fail_first_attempts": 0,
+        "snooze_first_s": 0.0,
+    }
     job = Job.objects.get(pk=body["id"])
     assert job.organization == membership.organization and job.owner == membership.user
     assert list(job.events.values_list("to_status", flat=True)) == ["queued"]

@@ -43,6 +43,9 @@ class Command(BaseCommand):
         change.add_argument(
             "--sandbox-limit", action="append", default=[], metavar="NAME=MAX", help="cap, e.g. memory_mb=256"
         )
+        change.add_argument(
+            "--share-weight", type=float, help="fair share weight under contention (default 1; 2 = twice the share)"
+        )
         change.add_argument("--gpu-seconds-per-day", type=int, help="GPU seconds per UTC day; -1 for unlimited")
 
     def handle(self, *args, action, **options):
@@ -68,6 +71,8 @@ class Command(BaseCommand):
                     if limit != 0
                 },
             }
+            if options["share_weight"] is not None:
+                values["share_weight"] = options["share_weight"]
             if options["gpu_seconds_per_day"] is not None:
                 seconds = options["gpu_seconds_per_day"]
                 values["gpu_seconds_per_day"] = None if seconds < 0 else seconds
