@@ -192,3 +192,18 @@ def test_one_organizations_flood_does_not_starve_another(start_worker, member):
     # FIFO would have put B behind A's remaining backlog; fair share runs it next.
     assert still_queued >= 100, "the flood ran out before B was served: the test proves nothing"
     assert max(waits) < 10, waits
+
+
+def test_bench_fairness_reports_waits_and_shares_and_cleans_up(broker):
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("bench", "fairness", "--flood", "80", "--late", "5", "--share-jobs", "120", stdout=out)
+    summary = dict(pair.split("=") for pair in out.getvalue().strip().splitlines()[-1].split())
+    assert float(summary["b_wait_p95_s"]) < float(summary["b_wait_fifo_s"])
+    assert 0.6 < float(summary["share_ratio_1_1"]) < 1.6
+    # Twice the weight gets clearly more (the figures for the docs come from longer runs).
+    assert float(summary["share_ratio_2_1"]) > 1.2 * float(summary["share_ratio_1_1"])
+    assert not Job.objects.exists()

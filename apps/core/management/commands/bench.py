@@ -8,6 +8,10 @@ from django.db.migrations.executor import MigrationExecutor
 
 BENCHMARKS = {
     "jobs": ("apps.jobs.bench", "the job path vs a raw Celery no-op task on the same broker"),
+    "fairness": (
+        "apps.jobs.bench_fairness",
+        "a latecomer's queue wait behind another organization's flood vs first-in-first-out; shares by weight",
+    ),
     "sandbox": ("apps.jobs.bench_sandbox", "a sandboxed print(1) vs a bare interpreter start; sandbox runs/s"),
     "vectors": ("apps.agents.bench", "pgvector HNSW search vs an exact numpy ranking: recall@10, latency, build time"),
     "compile": ("apps.registry.bench_compile", "int8, optimised and fp16 compiles vs the fp32 source on CPU"),
