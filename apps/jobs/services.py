@@ -32,6 +32,7 @@ from apps.core.errors import Conflict, DomainError, PermissionDenied, ServiceUna
 from apps.jobs.kinds import get_kind
 from apps.jobs.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Artifact, ArtifactRole, Job, JobEvent, JobStatus
 from apps.jobs.quotas import organization_quota, quota_admit, quota_check_params, quota_needs_transaction
+from apps.jobs.sandbox_kind import sandbox_outcome_for_storage
 from project import queues
 from workers import array_files
 from workers.errors import JobError
@@ -859,6 +860,7 @@ def remote_run_finished(*, job_id: str, task_id: str, worker: str, outcome: dict
         job = remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
         if job is None:
             return False
+    outcome = sandbox_outcome_for_storage(outcome)
     verdict = outcome.get("verdict", "internal_error")
     if verdict == "ok":
         return job_finish(job_id=job.id, attempt=job.attempt, status=JobStatus.SUCCEEDED, result=outcome, worker=worker)

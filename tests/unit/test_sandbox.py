@@ -466,3 +466,45 @@ def test_the_sandbox_hosts_celery_app_loads_no_django_settings_models_or_apps():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- findings of issue 19 -------------------------------------------------------------------
+
+
+@needs_bwrap
+def test_nul_bytes_and_invalid_utf8_survive_into_the_message_as_exact_bytes():
+    import base64
+
+    source = "import sys\nsys.stdout.buffer.write(b'a\\x00b\\xff\\n')\nsys.stderr.buffer.write(b'\\x00')\n"
+    result = run_hostile(source)
+    assert result.verdict == "ok"
+    message = result.to_message()
+    encoded = json.dumps(message)
+    # PostgreSQL's jsonb refuses \u0000 in any string.
+    assert "\\u0000" not in encoded
+    assert message["stdout"] == "a\\x00b\\xff\n"
+    assert base64.b64decode(message["stdout_base64"]) == b"a\x00b\xff\n"
+    assert base64.b64decode(message["stderr_base64"]) == b"\x00"
+
+
+@needs_bwrap
+def test_clean_text_output_carries_no_base64_copy():
+    message = run("print('héllo')").to_message()
+    assert (message["stdout"], message["stdout_base64"], message["stdout_bytes"]) == ("héllo\n", None, 7)
+
+
+@needs_bwrap
+def test_inline_output_in_the_message_is_capped_per_stream():
+    result = run("import sys\nsys.stdout.write('x' * 200_000)\n", output_bytes=1_000_000)
+    assert result.verdict == "ok"
+    message = result.to_message()
+    assert len(message["stdout"]) == runner.INLINE_OUTPUT_BYTES == 65536
+    assert message["stdout_bytes"] == 200_000
+    assert message["stdout_inline_truncated"] is True
+    assert message["stdout_truncated"] is False
+
+
+@needs_bwrap
+def test_enomem_from_mmap_is_a_memory_limit_verdict():
+    result = run_hostile("import mmap\nmmap.mmap(-1, 512 * 2**20)\n")
+    assert result.verdict == "memory_limit", (result.verdict, result.stderr)

@@ -62,7 +62,7 @@ def execute(self, job_id: str, request: dict) -> str:
         slot = max(current_process().index or 0, 0)
         previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
         try:
-            outcome = run_sandbox(sandbox_request, slot=slot).to_dict()
+            outcome = run_sandbox(sandbox_request, slot=slot).to_message()
         finally:
             signal.signal(signal.SIGTERM, previous)
     _report("jobs.sandbox_finished", job_id, task_id, worker, outcome)

@@ -31,6 +31,7 @@ How a run is put together (root worker, the case on sandbox hosts):
   its own and stays accountable; killing init, then the monitor, are fallbacks.
 """
 
+import base64
 import concurrent.futures
 import contextlib
 import ctypes
@@ -101,6 +102,11 @@ SANDBOX_SOURCE = "/code/main.py"
 # it shares the one tmpfs size limit instead of being a second, unlimited memory-backed tmpfs.
 SANDBOX_SHM = "/work/.shm"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# What a result carries inline per stream (the job row, the control message, Flower): the head
+# of the stream. A full stream can be 10 MB (`output_bytes`); 20 MB per job in every row and
+# message made a list of five jobs 60 MB.
+INLINE_OUTPUT_BYTES = 64 * 1024
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
@@ -198,9 +204,40 @@ class SandboxResult:
     wall_seconds: float = 0.0
     peak_memory_mb: float = 0.0
     message: str = ""
+    # The streams exactly as the program wrote them (up to output_bytes); `stdout` and `stderr`
+    # above are their display text (see display_text).
+    stdout_raw: bytes = field(default=b"", repr=False)
+    stderr_raw: bytes = field(default=b"", repr=False)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def to_message(self, inline_bytes: int = INLINE_OUTPUT_BYTES) -> dict:
+        """Plain JSON for the control message and the job row, each stream's head only.
+
+        Per stream: `<stream>` is the display text of the first `inline_bytes` bytes,
+        `<stream>_base64` those bytes exactly where the text is not (NUL, bytes that are not
+        UTF-8; None otherwise), `<stream>_bytes` the whole stream's size and
+        `<stream>_inline_truncated` whether the inline head is less than the stream.
+        """
+        message = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.endswith("_raw")}
+        for stream in ("stdout", "stderr"):
+            raw = getattr(self, f"{stream}_raw") or getattr(self, stream).encode()
+            head = raw[:inline_bytes]
+            text = display_text(head)
+            message[stream] = text
+            message[f"{stream}_base64"] = None if text.encode() == head else base64.b64encode(head).decode()
+            message[f"{stream}_bytes"] = len(raw)
+            message[f"{stream}_inline_truncated"] = len(raw) > len(head)
+        return message
+
+    to_dict = to_message
+
+
+def display_text(data: bytes) -> str:
+    """Bytes as text that any JSON store keeps: UTF-8, with other bytes and NUL escaped as \\xNN.
+
+    PostgreSQL's jsonb refuses U+0000 in a string, so a NUL written by a program lost the whole
+    result. The escaping is for display only; the exact bytes travel base64-encoded beside it.
+    """
+    return data.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
 
 
 @dataclass(frozen=True)
@@ -672,9 +709,14 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+# The last lines of a traceback that mean "out of memory": Python's MemoryError, and ENOMEM from
+# mmap (RLIMIT_AS, or the cgroup's limit), which Python raises as OSError errno 12.
+_MEMORY_ERROR_LINES = ("MemoryError", "OSError: [Errno 12]")
+
+
 def _tail_has_memory_error(stderr: bytes) -> bool:
     tail = stderr[-4096:].decode(errors="replace").splitlines()
-    return any(line.startswith("MemoryError") for line in tail[-3:])
+    return any(line.startswith(_MEMORY_ERROR_LINES) for line in tail[-3:])
 
 
 def _verdict(run: _Run, result: SandboxResult, exit_code: int | None, signal_number: int | None) -> None:
@@ -708,7 +750,7 @@ def _verdict(run: _Run, result: SandboxResult, exit_code: int | None, signal_num
         result.verdict = "ok"
     elif _tail_has_memory_error(run.stderr):
         result.verdict = "memory_limit"
-        result.message = f"MemoryError under the memory limit of {limits.memory_mb} MB"
+        result.message = f"out of memory (MemoryError or ENOMEM) under the memory limit of {limits.memory_mb} MB"
     else:
         result.verdict = "runtime_error"
         result.message = f"exited with code {exit_code}"
@@ -893,8 +935,10 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
         peak_kb = monitor_usage.ru_maxrss
     result = SandboxResult(
         verdict="internal_error",
-        stdout=run.stdout.decode(errors="replace"),
-        stderr=run.stderr.decode(errors="replace"),
+        stdout=display_text(bytes(run.stdout)),
+        stderr=display_text(bytes(run.stderr)),
+        stdout_raw=bytes(run.stdout),
+        stderr_raw=bytes(run.stderr),
         stdout_truncated=run.stdout_truncated,
         stderr_truncated=run.stderr_truncated,
         cpu_seconds=round(cpu, 3),
@@ -908,6 +952,7 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
     if not started_program and run.kill_stage == 0:
         result.message = f"bwrap failed to set up the sandbox: {result.stderr.strip()[-2000:]}"
         result.stderr = ""
+        result.stderr_raw = b""
         return result
 
     exit_code: int | None
