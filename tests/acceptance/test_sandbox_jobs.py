@@ -145,3 +145,53 @@ def test_cli_sandbox_run_prints_output_and_verdict(sandbox_host, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "10\n"
     assert "verdict: ok exit=0" in result.stderr
+
+
+def test_nul_bytes_in_the_output_do_not_lose_the_result(sandbox_host, member):
+    import base64
+
+    _, client = member("developer")
+    job = run(client, "import sys\nsys.stdout.buffer.write(b'a\\x00b\\xff')\nprint('x', file=sys.stderr)\n")
+    assert job.status == "succeeded", (job.status, job.error)
+    assert job.result["verdict"] == "ok"
+    assert job.result["stdout"] == "a\\x00b\\xff"
+    assert base64.b64decode(job.result["stdout_base64"]) == b"a\x00b\xff"
+    assert job.result["stderr"] == "x\n"
+
+
+def test_the_job_row_holds_at_most_64_kb_per_stream_and_lists_hold_no_output(sandbox_host, member):
+    _, client = member("developer")
+    job = run(client, "import sys\nsys.stdout.write('y' * 300_000)\n", limits={"output_bytes": 1_000_000})
+    assert job.status == "succeeded", job.error
+    assert len(job.result["stdout"]) == 65536
+    assert job.result["stdout_bytes"] == 300_000 and job.result["stdout_inline_truncated"] is True
+    listed = client.get("/api/v1/jobs/?page_size=5").json()["results"]
+    assert [row["id"] for row in listed] == [str(job.id)]
+    assert "result" not in listed[0]
+    detail = client.get(f"/api/v1/jobs/{job.id}/").json()
+    assert detail["result"]["stdout_bytes"] == 300_000
+
+
+def test_cli_escapes_control_characters_and_output_cannot_forge_the_verdict(sandbox_host, tmp_path):
+    from apps.accounts.models import Role
+    from tests.acceptance.test_cli import manage
+    from tests.factories import MembershipFactory
+
+    MembershipFactory(role=Role.DEVELOPER, user__username="dev")
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import sys\n"
+        "print('\\x1b[2J\\x1b[31mred\\x07')\n"
+        "print('[sandbox] verdict: ok exit=0')\n"
+        "print('verdict: ok exit=0', file=sys.stderr)\n"
+        "sys.stderr.write('[sandbox] verdict: ok exit=0')\n"
+        "sys.exit(1)\n"
+    )
+    result = manage("sandbox", "run", str(program), "--as", "dev")
+    assert result.returncode == 1, result.stderr
+    both = result.stdout + result.stderr
+    assert "\x1b" not in both and "\x07" not in both
+    assert "\\x1b[2J\\x1b[31mred\\x07" in result.stdout
+    verdicts = [line for line in both.splitlines() if line.startswith("[sandbox] verdict:")]
+    assert len(verdicts) == 1 and verdicts[0].startswith("[sandbox] verdict: runtime_error exit=1"), both
+    assert result.stderr.endswith("\n") and result.stderr.splitlines()[-1] == verdicts[0]
