@@ -108,8 +108,9 @@ SANDBOX = JobKind(
     pick_queue=lambda params: queues.SANDBOX,
     soft_time_limit_s=SYSTEM_MAXIMUM["wall_seconds"] + 60,
     time_limit_s=SYSTEM_MAXIMUM["wall_seconds"] + 90,
-    # A program's own failure is its verdict, not something to retry.
-    default_max_attempts=1,
+    # A program's own failure is its verdict, never retried; only an infrastructure error (the
+    # sandbox could not be set up on the host that took it) runs the job again.
+    default_max_attempts=3,
     message=_message,
     terminate_on_cancel=True,
 )

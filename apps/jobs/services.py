@@ -862,6 +862,11 @@ def remote_run_finished(*, job_id: str, task_id: str, worker: str, outcome: dict
             return False
     outcome = sandbox_outcome_for_storage(outcome)
     verdict = outcome.get("verdict", "internal_error")
+    if outcome.get("infrastructure_error"):
+        # The sandbox could not be set up (never the program's doing): run it again, with backoff.
+        error = {"code": "sandbox_unavailable", "message": outcome.get("message") or "sandbox set-up failed"}
+        logger.warning("sandbox.infrastructure_error", extra={"job_id": str(job.id), "reason": error["message"]})
+        return job_retry_later(job_id=job.id, attempt=job.attempt, error=error, worker=worker) == JobStatus.QUEUED
     if verdict == "ok":
         return job_finish(job_id=job.id, attempt=job.attempt, status=JobStatus.SUCCEEDED, result=outcome, worker=worker)
     message = outcome.get("message") or f"verdict {verdict}"

@@ -90,21 +90,30 @@ def test_cancel_terminates_a_running_sandbox_run(sandbox_host, member):
     )
     job_id = response.json()["id"]
     wait_for(lambda: Job.objects.get(pk=job_id).status == "running", 30, "run did not start")
-    asked = time.monotonic()
-    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
-    # The run is gone: no process of the sandbox uids remains within a few seconds.
+    import psutil
+
     from workers.sandbox.runner import BASE_UID, MAX_SLOTS
 
-    def sandbox_processes():
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
+    # The uids of this worker's slots: held by it alone on this host (workers/sandbox/slots.py),
+    # so any process of them, orphaned or not, is this worker's.
+    def running_uids():
+        found = set()
+        for process in psutil.Process(sandbox_host[1].process.pid).children(recursive=True):
             try:
-                uid = os.stat(f"/proc/{pid}").st_uid
-            except FileNotFoundError:
+                uid = process.uids().real
+            except psutil.NoSuchProcess:
                 continue
-            if BASE_UID <= uid < BASE_UID + 16 and uid < BASE_UID + MAX_SLOTS:
-                found.append(pid)
+            if BASE_UID <= uid < BASE_UID + MAX_SLOTS:
+                found.add(uid)
         return found
+
+    wait_for(running_uids, 10, "no sandbox process seen")
+    uids = running_uids()
+    asked = time.monotonic()
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+
+    def sandbox_processes():
+        return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in uids]
 
     wait_for(lambda: not sandbox_processes(), 10, "sandbox processes survived the cancel")
     assert time.monotonic() - asked < 10
@@ -195,3 +204,68 @@ def test_cli_escapes_control_characters_and_output_cannot_forge_the_verdict(sand
     verdicts = [line for line in both.splitlines() if line.startswith("[sandbox] verdict:")]
     assert len(verdicts) == 1 and verdicts[0].startswith("[sandbox] verdict: runtime_error exit=1"), both
     assert result.stderr.endswith("\n") and result.stderr.splitlines()[-1] == verdicts[0]
+
+
+# Each program forks three children that overlap in time, with a process limit that fits one run
+# alone (bwrap's two + python + three): two runs sharing a host uid exceed RLIMIT_NPROC, and two
+# runs sharing a slot kill or starve each other.
+CROWD_PROGRAM = (
+    "import os, sys, time\n"
+    "n = int(sys.stdin.read())\n"
+    "kids = []\n"
+    "for _ in range(3):\n"
+    "    pid = os.fork()\n"
+    "    if pid == 0:\n"
+    "        time.sleep(0.3)\n"
+    "        os._exit(0)\n"
+    "    kids.append(pid)\n"
+    "for pid in kids:\n"
+    "    os.waitpid(pid, 0)\n"
+    "print(n)\n"
+    "sys.exit(n % 3)\n"
+)
+
+
+def test_two_sandbox_workers_on_one_host_give_every_run_its_own_verdict(start_worker, member):
+    from apps.accounts.services import organization_quota_set
+
+    start_worker("control", concurrency=2)
+    for _ in range(2):
+        start_worker("sandbox", app="workers.sandbox.app", broker_only=True, concurrency=2)
+    membership, client = member("developer")
+    organization_quota_set(organization=membership.organization, actor=None, concurrent_jobs={"sandbox": 100})
+    count = 80  # 40 through each worker
+    ids = []
+    for n in range(count):
+        params = {"source": CROWD_PROGRAM, "stdin": str(n), "limits": {"processes": 4, "wall_seconds": 60}}
+        response = client.post("/api/v1/jobs/", {"kind": "sandbox", "params": params}, format="json")
+        assert response.status_code == 201, response.json()
+        ids.append(response.json()["id"])
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status__in=["succeeded", "failed"]).count() == count, 240, "runs")
+    hosts = set()
+    for n, job_id in enumerate(ids):
+        job = Job.objects.get(pk=job_id)
+        expected = "ok" if n % 3 == 0 else "runtime_error"
+        assert (job.result or {}).get("verdict") == expected, (n, job.status, job.error, job.result)
+        assert job.result["stdout"] == f"{n}\n" and job.result["exit_code"] == n % 3
+        hosts.add(job.worker_host)
+    assert len(hosts) == 2
+
+
+def test_an_infrastructure_error_requeues_the_job_instead_of_failing_it(member):
+    from apps.jobs import services
+
+    _, client = member("developer")
+    response = client.post("/api/v1/jobs/", {"kind": "sandbox", "params": {"source": "print(1)"}}, format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    services.remote_run_started(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x")
+    outcome = {
+        "verdict": "internal_error",
+        "message": "bwrap failed to set up the sandbox: Creating new namespace failed: Resource temporarily unavail",
+        "infrastructure_error": True,
+    }
+    services.remote_run_finished(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x", outcome=outcome)
+    job.refresh_from_db()
+    assert (job.status, job.attempt, job.result) == ("queued", 1, None)
+    assert "Creating new namespace failed" in job.error["message"]
+    assert "Creating new namespace failed" in job.events.order_by("-created_at").first().message

@@ -1,5 +1,6 @@
 """The sandbox executor against hostile programs: each gets its verdict, and the next run is clean."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,8 +26,9 @@ from workers.sandbox import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-# A slot no worker on a development machine is likely to use, so the sweeps hit nothing else.
-SLOT = 200
+# This test process's own slot, held host-wide (workers/sandbox/slots.py): no worker or other
+# test run on this machine can run in it, so the sweeps and checks below see only our runs.
+SLOT = runner.slots.process_slot()
 SLOT_UID = BASE_UID + SLOT
 SMALL = {
     "cpu_seconds": 1,
@@ -37,7 +39,7 @@ SMALL = {
     "file_size_mb": 16,
     "tmpfs_mb": 8,
 }
-AVAILABLE, WHY = bwrap_available(probe_slot=SLOT)
+AVAILABLE, WHY = bwrap_available()
 needs_bwrap = pytest.mark.skipif(not AVAILABLE, reason=f"sandbox unavailable: {WHY}")
 # Root switches each run to the slot's uid; other users run the sandbox as themselves.
 SWITCHES_UID = os.geteuid() == 0
@@ -388,23 +390,62 @@ def test_a_bwrap_setup_failure_is_an_internal_error(monkeypatch):
         argv = real_command(**kwargs)
         return [argv[0], "--ro-bind", "/nonexistent-switchyard", "/x", *argv[1:]]
 
-    monkeypatch.setattr(runner, "bwrap_command", broken_command)
+    calls = []
+    monkeypatch.setattr(runner, "bwrap_command", lambda **kwargs: calls.append(1) or broken_command(**kwargs))
+    monkeypatch.setattr(runner, "SETUP_RETRY_PAUSE_S", 0.01)
     result = run("print(1)")
-    assert result.verdict == "internal_error"
-    assert "bwrap" in result.message
+    assert (result.verdict, result.infrastructure_error) == ("internal_error", True)
+    assert "bwrap failed to set up the sandbox" in result.message
+    assert "nonexistent-switchyard" in result.message  # bwrap's own reason, shown
     assert result.stdout == ""
+    assert len(calls) == runner.SETUP_ATTEMPTS
+
+
+@needs_bwrap
+def test_a_transient_bwrap_setup_failure_is_retried_and_the_run_gets_its_verdict(monkeypatch):
+    real_command = runner.bwrap_command
+    calls = []
+
+    def fails_once(**kwargs):
+        calls.append(1)
+        argv = real_command(**kwargs)
+        return [argv[0], "--ro-bind", "/nonexistent-switchyard", "/x", *argv[1:]] if len(calls) == 1 else argv
+
+    monkeypatch.setattr(runner, "bwrap_command", fails_once)
+    monkeypatch.setattr(runner, "SETUP_RETRY_PAUSE_S", 0.01)
+    result = run("print(1)")
+    assert (result.verdict, result.stdout, result.infrastructure_error, len(calls)) == ("ok", "1\n", False, 2)
+
+
+def test_slots_are_unique_across_processes_on_one_host():
+    script = "from workers.sandbox import slots; import sys; print(slots.process_slot()); sys.stdin.read()"
+    holders = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    try:
+        claimed = [int(holder.stdout.readline()) for holder in holders]
+    finally:
+        for holder in holders:
+            holder.stdin.close()
+            holder.wait(10)
+    assert len({*claimed, SLOT}) == 4
 
 
 @needs_bwrap
 def test_two_slots_run_side_by_side():
     started = time.monotonic()
 
-    def sleep_and_print_slot(slot: int):
-        return run(f"import time\ntime.sleep(0.5)\nprint({slot})", slot=slot)
+    def sleep_and_print_slot(own: bool):
+        with contextlib.nullcontext(SLOT) if own else runner.slots.free_slot_lease() as slot:
+            return slot, run(f"import time\ntime.sleep(0.5)\nprint({slot})", slot=slot)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(sleep_and_print_slot, [SLOT, SLOT + 1]))
-    assert [(r.verdict, r.stdout) for r in results] == [("ok", f"{SLOT}\n"), ("ok", f"{SLOT + 1}\n")]
+        results = list(pool.map(sleep_and_print_slot, [True, False]))
+    assert results[0][0] != results[1][0]
+    assert [(r.verdict, r.stdout) for _, r in results] == [("ok", f"{slot}\n") for slot, _ in results]
     assert time.monotonic() - started < 1.5
 
 

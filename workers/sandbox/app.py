@@ -12,7 +12,6 @@ import signal
 from functools import partial
 
 import celery
-from billiard.process import current_process
 from celery import Celery
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
 
@@ -27,6 +26,7 @@ from workers.sandbox.runner import (
     run_sandbox,
     sandbox_uid,
 )
+from workers.sandbox.slots import NoFreeSlot, process_slot
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,19 @@ def execute(self, job_id: str, request: dict) -> str:
     except (SandboxRequestError, TypeError, KeyError) as exc:
         outcome = {"verdict": "internal_error", "message": f"invalid request: {exc}"}
     else:
-        # Each pool child owns one slot (and so one uid): runs never share a uid.
-        slot = max(current_process().index or 0, 0)
-        previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
+        # Each pool process holds one slot of the host (and so one uid) for its lifetime, claimed
+        # with a host-wide lock: no other worker or stack on this host runs in it.
         try:
-            outcome = run_sandbox(sandbox_request, slot=slot).to_message()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            slot = process_slot()
+        except (NoFreeSlot, OSError) as exc:
+            logger.exception("sandbox.slot_unavailable")
+            outcome = {"verdict": "internal_error", "message": f"no sandbox slot: {exc}", "infrastructure_error": True}
+        else:
+            previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
+            try:
+                outcome = run_sandbox(sandbox_request, slot=slot).to_message()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
     _report("jobs.sandbox_finished", job_id, task_id, worker, outcome)
     return outcome["verdict"]
 

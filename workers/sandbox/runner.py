@@ -53,17 +53,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from workers.sandbox import cgroups
+from workers.sandbox import cgroups, slots
 from workers.sandbox.cgroups import SlotCgroup
+from workers.sandbox.slots import MAX_SLOTS
 
 logger = logging.getLogger(__name__)
 
 VERDICTS = ("ok", "runtime_error", "timeout", "memory_limit", "output_limit", "killed", "internal_error")
 
 # Host uids 60000..60255 are reserved for sandbox slots: no account, file or service may use them,
-# because every process of a slot's uid is killed after each run of that slot.
+# because every process of a slot's uid is killed after each run of that slot. A slot is held
+# host-wide by one process at a time (workers/sandbox/slots.py).
 BASE_UID = 60000
-MAX_SLOTS = 256
+# A set-up failure of bwrap (a namespace the kernel could not create just now) is tried again
+# this many times in all, with a short pause, before it is reported as an infrastructure failure.
+SETUP_ATTEMPTS = 3
+SETUP_RETRY_PAUSE_S = 0.2
 
 # The most a job may ask for; the defaults are the SandboxLimits field defaults.
 SYSTEM_MAXIMUM = {
@@ -204,6 +209,9 @@ class SandboxResult:
     wall_seconds: float = 0.0
     peak_memory_mb: float = 0.0
     message: str = ""
+    # The sandbox itself could not run (bwrap's set-up, a slot, a cgroup): never the program's
+    # verdict; the control side runs the job again, on whichever host takes it.
+    infrastructure_error: bool = False
     # The streams exactly as the program wrote them (up to output_bytes); `stdout` and `stderr`
     # above are their display text (see display_text).
     stdout_raw: bytes = field(default=b"", repr=False)
@@ -310,10 +318,10 @@ def _bwrap_version(bwrap: str) -> tuple[int, ...]:
 
 
 @functools.cache
-def bwrap_available(probe_slot: int = 0) -> tuple[bool, str]:
+def bwrap_available(probe_slot: int | None = None) -> tuple[bool, str]:
     """(True, bwrap path) when a probe run succeeds here, else (False, the reason); for capability reports.
 
-    The probe is a real run in `probe_slot`: call this before the worker starts runs in that slot.
+    The probe is a real run, in this process's own slot unless `probe_slot` names one.
     """
     bwrap = find_bwrap()
     if bwrap is None:
@@ -702,6 +710,12 @@ def _reap_init(run: _Run) -> "resource.struct_rusage | None":
     return None
 
 
+def _exit_status_text(wait_status: int) -> str:
+    if os.WIFSIGNALED(wait_status):
+        return f"bwrap killed by {_signal_name(os.WTERMSIG(wait_status))}, with nothing on stderr"
+    return f"bwrap exited with code {os.WEXITSTATUS(wait_status)}, with nothing on stderr"
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -756,14 +770,49 @@ def _verdict(run: _Run, result: SandboxResult, exit_code: int | None, signal_num
         result.message = f"exited with code {exit_code}"
 
 
-def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
-    """Run request.source in a fresh sandbox as slot `slot`; one run at a time per slot."""
+def _infrastructure_error(message: str) -> SandboxResult:
+    return SandboxResult(verdict="internal_error", message=message, infrastructure_error=True)
+
+
+def run_sandbox(request: SandboxRequest, slot: int | None = None) -> SandboxResult:
+    """Run request.source in a fresh sandbox, in this process's own slot or in `slot`.
+
+    The slot is held host-wide for the run (see slots.py): a slot named here is waited for
+    while another process or thread holds it. A set-up failure of bwrap is tried again on the
+    same slot (SETUP_ATTEMPTS in all) and then reported as an infrastructure error.
+    """
+    try:
+        if slot is None:
+            return _run_with_retries(request, slots.process_slot())
+        sandbox_uid(slot)
+        with slots.slot_lease(slot):
+            return _run_with_retries(request, slot)
+    except (slots.NoFreeSlot, OSError) as error:
+        logger.exception("sandbox.slot_unavailable", extra={"slot": slot})
+        return _infrastructure_error(f"no sandbox slot: {error}")
+
+
+def _run_with_retries(request: SandboxRequest, slot: int) -> SandboxResult:
+    for attempt in range(1, SETUP_ATTEMPTS + 1):
+        result = _run_in_slot(request, slot)
+        if not result.infrastructure_error:
+            return result
+        logger.warning(
+            "sandbox.setup_failed", extra={"slot": slot, "attempt": attempt, "reason": result.message[-2000:]}
+        )
+        if attempt < SETUP_ATTEMPTS:
+            time.sleep(SETUP_RETRY_PAUSE_S * attempt)
+    return result
+
+
+def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
+    """One run in `slot`, which the caller holds."""
     limits = request.limits
     uid = sandbox_uid(slot)
     bwrap = find_bwrap()
     interpreter = sandbox_interpreter()
     if bwrap is None or interpreter is None:
-        return SandboxResult(verdict="internal_error", message="bwrap or a sandbox interpreter is missing")
+        return _infrastructure_error("bwrap or a sandbox interpreter is missing")
 
     # Root drops to the slot's own uid; any other worker can only run bwrap as itself.
     switch_uid = os.geteuid() == 0
@@ -771,9 +820,7 @@ def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
         if slot not in _clean_slots:
             leftovers = kill_uid_processes(uid)
             if leftovers:
-                return SandboxResult(
-                    verdict="internal_error", message=f"slot {slot} has unkillable processes {leftovers}"
-                )
+                return _infrastructure_error(f"slot {slot} has unkillable processes {leftovers}")
         _clean_slots.discard(slot)
         processes_already = 0
         cgroup = _slot_cgroup(slot)
@@ -782,9 +829,7 @@ def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
                 cgroup.prepare(limit_bytes=tree_memory_limit_bytes(limits))
             except OSError as error:
                 logger.exception("sandbox.cgroup_failed", extra={"slot": slot})
-                return SandboxResult(
-                    verdict="internal_error", message=f"could not set up slot {slot}'s cgroup: {error}"
-                )
+                return _infrastructure_error(f"could not set up slot {slot}'s cgroup: {error}")
     else:
         # RLIMIT_NPROC counts the worker user's own processes too; leave room for them.
         processes_already = len(_uid_processes(os.getuid()))
@@ -837,7 +882,7 @@ def run_sandbox(request: SandboxRequest, slot: int = 0) -> SandboxResult:
             )
         except OSError as error:
             logger.exception("sandbox.start_failed", extra={"slot": slot})
-            return SandboxResult(verdict="internal_error", message=f"could not start bwrap: {error}")
+            return _infrastructure_error(f"could not start bwrap: {error}")
         # Drop our copies: the status pipe must reach EOF when bwrap exits.
         for fd in [fd for fd in fds if fd != status_read]:
             os.close(fd)
@@ -950,7 +995,10 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
     # program's stderr says.
     started_program = any("exit-code" in document for document in run.status_documents())
     if not started_program and run.kill_stage == 0:
-        result.message = f"bwrap failed to set up the sandbox: {result.stderr.strip()[-2000:]}"
+        # bwrap says why on stderr; where it could not (killed, or silent), its exit status does.
+        reason = result.stderr.strip()[-2000:] or _exit_status_text(wait_status)
+        result.message = f"bwrap failed to set up the sandbox: {reason}"
+        result.infrastructure_error = True
         result.stderr = ""
         result.stderr_raw = b""
         return result
