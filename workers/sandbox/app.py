@@ -9,15 +9,17 @@ import logging
 import os
 import platform
 import signal
+import sys
 from functools import partial
 
 import celery
 from celery import Celery
-from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
+from celery.signals import heartbeat_sent, worker_init, worker_ready, worker_shutdown
 
 from project import queues
 from workers.sandbox import cgroups
 from workers.sandbox.runner import (
+    EXIT_NO_WHOLE_RUN_LIMITS,
     SandboxLimits,
     SandboxRequest,
     SandboxRequestError,
@@ -93,10 +95,55 @@ def _capabilities() -> dict:
         "cpus": os.cpu_count(),
         "providers": [],
         "bwrap": bwrap if available else None,
-        # Whether the memory limit bounds a run's whole process tree (a cgroup) or each process.
+        # Whether the CPU and memory limits bound a run's whole process tree (a cgroup) or each process.
         "tree_memory_limit": tree_limit,
         "tree_memory_limit_detail": tree_limit_detail,
     }
+
+
+def check_whole_run_limits() -> bool:
+    """True when runs get whole-tree CPU and memory limits; False when weaker limits were accepted.
+
+    Without a cgroup, `memory_mb` bounds each process but not the tree (nor memfd or tmpfs pages),
+    and `cpu_seconds` bounds each process but not children taking turns: a host that cannot do
+    better must say so explicitly (SANDBOX_ACCEPT_WEAK_LIMITS=1), or the worker does not start.
+    """
+    ok, detail = cgroups.available()
+    if ok:
+        logger.info("sandbox.whole_run_limits", extra={"cgroup": detail})
+        return True
+    if cgroups.weak_limits_accepted():
+        logger.warning(
+            "sandbox.weak_limits_accepted",
+            extra={
+                "reason": detail,
+                "consequence": "cpu_seconds and memory_mb bound each process, not the run; "
+                "memory in memfds and children taking turns on the CPU are not bounded",
+            },
+        )
+        return False
+    logger.critical(
+        "sandbox.whole_run_limits_unavailable",
+        extra={
+            "reason": detail,
+            "fix": f"give the worker a delegated cgroup (docs/sandbox.md), or set {cgroups.ACCEPT_WEAK_SETTING}=1 "
+            "to run with per-process limits only",
+        },
+    )
+    return False
+
+
+@worker_init.connect
+def _refuse_without_whole_run_limits(sender=None, **kwargs):
+    if not check_whole_run_limits() and not cgroups.weak_limits_accepted():
+        # Before any consumer starts: no run is taken that the host cannot bound. Said on stderr
+        # too: the worker's log handlers may not print `extra`.
+        sys.stderr.write(
+            f"sandbox.whole_run_limits_unavailable: {cgroups.available()[1]}; give the worker a delegated "
+            f"cgroup (docs/sandbox.md) or set {cgroups.ACCEPT_WEAK_SETTING}=1 to accept per-process limits\n"
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_NO_WHOLE_RUN_LIMITS)
 
 
 @worker_ready.connect

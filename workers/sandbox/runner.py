@@ -67,6 +67,9 @@ VERDICTS = ("ok", "runtime_error", "timeout", "memory_limit", "output_limit", "k
 BASE_UID = 60000
 # A set-up failure of bwrap (a namespace the kernel could not create just now) is tried again
 # this many times in all, with a short pause, before it is reported as an infrastructure failure.
+# A sandbox worker that cannot bound whole runs (no cgroup) and was not told to accept weaker
+# limits exits with this status (EX_CONFIG) at start.
+EXIT_NO_WHOLE_RUN_LIMITS = 78
 SETUP_ATTEMPTS = 3
 SETUP_RETRY_PAUSE_S = 0.2
 
@@ -89,6 +92,9 @@ BWRAP_OWN_PROCESSES = 2
 OPEN_FILES = 256
 # After a kill, how long to wait for the tree to go before falling back to the slower nets.
 KILL_GRACE_S = 1.0
+# The whole tree's CPU clock (its cgroup) is read no more often than this while a run goes on.
+CPU_CHECK_MIN_S = 0.01
+CPUS = os.cpu_count() or 1
 READ_CHUNK = 65536
 PR_SET_CHILD_SUBREAPER = 36
 # A SIGKILL we did not send, with the peak this close to the memory limit, is read as the
@@ -205,9 +211,13 @@ class SandboxResult:
     stderr: str = ""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    # The whole process tree's CPU time (its cgroup; rusage where there is none).
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
+    # The largest single process's peak resident memory.
     peak_memory_mb: float = 0.0
+    # The whole tree's peak, tmpfs and memfd pages included (its cgroup; 0 where there is none).
+    tree_peak_memory_mb: float = 0.0
     message: str = ""
     # The sandbox itself could not run (bwrap's set-up, a slot, a cgroup): never the program's
     # verdict; the control side runs the job again, on whichever host takes it.
@@ -454,8 +464,14 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _set_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
-    # Runs in the forked child after the uid switch and before exec; only lowers limits.
+def _child_setup(cgroup: SlotCgroup | None, uid: int | None, rlimits: list[tuple[int, tuple[int, int]]]) -> None:
+    """In the forked child, before exec: into the slot's cgroup (v2), drop to the slot's uid, lower rlimits."""
+    if cgroup is not None:
+        cgroup.enter()
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
     for which, value in rlimits:
         resource.setrlimit(which, value)
 
@@ -495,7 +511,7 @@ def _slot_cgroup(slot: int) -> SlotCgroup | None:
 
 
 def _spawn(slot: int, cgroup: SlotCgroup | None, start):
-    if cgroup is None:
+    if cgroup is None or cgroup.version != 1:
         return start()
     key = (os.getpid(), slot)
     if key not in _spawners:
@@ -578,6 +594,7 @@ class _Run:
         self.cgroup: SlotCgroup | None = None
         self.output_exceeded: str | None = None
         self.wall_exceeded = False
+        self.cpu_exceeded = False
         self.kill_stage = 0
 
     def keep(self, stream: str, data: bytes) -> None:
@@ -738,9 +755,11 @@ def _verdict(run: _Run, result: SandboxResult, exit_code: int | None, signal_num
     if run.output_exceeded:
         result.verdict = "output_limit"
         result.message = f"{run.output_exceeded} exceeded {limits.output_bytes} bytes"
-    elif signal_number == signal.SIGXCPU:
+    elif signal_number == signal.SIGXCPU or run.cpu_exceeded:
         result.verdict, result.timeout_kind = "timeout", "cpu"
-        result.message = f"CPU time limit of {limits.cpu_seconds} s reached"
+        result.message = f"CPU time limit of {limits.cpu_seconds} s reached" + (
+            " by the processes together" if run.cpu_exceeded else ""
+        )
     elif run.wall_exceeded:
         result.verdict, result.timeout_kind = "timeout", "wall"
         result.message = f"wall-clock limit of {limits.wall_seconds} s reached"
@@ -874,10 +893,14 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
                     env={},
                     # Its own process group, so the monitor can be killed as a group.
                     start_new_session=True,
-                    user=uid if switch_uid else None,
-                    group=uid if switch_uid else None,
-                    extra_groups=[] if switch_uid else None,
-                    preexec_fn=functools.partial(_set_rlimits, _rlimits(limits, processes_already)),
+                    # The privilege drop happens in _child_setup, after a cgroup v2 move that
+                    # needs root (Popen's user= would drop before preexec_fn runs).
+                    preexec_fn=functools.partial(
+                        _child_setup,
+                        cgroup if cgroup is not None and cgroup.version == 2 else None,
+                        uid if switch_uid else None,
+                        _rlimits(limits, processes_already),
+                    ),
                 ),
             )
         except OSError as error:
@@ -925,6 +948,7 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
     deadline = started + run.limits.wall_seconds
     open_streams = {"stdout", "stderr", "status"}
     exited = False
+    next_cpu_check = started
     try:
         while open_streams or not exited:
             now = time.monotonic()
@@ -934,7 +958,18 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
                 if not _escalate(run, process.pid):
                     break
                 deadline = now + KILL_GRACE_S
-            for key, _ in selector.select(timeout=max(deadline - time.monotonic(), 0)):
+            if run.cgroup is not None and run.kill_stage == 0 and now >= next_cpu_check:
+                left = run.limits.cpu_seconds - run.cgroup.cpu_seconds_used()
+                if left <= 0:
+                    run.cpu_exceeded = True
+                    _escalate(run, process.pid)
+                    deadline = now + KILL_GRACE_S
+                else:
+                    # The tree cannot use CPU time faster than all CPUs at once: no earlier check
+                    # can find the limit passed.
+                    next_cpu_check = now + max(left / CPUS, CPU_CHECK_MIN_S)
+            wake = deadline if run.cgroup is None or run.kill_stage else min(deadline, next_cpu_check)
+            for key, _ in selector.select(timeout=max(wake - time.monotonic(), 0)):
                 if key.data == "exited":
                     exited = True
                     selector.unregister(monitor_pidfd)
@@ -978,6 +1013,11 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
         # include the tree, and its peak can be the worker's own resident size at fork.
         cpu = monitor_usage.ru_utime + monitor_usage.ru_stime
         peak_kb = monitor_usage.ru_maxrss
+    tree_peak_mb = 0.0
+    if run.cgroup is not None:
+        # The whole tree, children never waited for (killed with the namespace) included.
+        cpu = run.cgroup.cpu_seconds_used()
+        tree_peak_mb = run.cgroup.peak_bytes() / MB
     result = SandboxResult(
         verdict="internal_error",
         stdout=display_text(bytes(run.stdout)),
@@ -989,6 +1029,7 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
         cpu_seconds=round(cpu, 3),
         wall_seconds=round(wall, 3),
         peak_memory_mb=round(peak_kb / 1024, 1),
+        tree_peak_memory_mb=round(tree_peak_mb, 1),
     )
     # bwrap reports an exit code on the status fd only once the program was exec'ed; without
     # one, and without a kill from us, bwrap failed to set up the sandbox, whatever the
