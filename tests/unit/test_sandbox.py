@@ -639,3 +639,84 @@ def test_weak_limits_can_be_accepted_explicitly_and_are_logged(monkeypatch, capl
     monkeypatch.setenv(runner.cgroups.ACCEPT_WEAK_SETTING, "1")
     assert app.check_whole_run_limits() is False
     assert [r.levelname for r in caplog.records if r.message == "sandbox.weak_limits_accepted"] == ["WARNING"]
+
+
+# --- the seccomp filter (finding 5): one hostile call each, EPERM, and the run goes on ----------
+
+# (syscall, its arguments): each fails with EPERM under the filter, whatever it would do without.
+HOSTILE_CALLS = [
+    ("ptrace", [16, 1, 0, 0]),  # PTRACE_ATTACH to bwrap's init: froze the run until the wall limit
+    ("process_vm_readv", [1, 0, 0, 0, 0, 0]),
+    ("process_vm_writev", [1, 0, 0, 0, 0, 0]),
+    ("io_uring_setup", [1, 0]),
+    ("io_uring_enter", [0, 0, 0, 0, 0, 0]),
+    ("io_uring_register", [0, 0, 0, 0]),
+    ("keyctl", [0, 0, 0, 0, 0]),
+    ("add_key", [0, 0, 0, 0, 0]),
+    ("request_key", [0, 0, 0, 0]),
+    ("bpf", [0, 0, 0]),
+    ("userfaultfd", [0]),
+    ("perf_event_open", [0, 0, -1, -1, 0]),
+    ("mount", [0, 0, 0, 0, 0]),
+    ("umount2", [0, 0]),
+    ("pivot_root", [0, 0]),
+    ("fsopen", [0, 0]),
+    ("open_tree", [-100, 0, 0]),
+    ("move_mount", [-100, 0, -100, 0, 0]),
+    ("unshare", [0x10000000]),  # CLONE_NEWUSER
+    ("unshare", [0]),
+    ("setns", [-1, 0]),
+    ("clone", [0x04000000 | 17, 0, 0, 0, 0]),  # CLONE_NEWUTS | SIGCHLD
+    ("kexec_load", [0, 0, 0, 0]),
+    ("kexec_file_load", [-1, -1, 0, 0, 0]),
+    ("init_module", [0, 0, 0]),
+    ("finit_module", [-1, 0, 0]),
+    ("delete_module", [0, 0]),
+    ("socket", [16, 3, 0]),  # AF_NETLINK, SOCK_RAW
+]
+
+
+def _syscall_number(name: str) -> int:
+    import pyseccomp
+
+    return pyseccomp.resolve_syscall(pyseccomp.system_arch(), name)
+
+
+@needs_bwrap
+def test_the_seccomp_filter_answers_each_hostile_call_with_eperm_and_the_run_goes_on():
+    calls = [(name, _syscall_number(name), args) for name, args in HOSTILE_CALLS]
+    source = (
+        "import ctypes, json, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.syscall.restype = ctypes.c_long\n"
+        f"calls = {calls!r}\n"
+        "answers = {}\n"
+        "for name, number, args in calls:\n"
+        "    ctypes.set_errno(0)\n"
+        "    result = libc.syscall(number, *[ctypes.c_long(a) for a in args])\n"
+        "    if result == 0 and name == 'clone':\n"
+        "        os._exit(0)  # the child of a clone that was allowed\n"
+        "    errno = ctypes.get_errno()\n"
+        "    answers[f'{name}{args}'] = 'EPERM' if result == -1 and errno == 1 else (result, errno)\n"
+        "print(json.dumps(answers))\n"
+        "print('still running')\n"
+    )
+    result = run_hostile(source, wall_seconds=10)
+    assert result.verdict == "ok", (result.verdict, result.message, result.stderr[-2000:])
+    answers = json.loads(result.stdout.splitlines()[0])
+    assert {call: answer for call, answer in answers.items() if answer != "EPERM"} == {}
+    assert result.stdout.splitlines()[1] == "still running"
+    assert result.wall_seconds < 5
+
+
+@needs_bwrap
+def test_ptrace_of_the_sandbox_init_cannot_freeze_the_run():
+    source = (
+        "import ctypes, time\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.ptrace(16, 1, 0, 0), ctypes.get_errno())\n"  # PTRACE_ATTACH, pid 1
+        "time.sleep(0.2)\n"
+        "print('done')\n"
+    )
+    result = run_hostile(source, wall_seconds=10)
+    assert (result.verdict, result.stdout) == ("ok", "-1 1\ndone\n"), (result.verdict, result.stdout, result.message)

@@ -53,7 +53,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from workers.sandbox import cgroups, slots
+from workers.sandbox import cgroups, seccomp_filter, slots
 from workers.sandbox.cgroups import SlotCgroup
 from workers.sandbox.slots import MAX_SLOTS
 
@@ -381,6 +381,7 @@ def bwrap_command(
     source_fd: int,
     file_fds: dict[str, int],
     status_fd: int,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     argv = [
         bwrap,
@@ -442,6 +443,9 @@ def bwrap_command(
     # Last: the root tmpfs bwrap builds (/, /etc, /code, /dev) would otherwise be writable
     # without a size limit. Not recursive, so /work stays writable.
     argv += ["--remount-ro", "/"]
+    if seccomp_fd is not None:
+        # Applied to the program just before exec (workers/sandbox/seccomp_filter.py).
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--json-status-fd", str(status_fd), "--chdir", SANDBOX_HOME]
     # -I -S: no PYTHON* variables, user site or site-packages for the program itself (the PYTHON*
     # variables above are for Pythons it starts); -u: its output reaches us even when it is killed.
@@ -866,6 +870,11 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
             fds.append(file_fds[name])
         stdin_fd = _memfd("stdin", request.stdin.encode())
         fds.append(stdin_fd)
+        try:
+            seccomp_fd = _memfd("seccomp", seccomp_filter.filter_bpf())
+        except seccomp_filter.SeccompUnavailable as error:
+            return _infrastructure_error(f"no seccomp filter: {error}")
+        fds.append(seccomp_fd)
         status_read, status_write = os.pipe()
         fds += [status_read, status_write]
         argv = bwrap_command(
@@ -876,6 +885,7 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
             source_fd=source_fd,
             file_fds=file_fds,
             status_fd=status_write,
+            seccomp_fd=seccomp_fd,
         )
         started = time.monotonic()
         try:
@@ -888,7 +898,7 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
                     stdin=stdin_fd,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    pass_fds=[source_fd, *file_fds.values(), status_write],
+                    pass_fds=[source_fd, *file_fds.values(), status_write, seccomp_fd],
                     cwd="/",
                     env={},
                     # Its own process group, so the monitor can be killed as a group.
