@@ -269,3 +269,47 @@ def test_an_infrastructure_error_requeues_the_job_instead_of_failing_it(member):
     assert (job.status, job.attempt, job.result) == ("queued", 1, None)
     assert "Creating new namespace failed" in job.error["message"]
     assert "Creating new namespace failed" in job.events.order_by("-created_at").first().message
+
+
+def test_a_stream_longer_than_the_inline_head_is_kept_whole_as_an_artifact(sandbox_host, member):
+    _, client = member("developer")
+    source = "import sys\nsys.stdout.buffer.write(bytes(range(256)) * 2000)\nsys.stderr.write('e' * 70_000)\n"
+    job = run(client, source, limits={"output_bytes": 1_000_000})
+    assert job.status == "succeeded", job.error
+    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job.id}/artifacts").json()}
+    assert set(artifacts) == {"stdout", "stderr"}
+    assert job.result["stdout_artifact"] == artifacts["stdout"]["id"]
+    stdout = client.get(f"/api/v1/jobs/{job.id}/artifacts/{artifacts['stdout']['id']}/download")
+    assert b"".join(stdout.streaming_content) == bytes(range(256)) * 2000
+    stderr = client.get(f"/api/v1/jobs/{job.id}/artifacts/{artifacts['stderr']['id']}/download")
+    assert b"".join(stderr.streaming_content) == b"e" * 70_000
+
+
+def test_an_outcome_that_overtakes_its_output_chunks_waits_for_them(member):
+    import base64
+
+    from apps.jobs import services
+    from apps.jobs.models import Artifact
+
+    _, client = member("developer")
+    response = client.post("/api/v1/jobs/", {"kind": "sandbox", "params": {"source": "print(1)"}}, format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    services.remote_run_started(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x")
+    outcome = {"verdict": "ok", "exit_code": 0, "stdout": "a", "stdout_artifact_chunks": 2}
+    with pytest.raises(services.RemoteOutputIncomplete):
+        services.remote_run_finished(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x", outcome=outcome)
+    assert Job.objects.get(pk=job.pk).status == "running"
+    for index, chunk in enumerate([b"\x00first", b"second"]):
+        stored = services.remote_run_output(
+            job_id=str(job.id),
+            task_id=job.task_id,
+            stream="stdout",
+            index=index,
+            chunk=base64.b64encode(chunk).decode(),
+        )
+        assert stored
+    services.remote_run_finished(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x", outcome=outcome)
+    job.refresh_from_db()
+    artifact = Artifact.objects.get(job=job, name="stdout")
+    assert job.status == "succeeded" and job.result["stdout_artifact"] == str(artifact.id)
+    assert artifact.file.open("rb").read() == b"\x00firstsecond"

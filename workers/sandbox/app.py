@@ -5,6 +5,7 @@ the message (this host cannot read the Job row); the outcome goes back as tasks 
 `control` queue, where a worker with database access claims and finishes the job.
 """
 
+import base64
 import logging
 import os
 import platform
@@ -20,9 +21,12 @@ from project import queues
 from workers.sandbox import cgroups
 from workers.sandbox.runner import (
     EXIT_NO_WHOLE_RUN_LIMITS,
+    INLINE_OUTPUT_BYTES,
+    OUTPUT_CHUNK_BYTES,
     SandboxLimits,
     SandboxRequest,
     SandboxRequestError,
+    SandboxResult,
     bwrap_available,
     kill_uid_processes,
     run_sandbox,
@@ -70,11 +74,30 @@ def execute(self, job_id: str, request: dict) -> str:
         else:
             previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
             try:
-                outcome = run_sandbox(sandbox_request, slot=slot).to_message()
+                result = run_sandbox(sandbox_request, slot=slot)
             finally:
                 signal.signal(signal.SIGTERM, previous)
+            outcome = result.to_message()
+            _send_long_streams(job_id, task_id, result, outcome)
     _report("jobs.sandbox_finished", job_id, task_id, worker, outcome)
     return outcome["verdict"]
+
+
+def _send_long_streams(job_id: str, task_id: str, result: SandboxResult, outcome: dict) -> None:
+    """A stream longer than the inline head goes to `control` whole, in chunks, before the outcome.
+
+    This host has no storage and no database; `control` stages the chunks and keeps the stream
+    as the job's artifact when the outcome arrives (which says how many chunks to expect).
+    """
+    for stream in ("stdout", "stderr"):
+        raw = getattr(result, f"{stream}_raw")
+        if len(raw) <= INLINE_OUTPUT_BYTES:
+            continue
+        chunks = range(0, len(raw), OUTPUT_CHUNK_BYTES)
+        for index, start in enumerate(chunks):
+            chunk = base64.b64encode(raw[start : start + OUTPUT_CHUNK_BYTES]).decode()
+            _report("jobs.sandbox_output", job_id, task_id, stream, index, chunk)
+        outcome[f"{stream}_artifact_chunks"] = len(chunks)
 
 
 def _kill_slot(slot: int, signum, frame) -> None:

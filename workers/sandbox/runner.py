@@ -118,6 +118,8 @@ SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 # of the stream. A full stream can be 10 MB (`output_bytes`); 20 MB per job in every row and
 # message made a list of five jobs 60 MB.
 INLINE_OUTPUT_BYTES = 64 * 1024
+# A longer stream travels whole to `control` in chunks of this size (base64: a third more per message).
+OUTPUT_CHUNK_BYTES = 256 * 1024
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
