@@ -39,13 +39,6 @@ class JobOutputSerializer(serializers.ModelSerializer):
         return round(duration.total_seconds(), 3) if duration is not None else None
 
 
-class JobListOutputSerializer(JobOutputSerializer):
-    """A job in a list: everything but its result, which can hold a program's output (detail only)."""
-
-    class Meta(JobOutputSerializer.Meta):
-        fields = [name for name in JobOutputSerializer.Meta.fields if name != "result"]
-
-
 class JobEventOutputSerializer(serializers.ModelSerializer):
     actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
 
@@ -79,3 +72,10 @@ class InputArtifactOutputSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         path = f"/api/v1/artifacts/{artifact.id}/download"
         return request.build_absolute_uri(path) if request else path
+
+
+class JobListOutputSerializer(JobOutputSerializer):
+    """A job in a list: everything but its result, which can hold a program's output (detail only)."""
+
+    class Meta(JobOutputSerializer.Meta):
+        fields = [name for name in JobOutputSerializer.Meta.fields if name != "result"]
