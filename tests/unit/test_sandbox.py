@@ -720,3 +720,15 @@ def test_ptrace_of_the_sandbox_init_cannot_freeze_the_run():
     )
     result = run_hostile(source, wall_seconds=10)
     assert (result.verdict, result.stdout) == ("ok", "-1 1\ndone\n"), (result.verdict, result.stdout, result.message)
+
+
+@pytest.mark.skipif(not SWITCHES_UID, reason="needs root to start a process as the slot's uid")
+def test_a_zombie_of_the_slot_uid_is_reaped_not_reported_as_unkillable():
+    # Under load, bwrap's init could be orphaned to the worker (a child subreaper) and stay a
+    # zombie of the slot's uid: every later run of the slot failed with "unkillable processes".
+    child = subprocess.Popen(["/bin/true"], user=SLOT_UID, group=SLOT_UID, extra_groups=[])
+    deadline = time.monotonic() + 5
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert runner.kill_uid_processes(SLOT_UID) == []
+    assert not psutil.pid_exists(child.pid)
