@@ -735,3 +735,52 @@ def test_a_zombie_of_the_slot_uid_is_reaped_not_reported_as_unkillable():
         time.sleep(0.01)
     assert runner.kill_uid_processes(SLOT_UID) == []
     assert not psutil.pid_exists(child.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="whole-run limits need a root worker")
+def test_the_cgroup_v2_layout_against_a_fake_delegated_cgroup(tmp_path, monkeypatch):
+    # The development machines are cgroup v1 hosts; this runs the v2 code over files shaped like
+    # a delegated cgroup2 directory, so the deployment's layout is at least read and written right.
+    from workers.sandbox import cgroups
+
+    root = tmp_path / "cgroup"
+    delegated = root / "sandbox.slice"
+    delegated.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (delegated / "cgroup.controllers").write_text("cpu memory pids\n")
+    (delegated / "cgroup.subtree_control").write_text("")
+    (delegated / "cgroup.procs").write_text("")
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", root)
+    monkeypatch.setenv(cgroups.V2_SETTING, str(delegated))
+    monkeypatch.delenv(cgroups.SETTING, raising=False)
+
+    assert cgroups.available() == (True, f"v2:{delegated}")
+    assert (delegated / "worker").is_dir()
+    assert (delegated / "cgroup.subtree_control").read_text() == "+memory +cpu"
+
+    slot = cgroups.SlotCgroup.for_slot(7)
+    assert isinstance(slot, cgroups.V2SlotCgroup) and slot.path == delegated / "slot-7"
+    (slot.path / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n")
+    (slot.path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    (slot.path / "memory.peak").write_text("104857600\n")
+    slot.prepare(limit_bytes=88 * 2**20)
+    assert (slot.path / "memory.max").read_text() == str(88 * 2**20)
+    (slot.path / "cpu.stat").write_text("usage_usec 3750000\n")
+    (slot.path / "memory.events").write_text("oom_kill 2\n")
+    assert slot.cpu_seconds_used() == pytest.approx(2.25)
+    assert slot.oom_killed_during_run() is True
+
+
+def test_without_a_delegated_cgroup_v2_the_reason_is_given(tmp_path, monkeypatch):
+    from workers.sandbox import cgroups
+
+    root = tmp_path / "cgroup"
+    (root / "plain").mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    (root / "plain" / "cgroup.controllers").write_text("pids\n")
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cgroups.os, "geteuid", lambda: 0)
+    monkeypatch.setenv(cgroups.V2_SETTING, str(root / "plain"))
+    monkeypatch.delenv(cgroups.SETTING, raising=False)
+    ok, why = cgroups.available()
+    assert not ok and "not delegated the cpu and memory controller(s)" in why
