@@ -16,9 +16,6 @@ from apps.jobs.bench import _bench_membership, _wait
 from apps.jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from workers.sandbox import cgroups
 
-# A slot the running workers never use (pool children take slots 0..concurrency-1).
-BENCH_SLOT = 250
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--starts", type=int, default=30, help="interpreter starts per side for the overhead (30)")
@@ -33,7 +30,8 @@ def _overhead_on_a_sandbox_host(starts: int, *, tree_memory_limit: bool = True) 
     onnxruntime loaded, is several times bigger than a sandbox host and forks slower, which
     is a cost sandbox hosts do not pay.
     """
-    command = [sys.executable, "-m", "workers.sandbox.bench", "--n", str(starts), "--slot", str(BENCH_SLOT)]
+    # The measuring process claims a free slot of the host like any worker (workers/sandbox/slots.py).
+    command = [sys.executable, "-m", "workers.sandbox.bench", "--n", str(starts)]
     environment = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -81,12 +79,17 @@ def run(stdout, *, starts: int, runs: int, concurrency: int, **_) -> None:
         _wait(lambda: Job.objects.filter(pk__in=ids, status__in=TERMINAL_STATUSES).count(), runs)
         elapsed = time.perf_counter() - started
         ok = Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count()
+        # Each run that did not succeed, with its verdict and reason: "59 of 60" alone said nothing.
+        failures = [
+            f"{job.id}: {job.status} {(job.result or {}).get('verdict', '-')}: {(job.error or {}).get('message', '')}"
+            for job in Job.objects.filter(pk__in=ids).exclude(status=JobStatus.SUCCEEDED)
+        ]
     finally:
         sandbox.stop()
         control.stop()
         Job.objects.filter(organization=membership.organization).delete()
     if ok != runs:
-        raise RuntimeError(f"only {ok} of {runs} sandbox runs succeeded")
+        raise RuntimeError(f"only {ok} of {runs} sandbox runs succeeded:\n" + "\n".join(failures))
     stdout.write(f"job path: {runs} sandbox jobs in {elapsed:.2f} s with {concurrency} sandbox processes")
     stdout.write(
         f"overhead_ratio={overhead['ratio']:.2f} overhead_ms={overhead['overhead_ms']:.1f} "

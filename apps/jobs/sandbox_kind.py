@@ -4,9 +4,18 @@ from rest_framework import serializers
 
 from apps.jobs.kinds import JobKind
 from project import queues
-from workers.sandbox.runner import SYSTEM_MAXIMUM, SandboxLimits, SandboxRequest, SandboxRequestError
+from workers.sandbox.runner import (
+    INLINE_OUTPUT_BYTES,
+    SYSTEM_MAXIMUM,
+    SandboxLimits,
+    SandboxRequest,
+    SandboxRequestError,
+)
 
 MAX_SOURCE_BYTES = 1_000_000
+# The longest string an outcome may store: an inline stream's head as display text (each byte at
+# most 4 characters when escaped) or base64.
+MAX_OUTCOME_STRING = 4 * INLINE_OUTPUT_BYTES
 DEFAULTS = SandboxLimits()
 
 
@@ -61,6 +70,27 @@ class SandboxParams(serializers.Serializer):
         return attrs
 
 
+def sandbox_outcome_for_storage(outcome: dict) -> dict:
+    """The outcome a sandbox host reported, as the job row may keep it: no NUL, no string over the cap.
+
+    The host already sends display text and capped heads (SandboxResult.to_message); this holds
+    even for a host that does not, because jsonb refuses U+0000 and a refused finish left the
+    job `running` until its lease expired, with no verdict.
+    """
+    cleaned = _storable(outcome)
+    return cleaned if isinstance(cleaned, dict) else {"verdict": "internal_error", "message": "malformed outcome"}
+
+
+def _storable(value: object) -> object:
+    if isinstance(value, str):
+        return value[:MAX_OUTCOME_STRING].replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {str(key).replace("\x00", ""): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
 def _message(job) -> tuple[str, list]:
     # The sandbox host has no database: the request travels in the message.
     return "sandbox.execute", [str(job.id), job.params]
@@ -78,8 +108,9 @@ SANDBOX = JobKind(
     pick_queue=lambda params: queues.SANDBOX,
     soft_time_limit_s=SYSTEM_MAXIMUM["wall_seconds"] + 60,
     time_limit_s=SYSTEM_MAXIMUM["wall_seconds"] + 90,
-    # A program's own failure is its verdict, not something to retry.
-    default_max_attempts=1,
+    # A program's own failure is its verdict, never retried; only an infrastructure error (the
+    # sandbox could not be set up on the host that took it) runs the job again.
+    default_max_attempts=3,
     message=_message,
     terminate_on_cancel=True,
 )

@@ -28,10 +28,30 @@ def sandbox_started(job_id: str, task_id: str, worker: str) -> None:
         services.remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
 
 
-@shared_task(name="jobs.sandbox_finished", ignore_result=True, acks_late=True)
-def sandbox_finished(job_id: str, task_id: str, worker: str, outcome: dict) -> None:
+@shared_task(name="jobs.sandbox_output", ignore_result=True, acks_late=True)
+def sandbox_output(job_id: str, task_id: str, stream: str, index: int, chunk: str) -> None:
     with log_context(job_id=job_id):
-        services.remote_run_finished(job_id=job_id, task_id=task_id, worker=worker, outcome=outcome)
+        services.remote_run_output(job_id=job_id, task_id=task_id, stream=stream, index=index, chunk=chunk)
+
+
+# The chunks of a long stream are sent before the outcome, but another control process may
+# still be storing them: wait up to ~20 s for them, then finish without the artifact.
+SANDBOX_OUTPUT_WAIT_RETRIES = 40
+
+
+@shared_task(name="jobs.sandbox_finished", bind=True, ignore_result=True, acks_late=True)
+def sandbox_finished(self, job_id: str, task_id: str, worker: str, outcome: dict) -> None:
+    with log_context(job_id=job_id):
+        try:
+            services.remote_run_finished(
+                job_id=job_id,
+                task_id=task_id,
+                worker=worker,
+                outcome=outcome,
+                allow_incomplete_output=self.request.retries >= SANDBOX_OUTPUT_WAIT_RETRIES,
+            )
+        except services.RemoteOutputIncomplete as exc:
+            raise self.retry(exc=exc, countdown=0.5, max_retries=SANDBOX_OUTPUT_WAIT_RETRIES) from exc
 
 
 @shared_task(name="jobs.worker_host_report", ignore_result=True)

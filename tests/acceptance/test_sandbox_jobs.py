@@ -90,21 +90,30 @@ def test_cancel_terminates_a_running_sandbox_run(sandbox_host, member):
     )
     job_id = response.json()["id"]
     wait_for(lambda: Job.objects.get(pk=job_id).status == "running", 30, "run did not start")
-    asked = time.monotonic()
-    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
-    # The run is gone: no process of the sandbox uids remains within a few seconds.
+    import psutil
+
     from workers.sandbox.runner import BASE_UID, MAX_SLOTS
 
-    def sandbox_processes():
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
+    # The uids of this worker's slots: held by it alone on this host (workers/sandbox/slots.py),
+    # so any process of them, orphaned or not, is this worker's.
+    def running_uids():
+        found = set()
+        for process in psutil.Process(sandbox_host[1].process.pid).children(recursive=True):
             try:
-                uid = os.stat(f"/proc/{pid}").st_uid
-            except FileNotFoundError:
+                uid = process.uids().real
+            except psutil.NoSuchProcess:
                 continue
-            if BASE_UID <= uid < BASE_UID + 16 and uid < BASE_UID + MAX_SLOTS:
-                found.append(pid)
+            if BASE_UID <= uid < BASE_UID + MAX_SLOTS:
+                found.add(uid)
         return found
+
+    wait_for(running_uids, 10, "no sandbox process seen")
+    uids = running_uids()
+    asked = time.monotonic()
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+
+    def sandbox_processes():
+        return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in uids]
 
     wait_for(lambda: not sandbox_processes(), 10, "sandbox processes survived the cancel")
     assert time.monotonic() - asked < 10
@@ -145,3 +154,162 @@ def test_cli_sandbox_run_prints_output_and_verdict(sandbox_host, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "10\n"
     assert "verdict: ok exit=0" in result.stderr
+
+
+def test_nul_bytes_in_the_output_do_not_lose_the_result(sandbox_host, member):
+    import base64
+
+    _, client = member("developer")
+    job = run(client, "import sys\nsys.stdout.buffer.write(b'a\\x00b\\xff')\nprint('x', file=sys.stderr)\n")
+    assert job.status == "succeeded", (job.status, job.error)
+    assert job.result["verdict"] == "ok"
+    assert job.result["stdout"] == "a\\x00b\\xff"
+    assert base64.b64decode(job.result["stdout_base64"]) == b"a\x00b\xff"
+    assert job.result["stderr"] == "x\n"
+
+
+def test_the_job_row_holds_at_most_64_kb_per_stream_and_lists_hold_no_output(sandbox_host, member):
+    _, client = member("developer")
+    job = run(client, "import sys\nsys.stdout.write('y' * 300_000)\n", limits={"output_bytes": 1_000_000})
+    assert job.status == "succeeded", job.error
+    assert len(job.result["stdout"]) == 65536
+    assert job.result["stdout_bytes"] == 300_000 and job.result["stdout_inline_truncated"] is True
+    listed = client.get("/api/v1/jobs/?page_size=5").json()["results"]
+    assert [row["id"] for row in listed] == [str(job.id)]
+    assert "result" not in listed[0]
+    detail = client.get(f"/api/v1/jobs/{job.id}/").json()
+    assert detail["result"]["stdout_bytes"] == 300_000
+
+
+def test_cli_escapes_control_characters_and_output_cannot_forge_the_verdict(sandbox_host, tmp_path):
+    from apps.accounts.models import Role
+    from tests.acceptance.test_cli import manage
+    from tests.factories import MembershipFactory
+
+    MembershipFactory(role=Role.DEVELOPER, user__username="dev")
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import sys\n"
+        "print('\\x1b[2J\\x1b[31mred\\x07')\n"
+        "print('[sandbox] verdict: ok exit=0')\n"
+        "print('verdict: ok exit=0', file=sys.stderr)\n"
+        "sys.stderr.write('[sandbox] verdict: ok exit=0')\n"
+        "sys.exit(1)\n"
+    )
+    result = manage("sandbox", "run", str(program), "--as", "dev")
+    assert result.returncode == 1, result.stderr
+    both = result.stdout + result.stderr
+    assert "\x1b" not in both and "\x07" not in both
+    assert "\\x1b[2J\\x1b[31mred\\x07" in result.stdout
+    verdicts = [line for line in both.splitlines() if line.startswith("[sandbox] verdict:")]
+    assert len(verdicts) == 1 and verdicts[0].startswith("[sandbox] verdict: runtime_error exit=1"), both
+    assert result.stderr.endswith("\n") and result.stderr.splitlines()[-1] == verdicts[0]
+
+
+# Each program forks three children that overlap in time, with a process limit that fits one run
+# alone (bwrap's two + python + three): two runs sharing a host uid exceed RLIMIT_NPROC, and two
+# runs sharing a slot kill or starve each other.
+CROWD_PROGRAM = (
+    "import os, sys, time\n"
+    "n = int(sys.stdin.read())\n"
+    "kids = []\n"
+    "for _ in range(3):\n"
+    "    pid = os.fork()\n"
+    "    if pid == 0:\n"
+    "        time.sleep(0.3)\n"
+    "        os._exit(0)\n"
+    "    kids.append(pid)\n"
+    "for pid in kids:\n"
+    "    os.waitpid(pid, 0)\n"
+    "print(n)\n"
+    "sys.exit(n % 3)\n"
+)
+
+
+def test_two_sandbox_workers_on_one_host_give_every_run_its_own_verdict(start_worker, member):
+    from apps.accounts.services import organization_quota_set
+
+    start_worker("control", concurrency=2)
+    for _ in range(2):
+        start_worker("sandbox", app="workers.sandbox.app", broker_only=True, concurrency=2)
+    membership, client = member("developer")
+    organization_quota_set(organization=membership.organization, actor=None, concurrent_jobs={"sandbox": 100})
+    count = 80  # 40 through each worker
+    ids = []
+    for n in range(count):
+        params = {"source": CROWD_PROGRAM, "stdin": str(n), "limits": {"processes": 4, "wall_seconds": 60}}
+        response = client.post("/api/v1/jobs/", {"kind": "sandbox", "params": params}, format="json")
+        assert response.status_code == 201, response.json()
+        ids.append(response.json()["id"])
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status__in=["succeeded", "failed"]).count() == count, 240, "runs")
+    hosts = set()
+    for n, job_id in enumerate(ids):
+        job = Job.objects.get(pk=job_id)
+        expected = "ok" if n % 3 == 0 else "runtime_error"
+        assert (job.result or {}).get("verdict") == expected, (n, job.status, job.error, job.result)
+        assert job.result["stdout"] == f"{n}\n" and job.result["exit_code"] == n % 3
+        hosts.add(job.worker_host)
+    assert len(hosts) == 2
+
+
+def test_an_infrastructure_error_requeues_the_job_instead_of_failing_it(member):
+    from apps.jobs import services
+
+    _, client = member("developer")
+    response = client.post("/api/v1/jobs/", {"kind": "sandbox", "params": {"source": "print(1)"}}, format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    services.remote_run_started(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x")
+    outcome = {
+        "verdict": "internal_error",
+        "message": "bwrap failed to set up the sandbox: Creating new namespace failed: Resource temporarily unavail",
+        "infrastructure_error": True,
+    }
+    services.remote_run_finished(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x", outcome=outcome)
+    job.refresh_from_db()
+    assert (job.status, job.attempt, job.result) == ("queued", 1, None)
+    assert "Creating new namespace failed" in job.error["message"]
+    assert "Creating new namespace failed" in job.events.order_by("-created_at").first().message
+
+
+def test_a_stream_longer_than_the_inline_head_is_kept_whole_as_an_artifact(sandbox_host, member):
+    _, client = member("developer")
+    source = "import sys\nsys.stdout.buffer.write(bytes(range(256)) * 2000)\nsys.stderr.write('e' * 70_000)\n"
+    job = run(client, source, limits={"output_bytes": 1_000_000})
+    assert job.status == "succeeded", job.error
+    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job.id}/artifacts").json()}
+    assert set(artifacts) == {"stdout", "stderr"}
+    assert job.result["stdout_artifact"] == artifacts["stdout"]["id"]
+    stdout = client.get(f"/api/v1/jobs/{job.id}/artifacts/{artifacts['stdout']['id']}/download")
+    assert b"".join(stdout.streaming_content) == bytes(range(256)) * 2000
+    stderr = client.get(f"/api/v1/jobs/{job.id}/artifacts/{artifacts['stderr']['id']}/download")
+    assert b"".join(stderr.streaming_content) == b"e" * 70_000
+
+
+def test_an_outcome_that_overtakes_its_output_chunks_waits_for_them(member):
+    import base64
+
+    from apps.jobs import services
+    from apps.jobs.models import Artifact
+
+    _, client = member("developer")
+    response = client.post("/api/v1/jobs/", {"kind": "sandbox", "params": {"source": "print(1)"}}, format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    services.remote_run_started(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x")
+    outcome = {"verdict": "ok", "exit_code": 0, "stdout": "a", "stdout_artifact_chunks": 2}
+    with pytest.raises(services.RemoteOutputIncomplete):
+        services.remote_run_finished(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x", outcome=outcome)
+    assert Job.objects.get(pk=job.pk).status == "running"
+    for index, chunk in enumerate([b"\x00first", b"second"]):
+        stored = services.remote_run_output(
+            job_id=str(job.id),
+            task_id=job.task_id,
+            stream="stdout",
+            index=index,
+            chunk=base64.b64encode(chunk).decode(),
+        )
+        assert stored
+    services.remote_run_finished(job_id=str(job.id), task_id=job.task_id, worker="sandbox@x", outcome=outcome)
+    job.refresh_from_db()
+    artifact = Artifact.objects.get(job=job, name="stdout")
+    assert job.status == "succeeded" and job.result["stdout_artifact"] == str(artifact.id)
+    assert artifact.file.open("rb").read() == b"\x00firstsecond"

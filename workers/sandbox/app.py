@@ -5,28 +5,34 @@ the message (this host cannot read the Job row); the outcome goes back as tasks 
 `control` queue, where a worker with database access claims and finishes the job.
 """
 
+import base64
 import logging
 import os
 import platform
 import signal
+import sys
 from functools import partial
 
 import celery
-from billiard.process import current_process
 from celery import Celery
-from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
+from celery.signals import heartbeat_sent, worker_init, worker_ready, worker_shutdown
 
 from project import queues
 from workers.sandbox import cgroups
 from workers.sandbox.runner import (
+    EXIT_NO_WHOLE_RUN_LIMITS,
+    INLINE_OUTPUT_BYTES,
+    OUTPUT_CHUNK_BYTES,
     SandboxLimits,
     SandboxRequest,
     SandboxRequestError,
+    SandboxResult,
     bwrap_available,
     kill_uid_processes,
     run_sandbox,
     sandbox_uid,
 )
+from workers.sandbox.slots import NoFreeSlot, process_slot
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +64,40 @@ def execute(self, job_id: str, request: dict) -> str:
     except (SandboxRequestError, TypeError, KeyError) as exc:
         outcome = {"verdict": "internal_error", "message": f"invalid request: {exc}"}
     else:
-        # Each pool child owns one slot (and so one uid): runs never share a uid.
-        slot = max(current_process().index or 0, 0)
-        previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
+        # Each pool process holds one slot of the host (and so one uid) for its lifetime, claimed
+        # with a host-wide lock: no other worker or stack on this host runs in it.
         try:
-            outcome = run_sandbox(sandbox_request, slot=slot).to_dict()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            slot = process_slot()
+        except (NoFreeSlot, OSError) as exc:
+            logger.exception("sandbox.slot_unavailable")
+            outcome = {"verdict": "internal_error", "message": f"no sandbox slot: {exc}", "infrastructure_error": True}
+        else:
+            previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
+            try:
+                result = run_sandbox(sandbox_request, slot=slot)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+            outcome = result.to_message()
+            _send_long_streams(job_id, task_id, result, outcome)
     _report("jobs.sandbox_finished", job_id, task_id, worker, outcome)
     return outcome["verdict"]
+
+
+def _send_long_streams(job_id: str, task_id: str, result: SandboxResult, outcome: dict) -> None:
+    """A stream longer than the inline head goes to `control` whole, in chunks, before the outcome.
+
+    This host has no storage and no database; `control` stages the chunks and keeps the stream
+    as the job's artifact when the outcome arrives (which says how many chunks to expect).
+    """
+    for stream in ("stdout", "stderr"):
+        raw = getattr(result, f"{stream}_raw")
+        if len(raw) <= INLINE_OUTPUT_BYTES:
+            continue
+        chunks = range(0, len(raw), OUTPUT_CHUNK_BYTES)
+        for index, start in enumerate(chunks):
+            chunk = base64.b64encode(raw[start : start + OUTPUT_CHUNK_BYTES]).decode()
+            _report("jobs.sandbox_output", job_id, task_id, stream, index, chunk)
+        outcome[f"{stream}_artifact_chunks"] = len(chunks)
 
 
 def _kill_slot(slot: int, signum, frame) -> None:
@@ -87,10 +118,55 @@ def _capabilities() -> dict:
         "cpus": os.cpu_count(),
         "providers": [],
         "bwrap": bwrap if available else None,
-        # Whether the memory limit bounds a run's whole process tree (a cgroup) or each process.
+        # Whether the CPU and memory limits bound a run's whole process tree (a cgroup) or each process.
         "tree_memory_limit": tree_limit,
         "tree_memory_limit_detail": tree_limit_detail,
     }
+
+
+def check_whole_run_limits() -> bool:
+    """True when runs get whole-tree CPU and memory limits; False when weaker limits were accepted.
+
+    Without a cgroup, `memory_mb` bounds each process but not the tree (nor memfd or tmpfs pages),
+    and `cpu_seconds` bounds each process but not children taking turns: a host that cannot do
+    better must say so explicitly (SANDBOX_ACCEPT_WEAK_LIMITS=1), or the worker does not start.
+    """
+    ok, detail = cgroups.available()
+    if ok:
+        logger.info("sandbox.whole_run_limits", extra={"cgroup": detail})
+        return True
+    if cgroups.weak_limits_accepted():
+        logger.warning(
+            "sandbox.weak_limits_accepted",
+            extra={
+                "reason": detail,
+                "consequence": "cpu_seconds and memory_mb bound each process, not the run; "
+                "memory in memfds and children taking turns on the CPU are not bounded",
+            },
+        )
+        return False
+    logger.critical(
+        "sandbox.whole_run_limits_unavailable",
+        extra={
+            "reason": detail,
+            "fix": f"give the worker a delegated cgroup (docs/sandbox.md), or set {cgroups.ACCEPT_WEAK_SETTING}=1 "
+            "to run with per-process limits only",
+        },
+    )
+    return False
+
+
+@worker_init.connect
+def _refuse_without_whole_run_limits(sender=None, **kwargs):
+    if not check_whole_run_limits() and not cgroups.weak_limits_accepted():
+        # Before any consumer starts: no run is taken that the host cannot bound. Said on stderr
+        # too: the worker's log handlers may not print `extra`.
+        sys.stderr.write(
+            f"sandbox.whole_run_limits_unavailable: {cgroups.available()[1]}; give the worker a delegated "
+            f"cgroup (docs/sandbox.md) or set {cgroups.ACCEPT_WEAK_SETTING}=1 to accept per-process limits\n"
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_NO_WHOLE_RUN_LIMITS)
 
 
 @worker_ready.connect

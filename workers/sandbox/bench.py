@@ -12,7 +12,7 @@ def _median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
-def measure_overhead(n: int = 20, slot: int = 0) -> dict:
+def measure_overhead(n: int = 20, slot: int | None = None) -> dict:
     """Median wall time of a sandboxed `print(1)` against a bare `python -I -S -c 'print(1)'`.
 
     Both use the interpreter the sandbox runs, so the difference is bwrap, the namespaces and
@@ -56,6 +56,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Sandboxed print(1) against a bare interpreter start.")
     parser.add_argument("--n", type=int, default=20, help="runs per side (default 20)")
-    parser.add_argument("--slot", type=int, default=0, help="sandbox slot (default 0)")
+    parser.add_argument("--slot", type=int, default=None, help="sandbox slot (default: a free one of the host)")
     arguments = parser.parse_args()
     print(json.dumps(measure_overhead(n=arguments.n, slot=arguments.slot), indent=2))

@@ -120,3 +120,10 @@ class InputArtifactOutputSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         path = f"/api/v1/artifacts/{artifact.id}/download"
         return request.build_absolute_uri(path) if request else path
+
+
+class JobListOutputSerializer(JobOutputSerializer):
+    """A job in a list: everything but its result, which can hold a program's output (detail only)."""
+
+    class Meta(JobOutputSerializer.Meta):
+        fields = [name for name in JobOutputSerializer.Meta.fields if name != "result"]
