@@ -36,8 +36,8 @@ def org_admin(client):
 @pytest.fixture
 def elsewhere():
     """Organization B with its owner and a member who belongs only to B."""
-    away = OrganizationFactory(slug="zq9-away")
-    owner = MembershipFactory(organization=away, role=Role.OWNER, user__username="zq9-owner")
+    away = OrganizationFactory(slug="zqx9w7-away")
+    owner = MembershipFactory(organization=away, role=Role.OWNER, user__username="zqx9w7-owner")
     return away, owner
 
 
@@ -144,9 +144,9 @@ def test_finding_3_users_are_managed_by_superusers_only(org_admin, elsewhere):
     assert victim.password == password_before
     autocomplete = client.get(
         "/admin/autocomplete/",
-        {"app_label": "accounts", "model_name": "membership", "field_name": "user", "term": "zq9"},
+        {"app_label": "accounts", "model_name": "membership", "field_name": "user", "term": "zqx9w7"},
     )
-    assert autocomplete.status_code == 403 and b"zq9" not in autocomplete.content
+    assert autocomplete.status_code == 403 and b"zqx9w7" not in autocomplete.content
 
 
 def test_finding_3_list_filters_name_only_the_staff_users_organizations(org_admin, elsewhere):

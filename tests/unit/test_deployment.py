@@ -27,9 +27,17 @@ def test_compose_names_every_service_of_a_deployment(services):
 
 @pytest.mark.parametrize("queue", QUEUE_NAMES)
 def test_one_worker_per_queue_consumes_exactly_that_queue(services, queue):
-    command = services[f"worker-{queue}"]["command"]
+    command = _celery_command(services[f"worker-{queue}"]["command"])
     assert command[command.index("-Q") + 1] == queue
     assert command[command.index("-n") + 1].startswith(f"{queue}@")
+
+
+def _celery_command(command) -> list[str]:
+    """The celery command line, also where a shell runs it after some set-up (`sh -c '... exec celery ...'`)."""
+    if command[:2] == ["sh", "-c"]:
+        words = command[2].split()
+        return words[words.index("celery") :]
+    return command
 
 
 def test_the_gpu_worker_reserves_an_nvidia_gpu_and_installs_the_gpu_requirements(services):
@@ -42,10 +50,17 @@ def test_the_gpu_worker_reserves_an_nvidia_gpu_and_installs_the_gpu_requirements
 
 def test_the_sandbox_worker_gets_the_broker_and_nothing_else(services):
     sandbox = services["worker-sandbox"]
-    assert set(sandbox["environment"]) == {"CELERY_BROKER_URL"}
+    # The broker, and where its delegated cgroup is: no database URL, no secret key.
+    assert set(sandbox["environment"]) == {"CELERY_BROKER_URL", "SANDBOX_CGROUP"}
     assert sandbox["volumes"] == [], "no media volume: the sandbox host sees no other job's files"
-    assert sandbox["command"][:3] == ["celery", "-A", "workers.sandbox.app"]
-    assert "privileged" not in sandbox and "cap_add" not in sandbox
+    assert _celery_command(sandbox["command"])[:3] == ["celery", "-A", "workers.sandbox.app"]
+    assert "privileged" not in sandbox
+    # SYS_ADMIN only for the one remount of its own cgroup, dropped from the bounding set
+    # before the worker starts, so neither the worker nor any program it runs holds it.
+    assert sandbox.get("cap_add", []) in ([], ["SYS_ADMIN"])
+    if sandbox.get("cap_add"):
+        script = sandbox["command"][2]
+        assert script.index("setpriv --bounding-set -sys_admin") < script.index("celery")
 
 
 def test_flower_is_authenticated_and_keeps_its_state_on_a_volume(services):
