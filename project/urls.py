@@ -27,3 +27,6 @@ urlpatterns = [
     # CSP can forbid inline script.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+# JSON (503 when the database is down) under /api/; Django's page elsewhere.
+handler500 = "apps.core.api.server_error"

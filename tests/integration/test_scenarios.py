@@ -92,7 +92,7 @@ def test_another_organizations_scenario_is_404(world, member):
     _, stranger = member("owner")
     assert stranger.get(f"/api/v1/scenarios/{scenario.pk}/").status_code == 404
     assert stranger.post(f"/api/v1/scenarios/{scenario.pk}/runs", {}, format="json").status_code == 404
-    assert stranger.get("/api/v1/scenarios/").json() == []
+    assert stranger.get("/api/v1/scenarios/").json()["results"] == []
 
 
 def test_a_run_records_the_spec_the_agents_and_a_seed(world):

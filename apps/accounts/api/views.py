@@ -2,7 +2,6 @@
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -10,6 +9,7 @@ from apps.accounts import selectors, services
 from apps.accounts.models import ApiToken, Invitation
 from apps.accounts.permissions import SCOPES
 from apps.accounts.selectors import membership_for_request, request_membership
+from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
 
 
 class MeApi(APIView):
@@ -289,27 +289,21 @@ class AuditEventOutputSerializer(serializers.Serializer):
         ref_name = "AuditEvent"
 
 
-class AuditCursorPagination(CursorPagination):
-    ordering = ("-created_at", "-id")
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
 class AuditListApi(APIView):
     """Security-relevant actions in the organization, newest first (owner, admin)."""
 
     required_scopes = {"GET": "audit:read"}
 
     @extend_schema(
-        parameters=[OpenApiParameter("action", str, description="e.g. token.created, member.role_changed")],
-        responses=AuditEventOutputSerializer(many=True),
+        parameters=[
+            OpenApiParameter("action", str, description="e.g. token.created, member.role_changed"),
+            *PAGE_PARAMETERS,
+        ],
+        responses=page_of(AuditEventOutputSerializer),
         operation_id="audit_list",
     )
     def get(self, request):
         events = selectors.audit_list(membership=request_membership(request))
         if request.query_params.get("action"):
             events = events.filter(action=request.query_params["action"])
-        paginator = AuditCursorPagination()
-        page = paginator.paginate_queryset(events, request, view=self)
-        return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)
+        return paginate(request, events, AuditEventOutputSerializer, allowed=["action"])

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.selectors import request_membership
+from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
 from apps.jobs.api.serializers import JobOutputSerializer
 from apps.registry import selectors, services
 from apps.registry.models import DevicePreference, MLModel, ModelTask, ModelVersion, Stage
@@ -71,10 +72,10 @@ class ModelListUploadApi(APIView):
         class Meta:
             ref_name = "ModelUploadInput"
 
-    @extend_schema(responses=ModelOutputSerializer(many=True), operation_id="models_list")
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ModelOutputSerializer), operation_id="models_list")
     def get(self, request):
         models = selectors.model_list(membership=request_membership(request))
-        return Response(ModelOutputSerializer(models, many=True).data)
+        return paginate(request, models, ModelOutputSerializer)
 
     @extend_schema(
         request={"multipart/form-data": InputSerializer},
