@@ -47,15 +47,16 @@ def _error_response(code: str) -> dict:
 def document_errors(result, generator, request, public):
     """drf-spectacular postprocessing hook: add the Error component and each operation's 4xx/5xx."""
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_COMPONENT
+    _nullable_as_any_of(result)
     for path, operations in result.get("paths", {}).items():
         for method, operation in operations.items():
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
-            codes = ["400", "401", "403", "405", "429", "500", "503"]
+            codes = ["400", "401", "403", "405", "409", "429", "500", "503"]
             if "{" in path:
                 codes.append("404")
             if method != "get":
-                codes += ["409", "413", "415"]
+                codes += ["413", "415"]
             if operation.get("operationId") in IDEMPOTENT_OPERATIONS:
                 codes.append("422")
             responses = operation.setdefault("responses", {})
@@ -65,3 +66,18 @@ def document_errors(result, generator, request, public):
 
 
 IDEMPOTENT_OPERATIONS = {"jobs_submit", "scenarios_run", "scenarios_sweep"}
+
+
+def _nullable_as_any_of(node) -> None:
+    """`oneOf: [X, {type: null}]` -> `anyOf`: for a nullable JSONField X is `{}`, which null
+    also matches, so `oneOf` (exactly one) would refuse the very null it means to allow."""
+    pending = [node]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            one_of = item.get("oneOf")
+            if isinstance(one_of, list) and {"type": "null"} in one_of:
+                item["anyOf"] = item.pop("oneOf")
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)

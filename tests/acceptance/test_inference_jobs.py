@@ -30,7 +30,7 @@ def scorer(member, tmp_path):
     path = build_test_model("multi_io", tmp_path / "multi_io.onnx")
     with path.open("rb") as handle:
         assert client.post("/api/v1/models/", {"file": handle, "name": "scorer"}, format="multipart").status_code == 201
-    client.post("/api/v1/models/scorer/versions/1/promote", {"stage": "production"})
+    client.post("/api/v1/models/scorer/versions/1/promote", {"stage": "production"}, format="json")
     return client, path
 
 

@@ -79,7 +79,8 @@ class ModelListUploadApi(APIView):
 
     @extend_schema(
         request={"multipart/form-data": InputSerializer},
-        responses={201: VersionOutputSerializer},
+        responses={201: VersionOutputSerializer, 200: VersionOutputSerializer},
+        description="201 with a new version; 200 with the existing one when the same file was uploaded before.",
         operation_id="models_upload",
     )
     def post(self, request):
