@@ -328,5 +328,8 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
 }
 
 
+# How long an Idempotency-Key keeps returning its job (docs/decisions/0025); then it may make a new one.
+IDEMPOTENCY_KEY_TTL_S = env.int("IDEMPOTENCY_KEY_TTL_S", default=24 * 3600)
+
 # Uploaded job inputs (.npy/.npz for inference batches), POST /api/v1/artifacts/.
 ARTIFACTS_MAX_UPLOAD_BYTES = env.int("ARTIFACTS_MAX_UPLOAD_BYTES", default=2 * 1024 * 1024 * 1024)
