@@ -325,6 +325,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "AgentKindEnum": "apps.agents.models.AgentKind",
     "MemoryKindEnum": "apps.agents.models.MemoryKind",
     "InvitationStatusEnum": "apps.accounts.models.Invitation.Status",
+    "JobStatusEnum": "apps.jobs.models.JobStatus",
 }
 
 
