@@ -18,6 +18,7 @@ from rest_framework.response import Response
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 PAGINATION_PARAMETERS = ("cursor", "page_size")
+OLDEST_FIRST = ("created_at", "id")  # a job's events and artifacts read in the order they happened
 
 
 class NewestFirstCursor(CursorPagination):

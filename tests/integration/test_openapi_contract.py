@@ -16,6 +16,12 @@ LISTS = [
     ("/api/v1/models/", "ModelOutput"),
     ("/api/v1/artifacts/", "InputArtifactOutput"),
     ("/api/v1/audit/", "AuditEvent"),
+    ("/api/v1/members/", "Member"),
+    ("/api/v1/invitations/", "Invitation"),
+    ("/api/v1/invitations/received", "ReceivedInvitation"),
+    ("/api/v1/tokens/", "ApiToken"),
+    ("/api/v1/jobs/{job_id}/events", "JobEventOutput"),
+    ("/api/v1/jobs/{job_id}/artifacts", "ArtifactOutput"),
 ]
 UPLOADS = {
     ("/api/v1/artifacts/", "post"),
@@ -44,6 +50,15 @@ def test_a_list_is_declared_as_a_cursor_page_with_a_bounded_page_size(path, item
     assert page["properties"]["results"]["items"]["$ref"].endswith(f"/{item}")
     parameters = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
     assert {"cursor", "page_size"} <= parameters
+
+
+def test_every_list_answered_by_the_api_is_a_cursor_page():
+    """Any GET whose 200 is an array is a list that escaped pagination (kinds is the registry, not data)."""
+    for path, method, operation in operations():
+        if method != "get" or path == "/api/v1/jobs/kinds/":
+            continue
+        body = operation["responses"].get("200", {}).get("content", {}).get("application/json", {})
+        assert body.get("schema", {}).get("type") != "array", path
 
 
 def test_job_lists_are_summaries_without_params_or_result():

@@ -58,13 +58,14 @@ class MemberListApi(APIView):
     required_scopes = {"GET": "members:read"}
 
     @extend_schema(
-        responses=MemberOutputSerializer(many=True),
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(MemberOutputSerializer),
         operation_id="members_list",
         description="New members join by accepting an invitation: `POST /api/v1/invitations/`.",
     )
     def get(self, request):
         members = selectors.member_list(membership=request_membership(request))
-        return Response(MemberOutputSerializer(members, many=True).data)
+        return paginate(request, members, MemberOutputSerializer)
 
 
 class MemberDetailApi(APIView):
@@ -123,10 +124,12 @@ class InvitationListCreateApi(APIView):
         class Meta:
             ref_name = "InvitationCreateInput"
 
-    @extend_schema(responses=InvitationOutputSerializer(many=True), operation_id="invitations_list")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS, responses=page_of(InvitationOutputSerializer), operation_id="invitations_list"
+    )
     def get(self, request):
         invitations = selectors.invitation_list(membership=request_membership(request))
-        return Response(InvitationOutputSerializer(invitations, many=True).data)
+        return paginate(request, invitations, InvitationOutputSerializer)
 
     @extend_schema(
         request=InputSerializer, responses={201: InvitationOutputSerializer}, operation_id="invitations_create"
@@ -174,10 +177,14 @@ class InvitationReceivedListApi(APIView):
 
     required_scopes = {"GET": "invitations:read"}
 
-    @extend_schema(responses=ReceivedInvitationOutputSerializer(many=True), operation_id="invitations_received")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(ReceivedInvitationOutputSerializer),
+        operation_id="invitations_received",
+    )
     def get(self, request):
         invitations = selectors.invitation_received_list(user=request.user)
-        return Response(ReceivedInvitationOutputSerializer(invitations, many=True).data)
+        return paginate(request, invitations, ReceivedInvitationOutputSerializer)
 
 
 class InvitationAcceptApi(APIView):
@@ -247,10 +254,10 @@ class TokenListCreateApi(APIView):
         class Meta:
             ref_name = "ApiTokenCreated"
 
-    @extend_schema(responses=TokenOutputSerializer(many=True), operation_id="tokens_list")
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(TokenOutputSerializer), operation_id="tokens_list")
     def get(self, request):
         tokens = selectors.token_list(membership=request_membership(request))
-        return Response(TokenOutputSerializer(tokens, many=True).data)
+        return paginate(request, tokens, TokenOutputSerializer)
 
     @extend_schema(request=InputSerializer, responses={201: CreatedSerializer}, operation_id="tokens_create")
     def post(self, request):

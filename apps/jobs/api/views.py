@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import READ_QUOTAS, require
 from apps.accounts.selectors import request_membership
-from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
+from apps.core.pagination import OLDEST_FIRST, PAGE_PARAMETERS, page_of, paginate
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import (
     ArtifactOutputSerializer,
@@ -177,20 +177,29 @@ class JobRetryApi(APIView):
 class JobEventsApi(APIView):
     required_scopes = {"GET": "jobs:read"}
 
-    @extend_schema(responses=JobEventOutputSerializer(many=True), operation_id="jobs_events")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(JobEventOutputSerializer),
+        operation_id="jobs_events",
+        description="Oldest first: the job's transitions in the order they happened.",
+    )
     def get(self, request, job_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
-        return Response(JobEventOutputSerializer(selectors.job_events(job=job), many=True).data)
+        return paginate(request, selectors.job_events(job=job), JobEventOutputSerializer, ordering=OLDEST_FIRST)
 
 
 class JobArtifactsApi(APIView):
     required_scopes = {"GET": "jobs:read"}
 
-    @extend_schema(responses=ArtifactOutputSerializer(many=True), operation_id="jobs_artifacts")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS, responses=page_of(ArtifactOutputSerializer), operation_id="jobs_artifacts"
+    )
     def get(self, request, job_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
         artifacts = selectors.job_artifacts(job=job)
-        return Response(ArtifactOutputSerializer(artifacts, many=True, context={"request": request}).data)
+        return paginate(
+            request, artifacts, ArtifactOutputSerializer, context={"request": request}, ordering=OLDEST_FIRST
+        )
 
 
 class ArtifactDownloadApi(APIView):
