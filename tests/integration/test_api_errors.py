@@ -92,6 +92,8 @@ def test_database_down_is_a_503_with_retry_after(member, monkeypatch):
         ("page_size=100000", "page_size"),
         ("page_size=ten", "page_size"),
         ("statuss=queued", "statuss"),
+        ("parent=", "parent"),
+        ("created_after=", "created_after"),
     ],
 )
 def test_an_invalid_list_parameter_is_a_400_naming_it(member, query, parameter):

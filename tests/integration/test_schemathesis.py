@@ -1,5 +1,6 @@
 """schemathesis generates requests for every operation in /api/schema/ and checks the answers:
-no 5xx, every status documented, every body and content type as documented.
+no 5xx, every status documented, every body and content type as documented, schema-violating
+requests refused, unsupported methods 405, a missing required header refused.
 
 Bounded (a few examples per operation) so it runs in the suite; the app is called in-process
 through WSGI with an owner's token whose rate limit is lifted. Requests that are valid by the
@@ -18,6 +19,9 @@ from schemathesis.specs.openapi.checks import (
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    negative_data_rejection,
+    unsupported_method,
+    missing_required_header,
 )
 
 from tests.contract import schema
@@ -29,6 +33,9 @@ CHECKS = [
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
+    negative_data_rejection,
+    unsupported_method,
+    missing_required_header,
 ]
 APP = WSGIHandler()
 

@@ -54,6 +54,10 @@ JOB_FILTER_PARAMETERS = [
 
 def filtered(filterset_class, request, queryset):
     """The queryset narrowed by the request's filters; 400 naming each invalid value."""
+    empty = sorted(name for name in filterset_class.base_filters if request.query_params.get(name, None) == "")
+    if empty:
+        # django-filter skips an empty value, so `?parent=` would list everything: refuse it.
+        raise serializers.ValidationError({empty[0]: ["Give a value, or leave the parameter out."]})
     filterset = filterset_class(request.query_params, queryset=queryset)
     if not filterset.is_valid():
         raise serializers.ValidationError(filterset.errors)
