@@ -16,12 +16,12 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    missing_required_header,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
-    negative_data_rejection,
     unsupported_method,
-    missing_required_header,
 )
 
 from tests.contract import schema
