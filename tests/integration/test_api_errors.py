@@ -148,3 +148,20 @@ def test_a_huge_unknown_parameter_name_is_not_echoed_in_full(member):
     response = client.post("/api/v1/jobs/", {"kind": "sleep", "params": {"p" * 100_000: 1}}, format="json")
     assert_error_shape(response, 400, "invalid")
     assert len(response.content) < 5_000
+
+
+def test_database_down_in_a_middleware_is_still_a_json_503(member, monkeypatch):
+    """Outside any view (here the session middleware), handler500 answers for /api/."""
+    from django.contrib.sessions.middleware import SessionMiddleware
+    from rest_framework.test import APIClient
+
+    def unreachable(self, request):
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(SessionMiddleware, "process_request", unreachable)
+    client = APIClient(raise_request_exception=False)
+    response = client.get("/api/v1/jobs/")
+    assert_error_shape(response, 503, "unavailable")
+    assert int(response["Retry-After"]) > 0
+    page = APIClient(raise_request_exception=False).get("/admin/")
+    assert page.status_code == 500 and not page["Content-Type"].startswith("application/json")
