@@ -13,7 +13,7 @@ LISTS = [
     ("/api/v1/agents/{agent_id}/memories/", "MemoryOutput"),
     ("/api/v1/scenarios/", "ScenarioOutput"),
     ("/api/v1/scenarios/{scenario_id}/runs", "JobSummary"),
-    ("/api/v1/models/", "ModelOutput"),
+    ("/api/v1/models/", "ModelSummary"),
     ("/api/v1/artifacts/", "InputArtifactOutput"),
     ("/api/v1/audit/", "AuditEvent"),
     ("/api/v1/members/", "Member"),
@@ -65,6 +65,11 @@ def test_job_lists_are_summaries_without_params_or_result():
     summary = _component("#/components/schemas/JobSummary")
     assert "params" not in summary["properties"] and "result" not in summary["properties"]
     assert {"params", "result"} <= set(_component("#/components/schemas/JobOutput")["properties"])
+
+
+def test_model_lists_are_summaries_without_signatures_or_reports():
+    version = _component("#/components/schemas/VersionSummary")
+    assert "report" not in version["properties"] and "signature" not in version["properties"]
 
 
 def test_job_kinds_is_declared_as_the_array_it_returns():

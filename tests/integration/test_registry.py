@@ -183,3 +183,13 @@ def test_uploaded_file_object_path_is_streamed(member, multi_io):
     version, created = services.model_version_upload(membership=membership, name="streamed", source=source)
     assert created and Path(version.file.path).read_bytes() == multi_io.read_bytes()
     assert onnx.load(version.file.path).ir_version == 10
+
+
+def test_the_model_list_is_a_summary_and_the_model_page_has_the_details(member, tmp_path):
+    _, client = member("developer")
+    upload(client, build_test_model("multi_io", tmp_path / "a.onnx", seed=1))
+    listed = client.get("/api/v1/models/").json()["results"]
+    assert [model["name"] for model in listed] == ["mlp"]
+    assert "signature" not in listed[0]["versions"][0] and "report" not in listed[0]["versions"][0]
+    detail = client.get("/api/v1/models/mlp/").json()
+    assert {"signature", "report"} <= set(detail["versions"][0])

@@ -55,6 +55,21 @@ class ModelOutputSerializer(serializers.ModelSerializer):
         }
 
 
+class VersionSummaryOutputSerializer(VersionOutputSerializer):
+    """A version in a model list: without its IO signature and validation report (on the model's page)."""
+
+    class Meta(VersionOutputSerializer.Meta):
+        fields = [name for name in VersionOutputSerializer.Meta.fields if name not in ("signature", "report")]
+        ref_name = "VersionSummary"
+
+
+class ModelSummaryOutputSerializer(ModelOutputSerializer):
+    versions = VersionSummaryOutputSerializer(many=True)
+
+    class Meta(ModelOutputSerializer.Meta):
+        ref_name = "ModelSummary"
+
+
 class ModelListUploadApi(APIView):
     """List the organization's models, or upload an ONNX file as a model's next version."""
 
@@ -72,10 +87,15 @@ class ModelListUploadApi(APIView):
         class Meta:
             ref_name = "ModelUploadInput"
 
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ModelOutputSerializer), operation_id="models_list")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(ModelSummaryOutputSerializer),
+        operation_id="models_list",
+        description="Summaries: each version's signature and report are on `/models/{name}/`.",
+    )
     def get(self, request):
         models = selectors.model_list(membership=request_membership(request))
-        return paginate(request, models, ModelOutputSerializer)
+        return paginate(request, models, ModelSummaryOutputSerializer)
 
     @extend_schema(
         request={"multipart/form-data": InputSerializer},
