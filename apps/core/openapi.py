@@ -1,5 +1,7 @@
 """Schema post-processing: every operation documents the errors it can answer, in the one shape."""
 
+from apps.core.pagination import MAX_PAGE_SIZE
+
 ERROR_COMPONENT = {
     "type": "object",
     "description": "Every error under /api/ (apps/core/api.py).",
@@ -52,6 +54,9 @@ def document_errors(result, generator, request, public):
         for method, operation in operations.items():
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "page_size" and parameter["in"] == "query":
+                    parameter["schema"].update(minimum=1, maximum=MAX_PAGE_SIZE)
             codes = ["400", "401", "403", "405", "409", "429", "500", "503"]
             if "{" in path:
                 codes.append("404")

@@ -48,8 +48,9 @@ def test_a_list_is_declared_as_a_cursor_page_with_a_bounded_page_size(path, item
     page = _component(body["$ref"])
     assert set(page["properties"]) == {"next", "previous", "results"}
     assert page["properties"]["results"]["items"]["$ref"].endswith(f"/{item}")
-    parameters = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
-    assert {"cursor", "page_size"} <= parameters
+    parameters = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "query"}
+    assert {"cursor", "page_size"} <= set(parameters)
+    assert parameters["page_size"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500}
 
 
 def test_every_list_answered_by_the_api_is_a_cursor_page():
