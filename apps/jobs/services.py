@@ -133,7 +133,15 @@ def job_submit(
         raise DomainError("priority: must be an integer from 0 to 9.", fields={"priority": ["Must be 0-9."]})
     fingerprint = ""
     if idempotency_key is not None:
-        fingerprint = _request_fingerprint(kind=kind, params=params, priority=priority, max_attempts=max_attempts)
+        fingerprint = _request_fingerprint(
+            kind=kind,
+            params=params,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_after=run_after,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
+        )
         existing = _idempotent_job(membership, idempotency_key, fingerprint, expires=parent is None)
         if existing is not None:
             return existing, False
@@ -239,9 +247,8 @@ def _delay_s(run_after: datetime | None) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def _request_fingerprint(*, kind, params, priority, max_attempts) -> str:
+def _request_fingerprint(**request) -> str:
     """The request as submitted (before defaults), canonical JSON, hashed: what a key is bound to."""
-    request = {"kind": kind, "params": params, "priority": priority, "max_attempts": max_attempts}
     canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -263,7 +270,7 @@ def _idempotent_job(membership: Membership, key: str, fingerprint: str, *, expir
     if existing.idempotency_fingerprint and existing.idempotency_fingerprint != fingerprint:
         raise IdempotencyConflict(
             f"Idempotency-Key '{key}' was used for job {existing.pk} with a different request "
-            "(kind, params, priority or max_attempts); use a new key for a new request.",
+            "(kind, params, priority, max_attempts, run_after or concurrency); use a new key for a new request.",
             fields={"Idempotency-Key": ["Already used with a different request."]},
             details={"job_id": str(existing.pk)},
         )

@@ -32,6 +32,8 @@ def test_the_same_key_and_the_same_body_return_the_same_job(member):
         {"kind": "sleep", "params": {"duration_s": 1}},
         {"kind": "sleep", "params": {"duration_s": 0}, "priority": 9},
         {"kind": "sleep", "params": {"duration_s": 0}, "max_attempts": 1},
+        {"kind": "sleep", "params": {"duration_s": 0}, "concurrency_key": "nightly"},
+        {"kind": "sleep", "params": {"duration_s": 0}, "run_after": "2099-01-01T00:00:00Z"},
     ],
 )
 def test_the_same_key_with_a_different_body_is_a_422_naming_the_conflict(member, other):
