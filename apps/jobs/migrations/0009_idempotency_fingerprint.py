@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0007_job_concurrency_key"),
+        ("jobs", "0008_fair_share"),
     ]
 
     operations = [
