@@ -2,13 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from apps.core.views import healthz, readyz
+from apps.core.views import ApiRootApi, healthz, home, readyz
 from apps.operations.views import dashboard, metrics
 
 admin.site.site_header = "Switchyard"
 admin.site.site_title = "Switchyard admin"
 
 api_v1 = [
+    path("", ApiRootApi.as_view(), name="api-root"),
     path("", include("apps.accounts.api.urls")),
     path("", include("apps.jobs.api.urls")),
     path("", include("apps.registry.api.urls")),
@@ -16,6 +17,7 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
@@ -27,3 +29,6 @@ urlpatterns = [
     # CSP can forbid inline script.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+# JSON (503 when the database is down) under /api/; Django's page elsewhere.
+handler500 = "apps.core.api.server_error"

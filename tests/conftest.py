@@ -88,3 +88,20 @@ def _empty_cache():
 
     cache.clear()
     throttling.reset()
+
+
+@pytest.fixture(autouse=True)
+def _responses_match_the_schema(monkeypatch):
+    """Every API answer a test receives must be what /api/schema/ documents (tests/contract.py)."""
+    from rest_framework.test import APIClient
+
+    from tests.contract import check_response
+
+    original = APIClient.request
+
+    def request(self, **kwargs):
+        response = original(self, **kwargs)
+        check_response(kwargs.get("REQUEST_METHOD", "GET"), kwargs.get("PATH_INFO", ""), response)
+        return response
+
+    monkeypatch.setattr(APIClient, "request", request)

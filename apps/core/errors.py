@@ -35,6 +35,13 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class IdempotencyConflict(DomainError):
+    """The Idempotency-Key was already used with a different request."""
+
+    code = "idempotency_conflict"
+    status_code = 422
+
+
 class ServiceUnavailable(DomainError):
     """The service cannot take this request now; retry later."""
 

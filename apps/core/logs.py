@@ -89,3 +89,8 @@ class PlainFormatter(logging.Formatter):
         if context:
             line += " " + " ".join(f"{key}={value}" for key, value in sorted(context.items()))
         return line
+
+
+def current_request_id() -> str | None:
+    """The id of the web request being handled (also sent back as X-Request-ID), or None."""
+    return (_log_context.get() or {}).get("request_id")

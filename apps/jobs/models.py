@@ -48,6 +48,9 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     # NULL, not "": the per-organization unique constraint applies only where a key was given.
     idempotency_key = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
+    # sha256 of the submitted request (kind, params, priority, max_attempts): the same key
+    # with a different request is refused instead of answered with this job.
+    idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
     # Indexed only where set (job_children): most jobs have no parent.
     parent = models.ForeignKey(
         "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children", db_index=False

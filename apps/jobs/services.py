@@ -32,7 +32,7 @@ from apps.accounts.models import Membership, User
 from apps.accounts.permissions import MANAGE_ANY_JOB, SUBMIT_JOBS, Actor, has_permission, may_submit_kind
 from apps.accounts.services import audit_record
 from apps.core.db import PreparedStatement
-from apps.core.errors import Conflict, DomainError, PermissionDenied, ServiceUnavailable
+from apps.core.errors import Conflict, DomainError, IdempotencyConflict, PermissionDenied, ServiceUnavailable
 from apps.jobs.kinds import get_kind
 from apps.jobs.models import (
     ACTIVE_STATUSES,
@@ -131,8 +131,18 @@ def job_submit(
         )
     if not isinstance(priority, int) or not 0 <= priority <= queues.MAX_PRIORITY:
         raise DomainError("priority: must be an integer from 0 to 9.", fields={"priority": ["Must be 0-9."]})
+    fingerprint = ""
     if idempotency_key is not None:
-        existing = Job.objects.filter(organization=membership.organization, idempotency_key=idempotency_key).first()
+        fingerprint = _request_fingerprint(
+            kind=kind,
+            params=params,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_after=run_after,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
+        )
+        existing = _idempotent_job(membership, idempotency_key, fingerprint, expires=parent is None)
         if existing is not None:
             return existing, False
     job_kind, clean_params = _validate_params(kind, params, membership)
@@ -157,6 +167,7 @@ def job_submit(
         queue=queue,
         max_attempts=max_attempts or job_kind.default_max_attempts,
         idempotency_key=idempotency_key,
+        idempotency_fingerprint=fingerprint,
         parent=parent,
         task_id=str(uuid.uuid4()),
         dispatched_at=timezone.now(),
@@ -185,7 +196,10 @@ def job_submit(
         # Two submits raced on one idempotency key; the other one won.
         if idempotency_key is None:
             raise
-        return Job.objects.get(organization=membership.organization, idempotency_key=idempotency_key), False
+        existing = _idempotent_job(membership, idempotency_key, fingerprint, expires=False)
+        if existing is None:
+            raise
+        return existing, False
     logger.info(
         "job.submitted",
         extra={"job_id": str(job.id), "organization_id": membership.organization_id, "kind": kind, "queue": queue},
@@ -231,6 +245,36 @@ def _delay_s(run_after: datetime | None) -> float | None:
         return None
     seconds = (run_after - timezone.now()).total_seconds()
     return seconds if seconds > 0 else None
+
+
+def _request_fingerprint(**request) -> str:
+    """The request as submitted (before defaults), canonical JSON, hashed: what a key is bound to."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _idempotent_job(membership: Membership, key: str, fingerprint: str, *, expires: bool) -> Job | None:
+    """The job an Idempotency-Key already made, None if none (or it expired); 422 for another request.
+
+    Client keys live IDEMPOTENCY_KEY_TTL_S after their job was created; then the key is taken
+    off that job (a conditional UPDATE, so two requests cannot both release it) and can make a
+    new one. Keys a fan-out gives its children (`expires=False`) never expire.
+    """
+    existing = Job.objects.filter(organization=membership.organization, idempotency_key=key).first()
+    if existing is None:
+        return None
+    if expires and existing.created_at < timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL_S):
+        Job.objects.filter(pk=existing.pk, idempotency_key=key).update(idempotency_key=None)
+        return None
+    # Jobs recorded before fingerprints were stored have none and match any request.
+    if existing.idempotency_fingerprint and existing.idempotency_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            f"Idempotency-Key '{key}' was used for job {existing.pk} with a different request "
+            "(kind, params, priority, max_attempts, run_after or concurrency); use a new key for a new request.",
+            fields={"Idempotency-Key": ["Already used with a different request."]},
+            details={"job_id": str(existing.pk)},
+        )
+    return existing
 
 
 _backlog_cache: dict[str, tuple[float, int]] = {}

@@ -44,6 +44,8 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "apps.core.headers.ApiNoStoreMiddleware",
     "apps.core.logs.RequestLogContextMiddleware",
+    # Inside the request id's context: every error under /api/ becomes the JSON shape.
+    "apps.core.api.ApiErrorMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -169,6 +171,9 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "apps.core.api.exception_handler",
+    # JSON bodies only; the upload endpoints (artifacts, models, memory imports) declare
+    # multipart themselves. A form-encoded body elsewhere answers 415.
+    "DEFAULT_PARSER_CLASSES": ["apps.core.parsers.JSONBodyParser"],
     "DEFAULT_THROTTLE_CLASSES": ["apps.accounts.throttling.TokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api": env.str("API_RATE_LIMIT", default="100/minute")},
 }
@@ -183,6 +188,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # 3.1: nullable fields are JSON Schema's own `type: [..., "null"]`, so a response can be
+    # checked against the schema with plain jsonschema (tests/contract.py).
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.core.openapi.document_errors",
+    ],
 }
 
 # --- Celery (queues, routes and reliability live in project/queues.py) ---------------
@@ -313,8 +325,12 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "AgentKindEnum": "apps.agents.models.AgentKind",
     "MemoryKindEnum": "apps.agents.models.MemoryKind",
     "InvitationStatusEnum": "apps.accounts.models.Invitation.Status",
+    "JobStatusEnum": "apps.jobs.models.JobStatus",
 }
 
+
+# How long an Idempotency-Key keeps returning its job (docs/decisions/0025); then it may make a new one.
+IDEMPOTENCY_KEY_TTL_S = env.int("IDEMPOTENCY_KEY_TTL_S", default=24 * 3600)
 
 # Uploaded job inputs (.npy/.npz for inference batches), POST /api/v1/artifacts/.
 ARTIFACTS_MAX_UPLOAD_BYTES = env.int("ARTIFACTS_MAX_UPLOAD_BYTES", default=2 * 1024 * 1024 * 1024)

@@ -90,9 +90,15 @@ def test_int8_compile_through_rest_and_a_worker_registers_a_validated_staging_ve
         (1, "draft", None),
     ]
     # A passing report opens production to roles that may promote, without a reason.
-    assert client.post("/api/v1/models/encoder/versions/2/promote", {"stage": "production"}).status_code == 403
+    assert (
+        client.post("/api/v1/models/encoder/versions/2/promote", {"stage": "production"}, format="json").status_code
+        == 403
+    )
     _, operator = member("operator", organization=compiled.model.organization)
-    assert operator.post("/api/v1/models/encoder/versions/2/promote", {"stage": "production"}).status_code == 200
+    assert (
+        operator.post("/api/v1/models/encoder/versions/2/promote", {"stage": "production"}, format="json").status_code
+        == 200
+    )
 
 
 def test_a_model_that_cannot_be_compiled_fails_with_the_reason_and_leaves_no_version(start_worker, member, tmp_path):

@@ -30,7 +30,7 @@ def scorer(member, tmp_path):
     path = build_test_model("multi_io", tmp_path / "multi_io.onnx")
     with path.open("rb") as handle:
         assert client.post("/api/v1/models/", {"file": handle, "name": "scorer"}, format="multipart").status_code == 201
-    client.post("/api/v1/models/scorer/versions/1/promote", {"stage": "production"})
+    client.post("/api/v1/models/scorer/versions/1/promote", {"stage": "production"}, format="json")
     return client, path
 
 
@@ -55,7 +55,7 @@ def test_inference_through_rest_and_a_worker_matches_onnxruntime(start_worker, s
     assert job.result["rows"] == 37 and job.result["batches"] == 5
     assert job.result["provider"] == "CPUExecutionProvider"
 
-    artifacts = client.get(f"/api/v1/jobs/{job.id}/artifacts").json()
+    artifacts = client.get(f"/api/v1/jobs/{job.id}/artifacts").json()["results"]
     assert [a["name"] for a in artifacts] == ["outputs.npz"] and artifacts[0]["attempt"] == 1
     download = client.get(f"/api/v1/jobs/{job.id}/artifacts/{artifacts[0]['id']}/download")
     outputs = np.load(io.BytesIO(b"".join(download.streaming_content)), allow_pickle=False)
@@ -115,7 +115,7 @@ def test_uploaded_npz_inputs_run_through_a_worker_and_match_onnxruntime(start_wo
     assert job.status == "succeeded", job.error
     assert job.result["rows"] == 5000 and job.result["batches"] == 20
     assert job.result["inputs_artifact"] == upload.json()["id"]
-    artifact = client.get(f"/api/v1/jobs/{job.id}/artifacts").json()[0]
+    artifact = client.get(f"/api/v1/jobs/{job.id}/artifacts").json()["results"][0]
     data = b"".join(client.get(artifact["download_url"]).streaming_content)
     assert hashlib.sha256(data).hexdigest() == artifact["sha256"] == job.result["output_sha256"]
     outputs = np.load(io.BytesIO(data), allow_pickle=False)

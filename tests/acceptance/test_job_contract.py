@@ -51,7 +51,9 @@ def test_job_runs_to_success_through_rest_and_a_real_worker(start_worker, member
     body = client.get(f"/api/v1/jobs/{job_id}/").json()
     assert body["progress"] == 1.0 and body["result"]["steps"] == 3 and body["attempt"] == 1
     assert body["worker_host"].startswith("cpu@")
-    transitions = [(e["from_status"], e["to_status"]) for e in client.get(f"/api/v1/jobs/{job_id}/events").json()]
+    transitions = [
+        (e["from_status"], e["to_status"]) for e in client.get(f"/api/v1/jobs/{job_id}/events").json()["results"]
+    ]
     assert transitions == [("", "queued"), ("queued", "running"), ("running", "succeeded")]
 
 

@@ -70,7 +70,7 @@ def _run(client, scenario, **body):
 
 
 def _arrays(client, job_id) -> dict:
-    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job_id}/artifacts").json()}
+    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job_id}/artifacts").json()["results"]}
     content = client.get(f"/api/v1/jobs/{job_id}/artifacts/{artifacts['results.npz']['id']}/download")
     import io
 
@@ -116,7 +116,7 @@ def test_a_run_plays_the_engine_on_the_agents_traits_and_memories(start_worker, 
     cooperation = arrays["metric_cooperation_rate"]
     assert cooperation[:14].mean() > 0.5 > cooperation[15:].mean()
 
-    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job.pk}/artifacts").json()}
+    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job.pk}/artifacts").json()["results"]}
     assert set(artifacts) == {"results.npz", "chart.png"}
     chart = client.get(f"/api/v1/jobs/{job.pk}/artifacts/{artifacts['chart.png']['id']}/download")
     assert b"".join(chart.streaming_content).startswith(b"\x89PNG\r\n\x1a\n")
@@ -191,7 +191,7 @@ def test_a_sweep_of_12_runs_aggregates_them_on_control_and_reports_a_failed_chil
             assert row["std"][metric] == pytest.approx(values.std(), abs=1e-6)
     finished = JobEvent.objects.get(job_id=parent_id, to_status="succeeded")
     assert finished.worker.startswith("control@")  # the aggregation ran on control
-    names = {a["name"] for a in client.get(f"/api/v1/jobs/{parent_id}/artifacts").json()}
+    names = {a["name"] for a in client.get(f"/api/v1/jobs/{parent_id}/artifacts").json()["results"]}
     assert names == {"sweep.png"}
 
 

@@ -181,7 +181,7 @@ def test_another_organizations_agents_are_never_returned(seeded, member):
         f"/api/v1/agents/{agent}/memories/search", {"vector": seeded["queries"][0].tolist()}, format="json"
     )
     assert response.status_code == 404
-    assert all(a["name"] != "ada" for a in stranger.get("/api/v1/agents/").json())
+    assert all(a["name"] != "ada" for a in stranger.get("/api/v1/agents/").json()["results"])
 
 
 def test_similar_agents_rank_by_cosine_and_stay_in_the_organization(member):

@@ -81,7 +81,10 @@ def test_bad_compile_requests_are_400_naming_the_field(scorer, body, field, word
 
 def test_unknown_version_and_another_organizations_model_are_404(scorer, member):
     _, client = scorer
-    assert client.post("/api/v1/models/scorer/versions/9/compile", {"target": "cpu-int8"}).status_code == 404
+    assert (
+        client.post("/api/v1/models/scorer/versions/9/compile", {"target": "cpu-int8"}, format="json").status_code
+        == 404
+    )
     _, outsider = member("owner")
     response = outsider.post("/api/v1/models/scorer/versions/1/compile", {"target": "cpu-int8"}, format="json")
     assert response.status_code == 404 and Job.objects.count() == 0

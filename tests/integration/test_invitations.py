@@ -79,7 +79,7 @@ def test_the_addressee_accepts_and_becomes_a_member_with_an_audit_event(member):
 
     received = invitee_client.get("/api/v1/invitations/received")
     assert received.status_code == 200
-    assert [(r["id"], r["organization"], r["role"], r["status"]) for r in received.json()] == [
+    assert [(r["id"], r["organization"], r["role"], r["status"]) for r in received.json()["results"]] == [
         (invitation["id"], admin.organization.slug, "developer", "pending")
     ]
     accepted = invitee_client.post(f"/api/v1/invitations/{invitation['id']}/accept")
@@ -92,7 +92,7 @@ def test_the_addressee_accepts_and_becomes_a_member_with_an_audit_event(member):
     assert event.actor == invitee.user and event.target_id == str(joined.pk)
     assert event.details["invited_by"] == admin.user.username and event.details["role"] == "developer"
     assert AuditEvent.objects.filter(organization=admin.organization, action="member.invited").count() == 1
-    listed = admin_client.get("/api/v1/invitations/").json()
+    listed = admin_client.get("/api/v1/invitations/").json()["results"]
     assert [(i["username"], i["status"]) for i in listed] == [(invitee.user.username, "accepted")]
     again = invitee_client.post(f"/api/v1/invitations/{invitation['id']}/accept")
     assert again.status_code == 409 and "already accepted" in again.json()["detail"]
@@ -104,7 +104,7 @@ def test_a_user_in_no_organization_accepts_with_a_session_login(member, client):
     invitation = invite(admin_client, newcomer.username, role="owner").json()
     client.force_login(newcomer)
 
-    assert [r["id"] for r in client.get("/api/v1/invitations/received").json()] == [invitation["id"]]
+    assert [r["id"] for r in client.get("/api/v1/invitations/received").json()["results"]] == [invitation["id"]]
     assert client.post(f"/api/v1/invitations/{invitation['id']}/accept").status_code == 200
     assert Membership.objects.get(user=newcomer, organization=admin.organization).role == Role.OWNER
     assert client.get("/api/v1/me").json()["organization"] == admin.organization.slug
@@ -122,7 +122,7 @@ def test_only_the_addressee_may_accept_or_decline_anyone_else_gets_404(member):
             response = client.post(f"/api/v1/invitations/{invitation['id']}/{verb}")
             assert response.status_code == 404, (verb, response.content)
             assert response.json()["detail"] == "No such invitation."
-        assert client.get("/api/v1/invitations/received").json() == []
+        assert client.get("/api/v1/invitations/received").json()["results"] == []
     assert Invitation.objects.get(pk=invitation["id"]).status == "pending"
     assert not Membership.objects.filter(user=addressee).exists()
 
@@ -135,7 +135,7 @@ def test_expired_or_revoked_invitations_are_refused_with_a_clear_message(member)
 
     refused = invitee_client.post(f"/api/v1/invitations/{expired['id']}/accept")
     assert refused.status_code == 409 and "expired" in refused.json()["detail"]
-    assert admin_client.get("/api/v1/invitations/").json()[0]["status"] == "expired"
+    assert admin_client.get("/api/v1/invitations/").json()["results"][0]["status"] == "expired"
 
     # Inviting again after expiry renews the invitation; revoking it ends it for good.
     renewed = invite(admin_client, invitee.user.username, role="analyst")
@@ -206,6 +206,6 @@ def test_an_organizations_invitations_are_invisible_to_others(member):
     _, admin_client = member("admin")
     invitation = invite(admin_client, "somebody").json()
     _, stranger = member("owner")
-    assert stranger.get("/api/v1/invitations/").json() == []
+    assert stranger.get("/api/v1/invitations/").json()["results"] == []
     assert stranger.post(f"/api/v1/invitations/{invitation['id']}/revoke").status_code == 404
     assert Invitation.objects.get(pk=invitation["id"]).status == "pending"

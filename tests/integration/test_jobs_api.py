@@ -119,7 +119,7 @@ def test_cancel_of_a_queued_job_is_immediate(member):
     assert response.status_code == 202
     assert response.json()["status"] == "cancelled"
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 409
-    events = client.get(f"/api/v1/jobs/{job_id}/events").json()
+    events = client.get(f"/api/v1/jobs/{job_id}/events").json()["results"]
     assert [(e["from_status"], e["to_status"]) for e in events] == [("", "queued"), ("queued", "cancelled")]
 
 

@@ -52,6 +52,7 @@ class Endpoint:
 
 
 ENDPOINTS = [
+    Endpoint("api-root", "GET", "/api/v1/", ALL, object_scoped=False, scope="read"),
     Endpoint("me", "GET", "/api/v1/me", ALL, object_scoped=False, scope="read"),
     Endpoint("quota", "GET", "/api/v1/quota", p.PERMISSIONS[p.READ_QUOTAS], object_scoped=False, scope="jobs:read"),
     Endpoint("job-kinds", "GET", "/api/v1/jobs/kinds/", ALL, object_scoped=False, scope="jobs:read"),
@@ -366,6 +367,7 @@ ENDPOINTS = [
 
 # Own-object variants where the rule differs from the someone-else's case above.
 OWN_ENDPOINTS = [
+    Endpoint("api-root", "GET", "/api/v1/", ALL, object_scoped=False, scope="read"),
     Endpoint("job-cancel", "POST", "/api/v1/jobs/{own_job}/cancel", p.PERMISSIONS[p.SUBMIT_JOBS], ok=202, case="own"),
     Endpoint("token-revoke", "POST", "/api/v1/tokens/{own_token}/revoke", ALL, case="own"),
 ]

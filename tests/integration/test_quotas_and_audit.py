@@ -127,7 +127,7 @@ def test_token_created_by_rest_is_shown_once_and_works(member):
     created = client.post("/api/v1/tokens/", {"name": "ci", "scopes": ["jobs:read"]}, format="json")
     assert created.status_code == 201
     secret = created.json()["token"]
-    listed = client.get("/api/v1/tokens/").json()
+    listed = client.get("/api/v1/tokens/").json()["results"]
     assert secret not in str(listed) and {t["name"] for t in listed} >= {"ci"}
     reader = client.__class__()
     reader.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")

@@ -106,9 +106,11 @@ def test_promote_moves_the_production_alias_and_archives_the_previous(member, tm
     two = build_test_model("multi_io", tmp_path / "b.onnx", seed=2)
     upload(client, one)
     upload(client, two)
-    assert client.post("/api/v1/models/mlp/versions/1/promote", {"stage": "production"}).status_code == 200
+    assert (
+        client.post("/api/v1/models/mlp/versions/1/promote", {"stage": "production"}, format="json").status_code == 200
+    )
     assert services.model_version_get(membership=membership, reference="mlp").number == 1
-    client.post("/api/v1/models/mlp/versions/2/promote", {"stage": "production"})
+    client.post("/api/v1/models/mlp/versions/2/promote", {"stage": "production"}, format="json")
     detail = client.get("/api/v1/models/mlp/").json()
     assert detail["aliases"]["production"]["version"] == 2
     stages = {v["number"]: v["stage"] for v in detail["versions"]}
@@ -121,8 +123,8 @@ def test_canary_gets_its_share_of_unqualified_references(member, tmp_path):
     membership, client = member("operator")
     upload(client, build_test_model("multi_io", tmp_path / "a.onnx", seed=1))
     upload(client, build_test_model("multi_io", tmp_path / "b.onnx", seed=2))
-    client.post("/api/v1/models/mlp/versions/1/promote", {"stage": "production"})
-    client.post("/api/v1/models/mlp/versions/2/promote", {"stage": "staging", "canary_weight": 30})
+    client.post("/api/v1/models/mlp/versions/1/promote", {"stage": "production"}, format="json")
+    client.post("/api/v1/models/mlp/versions/2/promote", {"stage": "staging", "canary_weight": 30}, format="json")
     picks = [services.model_version_get(membership=membership, reference="mlp").number for _ in range(2000)]
     share = picks.count(2) / len(picks)
     assert 0.25 < share < 0.35
@@ -132,10 +134,15 @@ def test_developer_may_upload_but_not_promote_and_other_orgs_see_nothing(member,
     _, client = member("developer")
     _, stranger = member("admin")
     upload(client, multi_io)
-    assert client.post("/api/v1/models/mlp/versions/1/promote", {"stage": "production"}).status_code == 403
+    assert (
+        client.post("/api/v1/models/mlp/versions/1/promote", {"stage": "production"}, format="json").status_code == 403
+    )
     assert stranger.get("/api/v1/models/mlp/").status_code == 404
-    assert stranger.post("/api/v1/models/mlp/versions/1/promote", {"stage": "production"}).status_code == 404
-    assert stranger.get("/api/v1/models/").json() == []
+    assert (
+        stranger.post("/api/v1/models/mlp/versions/1/promote", {"stage": "production"}, format="json").status_code
+        == 404
+    )
+    assert stranger.get("/api/v1/models/").json()["results"] == []
 
 
 def test_cli_upload_and_list(member, multi_io):
@@ -176,3 +183,13 @@ def test_uploaded_file_object_path_is_streamed(member, multi_io):
     version, created = services.model_version_upload(membership=membership, name="streamed", source=source)
     assert created and Path(version.file.path).read_bytes() == multi_io.read_bytes()
     assert onnx.load(version.file.path).ir_version == 10
+
+
+def test_the_model_list_is_a_summary_and_the_model_page_has_the_details(member, tmp_path):
+    _, client = member("developer")
+    upload(client, build_test_model("multi_io", tmp_path / "a.onnx", seed=1))
+    listed = client.get("/api/v1/models/").json()["results"]
+    assert [model["name"] for model in listed] == ["mlp"]
+    assert "signature" not in listed[0]["versions"][0] and "report" not in listed[0]["versions"][0]
+    detail = client.get("/api/v1/models/mlp/").json()
+    assert {"signature", "report"} <= set(detail["versions"][0])

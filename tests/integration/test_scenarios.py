@@ -92,7 +92,7 @@ def test_another_organizations_scenario_is_404(world, member):
     _, stranger = member("owner")
     assert stranger.get(f"/api/v1/scenarios/{scenario.pk}/").status_code == 404
     assert stranger.post(f"/api/v1/scenarios/{scenario.pk}/runs", {}, format="json").status_code == 404
-    assert stranger.get("/api/v1/scenarios/").json() == []
+    assert stranger.get("/api/v1/scenarios/").json()["results"] == []
 
 
 def test_a_run_records_the_spec_the_agents_and_a_seed(world):
@@ -172,3 +172,16 @@ def test_a_viewer_may_read_scenarios_but_not_change_or_run_them(world, member):
     assert viewer.get(f"/api/v1/scenarios/{scenario.pk}/").status_code == 200
     assert viewer.patch(f"/api/v1/scenarios/{scenario.pk}/", {"description": "x"}, format="json").status_code == 403
     assert viewer.post(f"/api/v1/scenarios/{scenario.pk}/runs", {}, format="json").status_code == 403
+
+
+def test_a_run_retried_with_its_idempotency_key_is_the_same_run_and_a_different_one_is_422(world):
+    membership, client, _ = world
+    scenario = scenario_create(membership=membership, name="village", spec=SPEC)
+    path = f"/api/v1/scenarios/{scenario.pk}/runs"
+    first = client.post(path, {"overrides": {"temperature": 2}}, format="json", HTTP_IDEMPOTENCY_KEY="run-1")
+    # No seed given: the one drawn at submit must not make the retry look like another request.
+    again = client.post(path, {"overrides": {"temperature": 2}}, format="json", HTTP_IDEMPOTENCY_KEY="run-1")
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    other = client.post(path, {"overrides": {"temperature": 3}}, format="json", HTTP_IDEMPOTENCY_KEY="run-1")
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_conflict"

@@ -2,7 +2,6 @@
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -10,6 +9,7 @@ from apps.accounts import selectors, services
 from apps.accounts.models import ApiToken, Invitation
 from apps.accounts.permissions import SCOPES
 from apps.accounts.selectors import membership_for_request, request_membership
+from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
 
 
 class MeApi(APIView):
@@ -58,13 +58,14 @@ class MemberListApi(APIView):
     required_scopes = {"GET": "members:read"}
 
     @extend_schema(
-        responses=MemberOutputSerializer(many=True),
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(MemberOutputSerializer),
         operation_id="members_list",
         description="New members join by accepting an invitation: `POST /api/v1/invitations/`.",
     )
     def get(self, request):
         members = selectors.member_list(membership=request_membership(request))
-        return Response(MemberOutputSerializer(members, many=True).data)
+        return paginate(request, members, MemberOutputSerializer)
 
 
 class MemberDetailApi(APIView):
@@ -123,10 +124,12 @@ class InvitationListCreateApi(APIView):
         class Meta:
             ref_name = "InvitationCreateInput"
 
-    @extend_schema(responses=InvitationOutputSerializer(many=True), operation_id="invitations_list")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS, responses=page_of(InvitationOutputSerializer), operation_id="invitations_list"
+    )
     def get(self, request):
         invitations = selectors.invitation_list(membership=request_membership(request))
-        return Response(InvitationOutputSerializer(invitations, many=True).data)
+        return paginate(request, invitations, InvitationOutputSerializer)
 
     @extend_schema(
         request=InputSerializer, responses={201: InvitationOutputSerializer}, operation_id="invitations_create"
@@ -174,10 +177,14 @@ class InvitationReceivedListApi(APIView):
 
     required_scopes = {"GET": "invitations:read"}
 
-    @extend_schema(responses=ReceivedInvitationOutputSerializer(many=True), operation_id="invitations_received")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(ReceivedInvitationOutputSerializer),
+        operation_id="invitations_received",
+    )
     def get(self, request):
         invitations = selectors.invitation_received_list(user=request.user)
-        return Response(ReceivedInvitationOutputSerializer(invitations, many=True).data)
+        return paginate(request, invitations, ReceivedInvitationOutputSerializer)
 
 
 class InvitationAcceptApi(APIView):
@@ -247,10 +254,10 @@ class TokenListCreateApi(APIView):
         class Meta:
             ref_name = "ApiTokenCreated"
 
-    @extend_schema(responses=TokenOutputSerializer(many=True), operation_id="tokens_list")
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(TokenOutputSerializer), operation_id="tokens_list")
     def get(self, request):
         tokens = selectors.token_list(membership=request_membership(request))
-        return Response(TokenOutputSerializer(tokens, many=True).data)
+        return paginate(request, tokens, TokenOutputSerializer)
 
     @extend_schema(request=InputSerializer, responses={201: CreatedSerializer}, operation_id="tokens_create")
     def post(self, request):
@@ -289,27 +296,21 @@ class AuditEventOutputSerializer(serializers.Serializer):
         ref_name = "AuditEvent"
 
 
-class AuditCursorPagination(CursorPagination):
-    ordering = ("-created_at", "-id")
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
 class AuditListApi(APIView):
     """Security-relevant actions in the organization, newest first (owner, admin)."""
 
     required_scopes = {"GET": "audit:read"}
 
     @extend_schema(
-        parameters=[OpenApiParameter("action", str, description="e.g. token.created, member.role_changed")],
-        responses=AuditEventOutputSerializer(many=True),
+        parameters=[
+            OpenApiParameter("action", str, description="e.g. token.created, member.role_changed"),
+            *PAGE_PARAMETERS,
+        ],
+        responses=page_of(AuditEventOutputSerializer),
         operation_id="audit_list",
     )
     def get(self, request):
         events = selectors.audit_list(membership=request_membership(request))
         if request.query_params.get("action"):
             events = events.filter(action=request.query_params["action"])
-        paginator = AuditCursorPagination()
-        page = paginator.paginate_queryset(events, request, view=self)
-        return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)
+        return paginate(request, events, AuditEventOutputSerializer, allowed=["action"])

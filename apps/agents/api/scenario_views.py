@@ -7,10 +7,10 @@ from rest_framework.views import APIView
 
 from apps.accounts.selectors import request_membership
 from apps.agents import selectors, services
-from apps.agents.api.views import NewestFirst
 from apps.agents.models import Scenario
 from apps.agents.simulation_kind import SWEEP_METRICS
-from apps.jobs.api.serializers import JobOutputSerializer
+from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
+from apps.jobs.api.serializers import JobOutputSerializer, JobSummaryOutputSerializer
 from apps.jobs.api.views import IDEMPOTENCY_KEY_PARAMETER, idempotency_key
 
 
@@ -37,10 +37,12 @@ class ScenarioListCreateApi(APIView):
         class Meta:
             ref_name = "ScenarioCreateInput"
 
-    @extend_schema(responses=ScenarioOutputSerializer(many=True), operation_id="scenarios_list")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS, responses=page_of(ScenarioOutputSerializer), operation_id="scenarios_list"
+    )
     def get(self, request):
         scenarios = selectors.scenario_list(membership=request_membership(request))
-        return Response(ScenarioOutputSerializer(scenarios, many=True).data)
+        return paginate(request, scenarios, ScenarioOutputSerializer)
 
     @extend_schema(request=InputSerializer, responses={201: ScenarioOutputSerializer}, operation_id="scenarios_create")
     def post(self, request):
@@ -104,15 +106,14 @@ class ScenarioRunsApi(APIView):
         class Meta:
             ref_name = "ScenarioRunInput"
 
-    @extend_schema(responses=JobOutputSerializer(many=True), operation_id="scenarios_runs_list")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS, responses=page_of(JobSummaryOutputSerializer), operation_id="scenarios_runs_list"
+    )
     def get(self, request, scenario_id):
         membership = request_membership(request)
         scenario = selectors.scenario_get(membership=membership, scenario_id=scenario_id)
-        paginator = NewestFirst()
-        page = paginator.paginate_queryset(
-            selectors.scenario_runs(membership=membership, scenario=scenario), request, view=self
-        )
-        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+        runs = selectors.scenario_runs(membership=membership, scenario=scenario)
+        return paginate(request, runs, JobSummaryOutputSerializer)
 
     @extend_schema(
         request=InputSerializer,

@@ -1,8 +1,7 @@
 """REST endpoints for agents, memories and similarity search: thin wrappers over services and selectors."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,6 +9,7 @@ from rest_framework.views import APIView
 from apps.accounts.selectors import request_membership
 from apps.agents import selectors, services
 from apps.agents.models import Agent, AgentKind, Memory, MemoryKind
+from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
 from apps.jobs.api.serializers import JobOutputSerializer
 from workers.memory_file import FORMATS
 
@@ -56,13 +56,6 @@ class AgentHitSerializer(AgentOutputSerializer):
         fields = [*AgentOutputSerializer.Meta.fields, "distance"]
 
 
-class NewestFirst(CursorPagination):
-    ordering = "-created_at"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
 def _vector_field(**kwargs):
     # Numbers are checked by the service (dimension, finite, not zero) so the reason is precise.
     return serializers.ListField(child=serializers.JSONField(), **kwargs)
@@ -84,13 +77,19 @@ class AgentListCreateApi(APIView):
         class Meta:
             ref_name = "AgentCreateInput"
 
-    @extend_schema(responses=AgentOutputSerializer(many=True), operation_id="agents_list")
+    @extend_schema(
+        parameters=[OpenApiParameter("kind", str, enum=AgentKind.values), *PAGE_PARAMETERS],
+        responses=page_of(AgentOutputSerializer),
+        operation_id="agents_list",
+    )
     def get(self, request):
         agents = selectors.agent_list(membership=request_membership(request))
         kind = request.query_params.get("kind")
-        if kind:
+        if kind is not None:
+            if kind not in AgentKind.values:
+                raise serializers.ValidationError({"kind": [f"Must be one of: {', '.join(AgentKind.values)}."]})
             agents = agents.filter(kind=kind)
-        return Response(AgentOutputSerializer(agents, many=True).data)
+        return paginate(request, agents, AgentOutputSerializer, allowed=["kind"])
 
     @extend_schema(request=InputSerializer, responses={201: AgentOutputSerializer}, operation_id="agents_create")
     def post(self, request):
@@ -124,15 +123,14 @@ class MemoryListCreateApi(APIView):
         class Meta:
             ref_name = "MemoryCreateInput"
 
-    @extend_schema(responses=MemoryOutputSerializer(many=True), operation_id="agents_memories_list")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS, responses=page_of(MemoryOutputSerializer), operation_id="agents_memories_list"
+    )
     def get(self, request, agent_id):
         membership = request_membership(request)
         agent = selectors.agent_get(membership=membership, agent_id=agent_id)
-        paginator = NewestFirst()
-        page = paginator.paginate_queryset(
-            selectors.memory_list(membership=membership, agent=agent).defer("embedding"), request, view=self
-        )
-        return paginator.get_paginated_response(MemoryOutputSerializer(page, many=True).data)
+        memories = selectors.memory_list(membership=membership, agent=agent).defer("embedding")
+        return paginate(request, memories, MemoryOutputSerializer)
 
     @extend_schema(request=InputSerializer, responses={201: MemoryOutputSerializer}, operation_id="agents_memories_add")
     def post(self, request, agent_id):

@@ -87,6 +87,14 @@ class QueueOutputSerializer(serializers.Serializer):
         ref_name = "Queue"
 
 
+class JobSummaryOutputSerializer(JobOutputSerializer):
+    """A job in a list: everything but its params and result, which can be large."""
+
+    class Meta(JobOutputSerializer.Meta):
+        fields = [name for name in JobOutputSerializer.Meta.fields if name not in ("params", "result")]
+        ref_name = "JobSummary"
+
+
 class JobEventOutputSerializer(serializers.ModelSerializer):
     actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
 
@@ -120,10 +128,3 @@ class InputArtifactOutputSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         path = f"/api/v1/artifacts/{artifact.id}/download"
         return request.build_absolute_uri(path) if request else path
-
-
-class JobListOutputSerializer(JobOutputSerializer):
-    """A job in a list: everything but its result, which can hold a program's output (detail only)."""
-
-    class Meta(JobOutputSerializer.Meta):
-        fields = [name for name in JobOutputSerializer.Meta.fields if name != "result"]

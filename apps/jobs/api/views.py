@@ -5,33 +5,26 @@ from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import READ_QUOTAS, require
 from apps.accounts.selectors import request_membership
+from apps.core.pagination import OLDEST_FIRST, PAGE_PARAMETERS, page_of, paginate
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import (
     ArtifactOutputSerializer,
     InputArtifactOutputSerializer,
     JobDetailOutputSerializer,
     JobEventOutputSerializer,
-    JobListOutputSerializer,
     JobOutputSerializer,
+    JobSummaryOutputSerializer,
     QueueOutputSerializer,
 )
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.quotas import quota_usage
-
-
-class JobCursorPagination(CursorPagination):
-    ordering = "-created_at"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
 
 
 class JobFilter(django_filters.FilterSet):
@@ -46,6 +39,29 @@ class JobFilter(django_filters.FilterSet):
     class Meta:
         model = Job
         fields = ["kind", "status", "queue", "owner", "parent", "created_after", "created_before"]
+
+
+JOB_FILTER_PARAMETERS = [
+    OpenApiParameter("kind", str),
+    OpenApiParameter("status", str, enum=JobStatus.values, many=True, explode=True, description="Repeatable."),
+    OpenApiParameter("queue", str),
+    OpenApiParameter("owner", str, description="A username."),
+    OpenApiParameter("parent", OpenApiTypes.UUID, description="The jobs a sweep fanned out into."),
+    OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="ISO 8601, inclusive."),
+    OpenApiParameter("created_before", OpenApiTypes.DATETIME, description="ISO 8601, exclusive."),
+]
+
+
+def filtered(filterset_class, request, queryset):
+    """The queryset narrowed by the request's filters; 400 naming each invalid value."""
+    empty = sorted(name for name in filterset_class.base_filters if request.query_params.get(name, None) == "")
+    if empty:
+        # django-filter skips an empty value, so `?parent=` would list everything: refuse it.
+        raise serializers.ValidationError({empty[0]: ["Give a value, or leave the parameter out."]})
+    filterset = filterset_class(request.query_params, queryset=queryset)
+    if not filterset.is_valid():
+        raise serializers.ValidationError(filterset.errors)
+    return filterset.qs
 
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
@@ -70,7 +86,7 @@ class JobListCreateApi(APIView):
     required_scopes = {"GET": "jobs:read", "POST": "jobs:write"}
 
     class InputSerializer(serializers.Serializer):
-        kind = serializers.CharField(help_text="One of the registered job kinds, e.g. `sleep`.")
+        kind = serializers.CharField(max_length=64, help_text="One of the registered job kinds, e.g. `sleep`.")
         params = serializers.JSONField(default=dict, help_text="Parameters for the kind; validated per kind.")
         priority = serializers.IntegerField(min_value=0, max_value=9, default=5, help_text="9 is the most urgent.")
         max_attempts = serializers.IntegerField(min_value=1, max_value=20, required=False)
@@ -90,23 +106,25 @@ class JobListCreateApi(APIView):
             ref_name = "JobSubmitInput"
 
     @extend_schema(
-        parameters=[OpenApiParameter(name, str) for name in JobFilter.Meta.fields],
-        responses=JobListOutputSerializer(many=True),
+        parameters=[*JOB_FILTER_PARAMETERS, *PAGE_PARAMETERS],
+        responses=page_of(JobSummaryOutputSerializer),
         operation_id="jobs_list",
+        description="Newest first. Summaries: params and result are on the job's own page (`/jobs/{id}/`).",
     )
     def get(self, request):
         membership = request_membership(request)
-        queryset = JobFilter(request.query_params, queryset=selectors.job_list(membership=membership)).qs
-        paginator = JobCursorPagination()
-        # Results stay in the database: a page of sandbox jobs once carried 60 MB of output.
-        page = paginator.paginate_queryset(queryset.defer("result"), request, view=self)
-        return paginator.get_paginated_response(JobListOutputSerializer(page, many=True).data)
+        queryset = filtered(JobFilter, request, selectors.job_list(membership=membership))
+        # Params and results stay in the database: a page of sandbox jobs once carried 60 MB of output.
+        queryset = queryset.defer("params", "result")
+        return paginate(request, queryset, JobSummaryOutputSerializer, allowed=JobFilter.Meta.fields)
 
     @extend_schema(
         request=InputSerializer,
         responses={201: JobOutputSerializer, 200: JobOutputSerializer},
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
         operation_id="jobs_submit",
+        description="201 with a new job; 200 with the existing one when the Idempotency-Key was used "
+        "with the same request; 422 when it was used with a different one.",
     )
     def post(self, request):
         membership = request_membership(request)
@@ -143,7 +161,7 @@ class QueueListApi(APIView):
 class JobCancelApi(APIView):
     required_scopes = {"POST": "jobs:write"}
 
-    @extend_schema(request=None, responses=JobOutputSerializer, operation_id="jobs_cancel")
+    @extend_schema(request=None, responses={202: JobOutputSerializer}, operation_id="jobs_cancel")
     def post(self, request, job_id):
         membership = request_membership(request)
         job = services.job_cancel(job=selectors.job_get(membership=membership, job_id=job_id), actor=membership)
@@ -153,7 +171,7 @@ class JobCancelApi(APIView):
 class JobRetryApi(APIView):
     required_scopes = {"POST": "jobs:write"}
 
-    @extend_schema(request=None, responses=JobOutputSerializer, operation_id="jobs_retry")
+    @extend_schema(request=None, responses={202: JobOutputSerializer}, operation_id="jobs_retry")
     def post(self, request, job_id):
         membership = request_membership(request)
         job = services.job_retry(job=selectors.job_get(membership=membership, job_id=job_id), actor=membership)
@@ -163,20 +181,29 @@ class JobRetryApi(APIView):
 class JobEventsApi(APIView):
     required_scopes = {"GET": "jobs:read"}
 
-    @extend_schema(responses=JobEventOutputSerializer(many=True), operation_id="jobs_events")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(JobEventOutputSerializer),
+        operation_id="jobs_events",
+        description="Oldest first: the job's transitions in the order they happened.",
+    )
     def get(self, request, job_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
-        return Response(JobEventOutputSerializer(selectors.job_events(job=job), many=True).data)
+        return paginate(request, selectors.job_events(job=job), JobEventOutputSerializer, ordering=OLDEST_FIRST)
 
 
 class JobArtifactsApi(APIView):
     required_scopes = {"GET": "jobs:read"}
 
-    @extend_schema(responses=ArtifactOutputSerializer(many=True), operation_id="jobs_artifacts")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS, responses=page_of(ArtifactOutputSerializer), operation_id="jobs_artifacts"
+    )
     def get(self, request, job_id):
         job = selectors.job_get(membership=request_membership(request), job_id=job_id)
         artifacts = selectors.job_artifacts(job=job)
-        return Response(ArtifactOutputSerializer(artifacts, many=True, context={"request": request}).data)
+        return paginate(
+            request, artifacts, ArtifactOutputSerializer, context={"request": request}, ordering=OLDEST_FIRST
+        )
 
 
 class ArtifactDownloadApi(APIView):
@@ -197,12 +224,32 @@ class ArtifactDownloadApi(APIView):
         )
 
 
+class JobKindParamSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="The serializer field's type, e.g. `integer`, `float`, `char`.")
+    required = serializers.BooleanField()
+    default = serializers.JSONField(allow_null=True)
+    help = serializers.CharField(allow_blank=True)
+
+    class Meta:
+        ref_name = "JobKindParam"
+
+
+class JobKindSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    params = serializers.DictField(child=JobKindParamSerializer(), help_text="Parameter name -> its description.")
+    time_limit_s = serializers.IntegerField(allow_null=True)
+
+    class Meta:
+        ref_name = "JobKind"
+
+
 class JobKindsApi(APIView):
     """The job kinds this deployment knows, with their parameters."""
 
     required_scopes = {"GET": "jobs:read"}
 
-    @extend_schema(responses=OpenApiTypes.OBJECT, operation_id="jobs_kinds")
+    @extend_schema(responses=JobKindSerializer(many=True), operation_id="jobs_kinds")
     def get(self, request):
         kinds = []
         for name, kind in sorted(all_kinds().items()):
@@ -255,14 +302,12 @@ class InputArtifactListUploadApi(APIView):
         class Meta:
             ref_name = "ArtifactUploadInput"
 
-    @extend_schema(responses=InputArtifactOutputSerializer(many=True), operation_id="artifacts_list")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS, responses=page_of(InputArtifactOutputSerializer), operation_id="artifacts_list"
+    )
     def get(self, request):
         queryset = selectors.input_artifact_list(membership=request_membership(request)).select_related("owner")
-        paginator = JobCursorPagination()
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(
-            InputArtifactOutputSerializer(page, many=True, context={"request": request}).data
-        )
+        return paginate(request, queryset, InputArtifactOutputSerializer, context={"request": request})
 
     @extend_schema(
         request={"multipart/form-data": InputSerializer},

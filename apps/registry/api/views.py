@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.selectors import request_membership
+from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
 from apps.jobs.api.serializers import JobOutputSerializer
 from apps.registry import selectors, services
 from apps.registry.models import DevicePreference, MLModel, ModelTask, ModelVersion, Stage
@@ -54,6 +55,21 @@ class ModelOutputSerializer(serializers.ModelSerializer):
         }
 
 
+class VersionSummaryOutputSerializer(VersionOutputSerializer):
+    """A version in a model list: without its IO signature and validation report (on the model's page)."""
+
+    class Meta(VersionOutputSerializer.Meta):
+        fields = [name for name in VersionOutputSerializer.Meta.fields if name not in ("signature", "report")]
+        ref_name = "VersionSummary"
+
+
+class ModelSummaryOutputSerializer(ModelOutputSerializer):
+    versions = VersionSummaryOutputSerializer(many=True)
+
+    class Meta(ModelOutputSerializer.Meta):
+        ref_name = "ModelSummary"
+
+
 class ModelListUploadApi(APIView):
     """List the organization's models, or upload an ONNX file as a model's next version."""
 
@@ -71,14 +87,20 @@ class ModelListUploadApi(APIView):
         class Meta:
             ref_name = "ModelUploadInput"
 
-    @extend_schema(responses=ModelOutputSerializer(many=True), operation_id="models_list")
+    @extend_schema(
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(ModelSummaryOutputSerializer),
+        operation_id="models_list",
+        description="Summaries: each version's signature and report are on `/models/{name}/`.",
+    )
     def get(self, request):
         models = selectors.model_list(membership=request_membership(request))
-        return Response(ModelOutputSerializer(models, many=True).data)
+        return paginate(request, models, ModelSummaryOutputSerializer)
 
     @extend_schema(
         request={"multipart/form-data": InputSerializer},
-        responses={201: VersionOutputSerializer},
+        responses={201: VersionOutputSerializer, 200: VersionOutputSerializer},
+        description="201 with a new version; 200 with the existing one when the same file was uploaded before.",
         operation_id="models_upload",
     )
     def post(self, request):
