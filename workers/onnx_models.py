@@ -4,10 +4,12 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
@@ -67,6 +69,8 @@ class ModelInfo:
     producer: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # What the upload-time probe found (see `probe_batching`): whether jobs may split the rows.
+    batching: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,19 +103,22 @@ def inspect_model(path: Path, *, max_bytes: int) -> ModelInfo:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelValidationError("checker_failed", f"the ONNX checker refused the model: {_one_line(exc)}") from exc
-    _check_runtime_load(data)
+    session = _check_runtime_load(data)
     producer = " ".join(part for part in (model.producer_name, model.producer_version) if part)
     initializer_names = {tensor.name for tensor in model.graph.initializer}
+    # Since IR 4 a graph input with an initializer is an optional override, not a
+    # required input: callers feed only the others.
+    inputs = [_tensor_spec(value, "input") for value in model.graph.input if value.name not in initializer_names]
+    outputs = [_tensor_spec(value, "output") for value in model.graph.output]
     return ModelInfo(
         sha256=sha256,
         size_bytes=len(data),
         ir_version=model.ir_version,
         opset=opset,
         producer=producer,
-        # Since IR 4 a graph input with an initializer is an optional override, not a
-        # required input: callers feed only the others.
-        inputs=[_tensor_spec(value, "input") for value in model.graph.input if value.name not in initializer_names],
-        outputs=[_tensor_spec(value, "output") for value in model.graph.output],
+        inputs=inputs,
+        outputs=outputs,
+        batching=probe_batching(session, inputs),
     )
 
 
@@ -312,12 +319,12 @@ def _check_opset(opset: int | None, limits: RuntimeLimits) -> None:
         )
 
 
-def _check_runtime_load(data: bytes) -> None:
+def _check_runtime_load(data: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the reason is returned to the uploader, not logged
     options.intra_op_num_threads = 1
     try:
-        ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         reason = onnxruntime_reason(exc)
         raise ModelValidationError(
@@ -426,3 +433,115 @@ def _one_line(exc: Exception, limit: int = 1000) -> str:
     # The checker spreads one reason over several lines (node dumps); an error message is one line.
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- the batching probe ------------------------------------------------------------------------
+
+PROBE_ROWS = 3
+# Size of a symbolic dimension other than the batch axis in generated probe inputs.
+PROBE_OTHER_DIM = 2
+# Generated probe inputs stay this small; a model whose 3 rows would be larger is not
+# split (it runs whole), rather than making every upload allocate its inputs.
+PROBE_MAX_BYTES = 16 * 1024 * 1024
+_INDEPENDENT = "rows are independent: a batch and its rows one by one give the same outputs"
+
+
+def probe_batching(session: ort.InferenceSession, inputs: list[TensorSpec]) -> dict:
+    """Whether jobs may split this model's rows into batches, decided once, at upload.
+
+    Splitting is safe only where every input has a batch axis (a first axis that is not
+    fixed) and the model treats rows independently. That is tested, not assumed: a few
+    generated rows run as one batch and as single rows must give the same outputs, each
+    output following the batch axis. A model that mixes rows (softmax or a mean over the
+    batch axis, batch statistics) or has no batch axis is never split: its input runs
+    whole. Anything the probe cannot establish counts as "do not split". Returns
+    {batch_axis, rows_independent, split, zero_rows, reason}; `zero_rows` says whether a
+    0-row input runs (submit refuses one where it does not).
+    """
+    result = {"batch_axis": False, "rows_independent": None, "split": False, "zero_rows": False}
+    if not inputs:
+        return {**result, "reason": "the model has no inputs, so no batch axis: it runs whole"}
+    without_axis = [spec.name for spec in inputs if not spec.shape or isinstance(spec.shape[0], int)]
+    if without_axis:
+        names = ", ".join(repr(name) for name in without_axis)
+        return {**result, "reason": f"no batch axis: input {names} has no variable first axis; it runs whole"}
+    result["batch_axis"] = True
+    rng = np.random.default_rng(0)
+    try:
+        feeds = _probe_feeds(inputs, rng)
+    except _ProbeTooLarge as exc:
+        return {**result, "reason": f"not probed, so never split: {exc}"}
+    names = [output.name for output in session.get_outputs()]
+    result["zero_rows"] = _runs(session, names, {name: array[:0] for name, array in feeds.items()})
+    try:
+        whole = session.run(names, feeds)
+        again = session.run(names, feeds)
+        single = [
+            session.run(names, {name: array[row : row + 1] for name, array in feeds.items()})
+            for row in range(PROBE_ROWS)
+        ]
+    except Exception as exc:  # onnxruntime's own error types: the generated values did not suit the model
+        reason = f"the probe could not run {PROBE_ROWS} generated rows ({onnxruntime_reason(exc)}): never split"
+        return {**result, "reason": reason[:1000]}
+    if not all(_same(a, b) for a, b in zip(whole, again, strict=True)):
+        return {**result, "reason": "two identical runs gave different outputs, so row independence cannot be tested"}
+    for index, name in enumerate(names):
+        value = whole[index]
+        parts = [outputs[index] for outputs in single]
+        if (
+            value.ndim == 0
+            or value.shape[0] != PROBE_ROWS
+            or any(part.ndim == 0 or part.shape[0] != 1 for part in parts)
+        ):
+            reason = f"output {name!r} does not follow the batch axis (shape {list(value.shape)} for {PROBE_ROWS} rows)"
+            return {**result, "rows_independent": False, "reason": reason}
+        if not _same(value, np.concatenate(parts)):
+            reason = f"rows are not independent: output {name!r} of a batch differs from its rows run one by one"
+            return {**result, "rows_independent": False, "reason": reason}
+    return {**result, "rows_independent": True, "split": True, "reason": _INDEPENDENT}
+
+
+class _ProbeTooLarge(Exception):
+    pass
+
+
+def _probe_feeds(inputs: list[TensorSpec], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds, total = {}, 0
+    for spec in inputs:
+        assert spec.shape is not None
+        shape = [PROBE_ROWS] + [dim if isinstance(dim, int) else PROBE_OTHER_DIM for dim in spec.shape[1:]]
+        count = math.prod(shape)
+        total += count * (8 if spec.dtype == "string" else np.dtype(spec.dtype).itemsize)
+        if total > PROBE_MAX_BYTES:
+            raise _ProbeTooLarge(f"{PROBE_ROWS} rows of the inputs would take more than {PROBE_MAX_BYTES} bytes")
+        feeds[spec.name] = _probe_values(spec.dtype, shape, rng)
+    return feeds
+
+
+def _probe_values(dtype: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    # Small positive values: valid for logs, square roots and indices into small tensors.
+    if dtype == "string":
+        return rng.choice(np.array(["a", "b", "c"], dtype=object), size=shape)
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if kind in "iu":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return rng.uniform(0.25, 1.0, size=shape).astype(dtype)
+
+
+def _runs(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> bool:
+    try:
+        session.run(names, feeds)
+    except Exception:  # onnxruntime's own error types: this model cannot run these inputs
+        return False
+    return True
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind in "fc":
+        # Different batch sizes take different kernel paths; a few ulps of difference is not a dependency.
+        return bool(np.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True))
+    return bool(np.array_equal(a, b))

@@ -56,6 +56,12 @@ class ModelVersion(models.Model):
     device_preference = models.CharField(max_length=8, choices=DevicePreference.choices, default=DevicePreference.AUTO)
     derived_from = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="derived")
     report = models.JSONField(default=dict, blank=True)
+    batching = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The upload-time probe: {batch_axis, rows_independent, split, zero_rows, reason}; "
+        "rows are split into batches only where split is true.",
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 

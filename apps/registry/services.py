@@ -142,6 +142,7 @@ def _register(
         stage=stage,
         derived_from=derived_from,
         report=report or {},
+        batching=info.batching,
         created_by=user,
     )
     storage_name = f"{organization.slug}/{name}/{number}-{info.sha256[:12]}.onnx"

@@ -31,6 +31,7 @@ class VersionOutputSerializer(serializers.ModelSerializer):
             "device_preference",
             "derived_from",
             "report",
+            "batching",
             "aliases",
             "created_at",
         ]
