@@ -20,8 +20,10 @@ from workers.errors import JobError
 logger = logging.getLogger(__name__)
 
 DEFAULT_DOMAIN = "ai.onnx"
-# onnxruntime only guarantees opsets from 7 up (its docs, and the warning it logs for older ones).
-MIN_SUPPORTED_OPSET = 7
+# There is no opset floor here: what the installed onnxruntime loads is accepted, and the
+# real session load at upload refuses the rest with onnxruntime's reason (it has kernels for
+# many opset-6 models, not all). This is only the opset of the probe models below.
+PROBE_OPSET = 7
 
 # Used only when the probe below cannot read the limits out of onnxruntime's refusal (its
 # wording changed): (max IR version, max default-domain opset) per onnxruntime minor
@@ -103,7 +105,7 @@ def inspect_model(path: Path, *, max_bytes: int) -> ModelInfo:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelValidationError("checker_failed", f"the ONNX checker refused the model: {_one_line(exc)}") from exc
-    session = _check_runtime_load(data)
+    session = _check_runtime_load(data, opset)
     producer = " ".join(part for part in (model.producer_name, model.producer_version) if part)
     initializer_names = {tensor.name for tensor in model.graph.initializer}
     # Since IR 4 a graph input with an initializer is an optional override, not a
@@ -310,16 +312,17 @@ def _default_opset(model: onnx.ModelProto) -> int | None:
 def _check_opset(opset: int | None, limits: RuntimeLimits) -> None:
     if opset is None:
         return
-    if opset > limits.max_opset or opset < MIN_SUPPORTED_OPSET:
+    if opset > limits.max_opset:
         raise ModelValidationError(
             "unsupported_opset",
             f"the model uses opset {opset} of the {DEFAULT_DOMAIN} domain; onnxruntime {limits.runtime_version} "
-            f"supports opsets {MIN_SUPPORTED_OPSET} to {limits.max_opset}",
-            {"opset": opset, "min_opset": MIN_SUPPORTED_OPSET, "max_opset": limits.max_opset},
+            f"supports opsets up to {limits.max_opset}: convert it with "
+            f"onnx.version_converter.convert_version(model, {limits.max_opset})",
+            {"opset": opset, "max_opset": limits.max_opset},
         )
 
 
-def _check_runtime_load(data: bytes) -> ort.InferenceSession:
+def _check_runtime_load(data: bytes, opset: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the reason is returned to the uploader, not logged
     options.intra_op_num_threads = 1
@@ -327,6 +330,13 @@ def _check_runtime_load(data: bytes) -> ort.InferenceSession:
         return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         reason = onnxruntime_reason(exc)
+        if opset is not None and "Could not find an implementation" in reason:
+            # Old opsets are where onnxruntime lacks kernels; the same graph at a newer opset runs.
+            reason += (
+                f". onnxruntime {ort.__version__} has no kernel for this operator at opset {opset}: convert the model "
+                f"to a newer opset with onnx.version_converter.convert_version(model, {max(opset + 1, 13)}) "
+                "and upload it again"
+            )
         raise ModelValidationError(
             "runtime_load_failed",
             f"onnxruntime {ort.__version__} cannot load the model: {reason}",
@@ -385,7 +395,7 @@ def runtime_limits() -> RuntimeLimits:
     read the limit from the refusal ("max supported IR version: 13", "Current official
     support for domain ai.onnx is till opset 26"). Cached: done once per process, ~1 ms.
     """
-    max_ir = _probe_limit(ir_version=1_000_000, opset=MIN_SUPPORTED_OPSET, pattern=r"max supported IR version: (\d+)")
+    max_ir = _probe_limit(ir_version=1_000_000, opset=PROBE_OPSET, pattern=r"max supported IR version: (\d+)")
     max_opset = _probe_limit(ir_version=7, opset=1_000_000, pattern=r"support for domain ai\.onnx is till opset (\d+)")
     if max_ir is not None and max_opset is not None:
         return RuntimeLimits(ort.__version__, max_ir, max_opset, "probe")

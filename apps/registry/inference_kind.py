@@ -181,7 +181,9 @@ def _execute(context) -> dict:
             output_path=output_path,
             wanted_outputs=params["outputs"] or None,
             device_preference=version.device_preference,
-            on_progress=lambda done, total: context.report_progress(done / total, f"{done}/{total} rows"),
+            on_progress=lambda done, total: context.report_progress(
+                done / total if total else 1.0, f"{done}/{total} rows"
+            ),
             should_cancel=context.should_cancel,
         )
     except InferenceCancelled as exc:
