@@ -97,3 +97,33 @@ class ModelAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name}@{self.name}"
+
+
+class ModelAliasEvent(models.Model):
+    """One move of an alias: who pointed which alias of a model at which version, when and why.
+
+    Written by the registry services in the same transaction as the move, never updated:
+    the alias's state at any time T is its latest event at or before T (`version` null: the
+    alias was removed).
+    """
+
+    model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="alias_events")
+    alias = models.CharField(max_length=32)
+    version = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="alias_events"
+    )
+    previous_version = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    weight = models.PositiveSmallIntegerField(null=True, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["model", "alias", "-created_at"], name="aliasevent_model_alias_time")]
+
+    def __str__(self) -> str:
+        target = f"version {self.version.number}" if self.version_id else "removed"
+        return f"{self.model.name}@{self.alias} -> {target}"

@@ -117,6 +117,13 @@ ENDPOINTS = [
     ),
     Endpoint("model-detail", "GET", "/api/v1/models/{model}/", p.PERMISSIONS[p.READ_MODELS], scope="models:read"),
     Endpoint(
+        "model-alias-history",
+        "GET",
+        "/api/v1/models/{model}/aliases/history",
+        p.PERMISSIONS[p.READ_MODELS],
+        scope="models:read",
+    ),
+    Endpoint(
         "model-promote",
         "POST",
         "/api/v1/models/{model}/versions/1/promote",

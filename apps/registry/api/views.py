@@ -1,6 +1,10 @@
 """REST endpoints for the model registry."""
 
-from drf_spectacular.utils import extend_schema
+import datetime
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -9,7 +13,7 @@ from rest_framework.views import APIView
 from apps.accounts.selectors import request_membership
 from apps.jobs.api.serializers import JobOutputSerializer
 from apps.registry import selectors, services
-from apps.registry.models import DevicePreference, MLModel, ModelTask, ModelVersion, Stage
+from apps.registry.models import DevicePreference, MLModel, ModelAliasEvent, ModelTask, ModelVersion, Stage
 from workers.compile import TARGETS
 
 
@@ -119,8 +123,14 @@ class VersionPromoteApi(APIView):
             required=False,
             allow_blank=True,
             max_length=2000,
-            help_text="To promote a compiled version whose validation report did not pass to production "
-            "(owner, admin); recorded in the audit trail.",
+            help_text="To send traffic (production, or a canary weight) to a compiled version whose validation "
+            "report did not pass (owner, admin); recorded in the audit trail.",
+        )
+        reason = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=2000,
+            help_text="Why: kept in the alias history and the audit trail (a rollback should say why).",
         )
 
         class Meta:
@@ -181,3 +191,48 @@ class VersionCompileApi(APIView):
             membership=membership, version=version, idempotency_key=key, **data.validated_data
         )
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AliasHistoryApi(APIView):
+    """Who moved which alias of the model to which version, when and why; with `?at=`: the aliases at that time."""
+
+    required_scopes = {"GET": "models:read"}
+
+    class EventOutputSerializer(serializers.ModelSerializer):
+        version = serializers.IntegerField(source="version.number", allow_null=True, default=None)
+        previous_version = serializers.IntegerField(source="previous_version.number", allow_null=True, default=None)
+        actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
+        at = serializers.DateTimeField(source="created_at")
+
+        class Meta:
+            model = ModelAliasEvent
+            fields = ["alias", "version", "previous_version", "weight", "actor", "reason", "at"]
+            ref_name = "ModelAliasEvent"
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("at", str, description="ISO 8601 time: answer what each alias pointed at then."),
+        ],
+        responses=EventOutputSerializer(many=True),
+        operation_id="models_alias_history",
+    )
+    def get(self, request, name):
+        membership = request_membership(request)
+        at_text = request.query_params.get("at")
+        if at_text is None:
+            events = selectors.alias_history(membership=membership, name=name)[:1000]
+            return Response(self.EventOutputSerializer(events, many=True).data)
+        at = parse_datetime(at_text)
+        if at is None:
+            raise serializers.ValidationError({"at": ["An ISO 8601 time, e.g. 2026-01-31T12:00:00Z."]})
+        if timezone.is_naive(at):
+            at = timezone.make_aware(at, datetime.UTC)
+        aliases = selectors.aliases_at(membership=membership, name=name, at=at)
+        return Response(
+            {
+                "at": at_text,
+                "aliases": {
+                    alias: {"version": event.version.number, "weight": event.weight} for alias, event in aliases.items()
+                },
+            }
+        )
