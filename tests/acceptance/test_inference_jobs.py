@@ -70,7 +70,7 @@ def test_inference_through_rest_and_a_worker_matches_onnxruntime(start_worker, s
     [
         ({"model": "scorer", "inputs": {"x": [[1.0, 2.0]], "ids": [[1, 2, 3]]}}, "inputs.x", "4"),
         ({"model": "scorer", "inputs": {"x": [[1.0, 2.0, 3.0, 4.0]]}}, "inputs", "ids"),
-        ({"model": "scorer@9", "inputs": {}}, "model", "no such version"),
+        ({"model": "scorer@9", "inputs": {}}, "model", "no version 9"),
         ({"model": "nope", "inputs": {}}, "model", "No model named"),
         (
             {"model": "scorer", "inputs": {"x": [[1, 2, 3, 4]], "ids": [[1, 2, 3]]}, "outputs": ["z"]},
