@@ -112,6 +112,7 @@ def inspect_model(path: Path, *, max_bytes: int) -> ModelInfo:
     # required input: callers feed only the others.
     inputs = [_tensor_spec(value, "input") for value in model.graph.input if value.name not in initializer_names]
     outputs = [_tensor_spec(value, "output") for value in model.graph.output]
+    _check_row_size(inputs)
     return ModelInfo(
         sha256=sha256,
         size_bytes=len(data),
@@ -320,6 +321,37 @@ def _check_opset(opset: int | None, limits: RuntimeLimits) -> None:
             f"onnx.version_converter.convert_version(model, {limits.max_opset})",
             {"opset": opset, "max_opset": limits.max_opset},
         )
+
+
+# The most one row of a model's inputs may take (a model with a fixed first axis: its whole
+# input). Symbolic dimensions other than the batch axis count as 1, so this is a floor of
+# what a job feeds: a model whose single row is larger could never run on a worker, and
+# generating samples or probe rows for it would exhaust memory.
+MAX_INPUT_ROW_BYTES = 256 * 1024 * 1024
+
+
+def _check_row_size(inputs: list[TensorSpec]) -> None:
+    total = 0
+    for spec in inputs:
+        dims = spec.shape or []
+        per_row = dims[1:] if dims and not isinstance(dims[0], int) else dims
+        itemsize = 8 if spec.dtype == "string" else _itemsize(spec.dtype)
+        size = math.prod(dim if isinstance(dim, int) else 1 for dim in per_row) * itemsize
+        total += size
+        if total > MAX_INPUT_ROW_BYTES:
+            raise ModelValidationError(
+                "input_too_large",
+                f"input '{spec.name}' has shape {dims}: one row of the inputs takes at least {total} bytes; the "
+                f"limit is {MAX_INPUT_ROW_BYTES} bytes per row",
+                {"input": spec.name, "shape": dims, "row_bytes": total, "max_row_bytes": MAX_INPUT_ROW_BYTES},
+            )
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # an ONNX type numpy does not know (float8, int4): count it as one byte
+        return 1
 
 
 def _check_runtime_load(data: bytes, opset: int | None) -> ort.InferenceSession:

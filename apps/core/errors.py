@@ -35,6 +35,13 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class RequestTooLarge(DomainError):
+    """The request body is larger than this endpoint accepts."""
+
+    code = "too_large"
+    status_code = 413
+
+
 class ServiceUnavailable(DomainError):
     """The service cannot take this request now; retry later."""
 

@@ -321,3 +321,22 @@ def test_inspection_leaves_no_files_behind(tmp_path):
     refusal(path, max_bytes=10)
 
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("shape", [[1_000_000, 1_000_000], [2**62], ["N", 2**40]])
+def test_fixed_input_dimensions_too_large_for_one_row_are_refused_at_upload(tmp_path, shape):
+    # Finding 7 of issue 20: 1e6 x 1e6 and 2^62 inputs were accepted, and compiling one crashed.
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save_model(model, str(tmp_path / "huge.onnx"))
+
+    error = refusal(tmp_path / "huge.onnx")
+
+    assert error.code == "input_too_large"
+    assert "'x'" in error.message and "one row" in error.message
