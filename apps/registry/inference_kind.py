@@ -16,7 +16,10 @@ MAX_UNSPLIT_INPUT_BYTES = 512 * 1024 * 1024
 
 
 class InferenceParams(serializers.Serializer):
-    model = serializers.CharField(help_text="`name` (production, or canary by weight), `name@N` or `name@production`.")
+    model = serializers.CharField(
+        help_text="`name` (production, or canary by weight), `name@N` (any version, from its upload on), "
+        "`name@production`, `name@canary` or a named alias `name@<alias>`."
+    )
     inputs = serializers.DictField(
         required=False,
         help_text="Inline inputs (small batches): input name -> nested list, batch along the first axis.",

@@ -82,10 +82,15 @@ class AliasName(models.TextChoices):
 
 
 class ModelAlias(models.Model):
-    """`name@production` / `name@canary`; a job naming only the model gets canary with `weight`% chance."""
+    """`name@production`, `name@canary` and named ones (`name@stable`), each pointing at one version.
+
+    A job naming only the model gets canary with `weight`% chance, production otherwise.
+    Production and canary follow the stages (`model_version_promote`); named aliases are
+    set and removed by `model_alias_set` / `model_alias_remove`.
+    """
 
     model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="aliases")
-    name = models.CharField(max_length=16, choices=AliasName.choices)
+    name = models.CharField(max_length=32)
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="aliases")
     weight = models.PositiveSmallIntegerField(default=100, help_text="canary: percent of traffic (0-100)")
 

@@ -180,7 +180,7 @@ def model_version_get(*, membership: Membership, reference: str) -> ModelVersion
         raise NotFound(f"No model named '{name}'.")
     if selector.isdigit():
         version = model.versions.filter(number=int(selector)).first()
-    elif selector in AliasName.values:
+    elif selector in AliasName.values or ALIAS_NAME.match(selector):
         alias = model.aliases.select_related("version").filter(name=selector).first()
         version = alias.version if alias else None
     elif selector == "":
@@ -194,7 +194,7 @@ def model_version_get(*, membership: Membership, reference: str) -> ModelVersion
     else:
         raise DomainError(
             f"model: '{selector}' is neither a version number nor an alias.",
-            fields={"model": ["Use name, name@N, name@production or name@canary."]},
+            fields={"model": ["Use name, name@N, name@production, name@canary or name@<alias>."]},
         )
     if version is None:
         raise NotFound(_no_such_version(model, selector))
@@ -210,6 +210,8 @@ def _no_such_version(model: MLModel, selector: str) -> str:
     promote = f"POST /api/v1/models/{model.name}/versions/N/promote"
     if selector.isdigit():
         return f"Model '{model.name}' has no version {selector}. {exists}"
+    if selector not in ("", AliasName.PRODUCTION, AliasName.CANARY):
+        return f"Model '{model.name}' has no alias '{selector}'. {exists}"
     if selector == AliasName.CANARY:
         body = '{"stage": "staging", "canary_weight": W}'
         return f"Model '{model.name}' has no canary. {exists} Set one with {promote} {body}."
@@ -322,6 +324,100 @@ def model_version_promote(
         },
     )
     return version
+
+
+# Named aliases: lowercase, starting with a letter (so never a version number); production
+# and canary follow the stages, and "history" is the alias history's URL.
+ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+RESERVED_ALIASES = {*AliasName.values, "history"}
+
+
+@transaction.atomic
+def model_alias_set(
+    *,
+    membership: Membership,
+    version: ModelVersion,
+    alias: str,
+    reason: str = "",
+    override_reason: str = "",
+) -> ModelAlias:
+    """Point the named alias `alias` of the version's model at `version` (jobs may then name `model@alias`).
+
+    For roles that may promote; audited and kept in the alias history. An alias sends
+    traffic, so the promotion gate applies (a failed report needs an override), and an
+    archived version must be promoted back (a rollback) before an alias may point at it.
+    """
+    if not has_permission(membership, PROMOTE_MODELS):
+        raise PermissionDenied(f"Role '{membership.role}' may not move model aliases.")
+    _check_alias_name(alias)
+    version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+    if version.model.organization_id != membership.organization_id:
+        raise NotFound("No such model.")
+    model = MLModel.objects.select_for_update().get(pk=version.model_id)
+    if version.stage == Stage.ARCHIVED:
+        raise Conflict(f"{version} is archived: promote it back first (a rollback), then point an alias at it.")
+    override_reason = (override_reason or "").strip()
+    reason = (reason or override_reason or "").strip()[:2000]
+    overridden = _check_promotion_gate(membership, version, override_reason)
+    _alias_move(model, alias, version, 100, membership, reason)
+    audit_record(
+        organization=membership.organization_id,
+        actor=membership,
+        action="model.alias_moved",
+        target=version,
+        details={"model": model.name, "alias": alias, "version": version.number, "reason": reason},
+    )
+    if overridden:
+        audit_record(
+            organization=membership.organization_id,
+            actor=membership,
+            action="model.promotion_overridden",
+            target=version,
+            details={
+                "model": model.name,
+                "version": version.number,
+                "alias": alias,
+                "reason": override_reason,
+                "failures": version.report.get("failures", []),
+                "target": version.report.get("target"),
+            },
+        )
+    return ModelAlias.objects.select_related("version").get(model=model, name=alias)
+
+
+@transaction.atomic
+def model_alias_remove(*, membership: Membership, model: MLModel, alias: str, reason: str = "") -> None:
+    """Remove the named alias `alias` (no-op when it does not exist); audited and kept in the alias history."""
+    if not has_permission(membership, PROMOTE_MODELS):
+        raise PermissionDenied(f"Role '{membership.role}' may not move model aliases.")
+    _check_alias_name(alias)
+    if model.organization_id != membership.organization_id:
+        raise NotFound("No such model.")
+    model = MLModel.objects.select_for_update().get(pk=model.pk)
+    current = ModelAlias.objects.filter(model=model, name=alias).select_related("version").first()
+    if current is None:
+        return
+    _alias_move(model, alias, None, None, membership, (reason or "").strip()[:2000])
+    audit_record(
+        organization=membership.organization_id,
+        actor=membership,
+        action="model.alias_moved",
+        target=current.version,
+        details={"model": model.name, "alias": alias, "version": None, "previous_version": current.version.number},
+    )
+
+
+def _check_alias_name(alias: str) -> None:
+    if alias in RESERVED_ALIASES:
+        raise DomainError(
+            f"alias: '{alias}' is reserved; production and canary follow the stages (POST .../promote).",
+            fields={"alias": [f"'{alias}' is reserved."]},
+        )
+    if not isinstance(alias, str) or not ALIAS_NAME.match(alias):
+        raise DomainError(
+            "alias: lowercase letters, digits, '-' and '_', starting with a letter (at most 32).",
+            fields={"alias": ["Lowercase letters, digits, '-' and '_', starting with a letter (at most 32)."]},
+        )
 
 
 def _alias_move(

@@ -329,3 +329,16 @@ def test_admin_compile_action_submits_a_job_per_version_through_the_service(clie
     )
     assert "may not compile models" in response.content.decode()
     assert Job.objects.count() == 1
+
+
+def test_a_named_alias_cannot_send_traffic_to_a_failed_version_without_an_override(scorer, derived):
+    _, client = scorer
+
+    refused = client.put("/api/v1/models/scorer/aliases/int8", {"version": 2}, format="json")
+    overridden = client.put(
+        "/api/v1/models/scorer/aliases/int8", {"version": 2, "override_reason": "A/B test of int8"}, format="json"
+    )
+
+    assert refused.status_code == 409 and "override_reason" in refused.json()["fields"]
+    assert overridden.status_code == 200, overridden.json()
+    assert AuditEvent.objects.get(action="model.promotion_overridden").details["alias"] == "int8"

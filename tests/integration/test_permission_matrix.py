@@ -117,6 +117,23 @@ ENDPOINTS = [
     ),
     Endpoint("model-detail", "GET", "/api/v1/models/{model}/", p.PERMISSIONS[p.READ_MODELS], scope="models:read"),
     Endpoint(
+        "model-alias",
+        "PUT",
+        "/api/v1/models/{model}/aliases/stable",
+        p.PERMISSIONS[p.PROMOTE_MODELS],
+        body={"version": 1},
+        scope="models:write",
+    ),
+    Endpoint(
+        "model-alias",
+        "DELETE",
+        "/api/v1/models/{model}/aliases/stable",
+        p.PERMISSIONS[p.PROMOTE_MODELS],
+        ok=204,
+        scope="models:write",
+        case="remove",
+    ),
+    Endpoint(
         "model-alias-history",
         "GET",
         "/api/v1/models/{model}/aliases/history",

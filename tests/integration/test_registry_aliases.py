@@ -155,3 +155,49 @@ def test_a_new_version_is_usable_by_number_at_once_and_a_missing_number_names_wh
     assert by_number.status_code == 201, by_number.json()
     message = " ".join(missing.json()["fields"]["params.model"])
     assert "no version 9" in message and "scorer@1 (draft)" in message
+
+
+def test_a_named_alias_picks_a_version_for_jobs_and_its_moves_are_in_the_history(scorer):
+    _, client, _ = scorer
+    inputs = {"x": [[1, 2, 3, 4]], "ids": [[1, 2, 3]]}
+
+    moved = client.put("/api/v1/models/scorer/aliases/stable", {"version": 2, "reason": "pinned"}, format="json")
+    job = client.post(
+        "/api/v1/jobs/", {"kind": "inference", "params": {"model": "scorer@stable", "inputs": inputs}}, format="json"
+    )
+    removed = client.delete("/api/v1/models/scorer/aliases/stable")
+    after = client.post(
+        "/api/v1/jobs/", {"kind": "inference", "params": {"model": "scorer@stable", "inputs": inputs}}, format="json"
+    )
+
+    assert moved.status_code == 200, moved.json()
+    assert moved.json() == {"alias": "stable", "version": 2, "weight": 100}
+    assert job.status_code == 201 and job.json()["params"]["model"] == "scorer@2"
+    assert removed.status_code == 204
+    assert after.status_code == 400 and "stable" in " ".join(after.json()["fields"]["params.model"])
+    history = client.get("/api/v1/models/scorer/aliases/history").json()
+    assert [(e["alias"], e["version"], e["previous_version"]) for e in history[:2]] == [
+        ("stable", None, 2),
+        ("stable", 2, None),
+    ]
+    assert history[1]["reason"] == "pinned"
+    assert AuditEvent.objects.filter(action="model.alias_moved").count() == 2
+
+
+@pytest.mark.parametrize("alias", ["production", "canary", "history", "9", "Bad Name"])
+def test_reserved_and_malformed_alias_names_are_refused(scorer, alias):
+    _, client, _ = scorer
+
+    response = client.put(f"/api/v1/models/scorer/aliases/{alias}", {"version": 1}, format="json")
+
+    assert response.status_code in (400, 404, 405), response.content
+    assert not ModelAlias.objects.exists()
+
+
+def test_a_named_alias_is_moved_by_promoters_only(scorer, member):
+    membership, _, _ = scorer
+    _, developer = member("developer", organization=membership.organization)
+
+    response = developer.put("/api/v1/models/scorer/aliases/stable", {"version": 1}, format="json")
+
+    assert response.status_code == 403

@@ -236,3 +236,44 @@ class AliasHistoryApi(APIView):
                 },
             }
         )
+
+
+class AliasSetRemoveApi(APIView):
+    """Point a named alias of the model at a version (`PUT`), or remove it (`DELETE`); jobs name `model@alias`."""
+
+    required_scopes = {"PUT": "models:write", "DELETE": "models:write"}
+
+    class InputSerializer(serializers.Serializer):
+        version = serializers.IntegerField(min_value=1, help_text="The version number the alias points at.")
+        reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+        override_reason = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=2000,
+            help_text="To point it at a compiled version whose validation report did not pass (owner, admin).",
+        )
+
+        class Meta:
+            ref_name = "ModelAliasInput"
+
+    class OutputSerializer(serializers.Serializer):
+        alias = serializers.CharField(source="name")
+        version = serializers.IntegerField(source="version.number")
+        weight = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer, operation_id="models_alias_set")
+    def put(self, request, name, alias):
+        membership = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        version = selectors.version_get(membership=membership, name=name, number=values.pop("version"))
+        moved = services.model_alias_set(membership=membership, version=version, alias=alias, **values)
+        return Response(self.OutputSerializer(moved).data)
+
+    @extend_schema(request=None, responses={204: None}, operation_id="models_alias_remove")
+    def delete(self, request, name, alias):
+        membership = request_membership(request)
+        model = selectors.model_get(membership=membership, name=name)
+        services.model_alias_remove(membership=membership, model=model, alias=alias)
+        return Response(status=status.HTTP_204_NO_CONTENT)
