@@ -19,6 +19,7 @@ def scorer(member, tmp_path):
     return membership, client
 
 
+@pytest.mark.slow
 def test_inline_inputs_near_the_documented_million_values_are_accepted(scorer):
     # Finding 8 of issue 20: a JSON body over 10 MB got an HTML 400, so 1M inline values could not be sent.
     _, client = scorer
