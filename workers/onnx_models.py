@@ -24,6 +24,9 @@ DEFAULT_DOMAIN = "ai.onnx"
 # real session load at upload refuses the rest with onnxruntime's reason (it has kernels for
 # many opset-6 models, not all). This is only the opset of the probe models below.
 PROBE_OPSET = 7
+# Below this opset a missing kernel usually means onnxruntime dropped the operator's old
+# version (AveragePool-1, Gemm-6, Add-6 with `broadcast`): converting the model helps.
+OLD_OPSET = 10
 
 # Used only when the probe below cannot read the limits out of onnxruntime's refusal (its
 # wording changed): (max IR version, max default-domain opset) per onnxruntime minor
@@ -362,7 +365,7 @@ def _check_runtime_load(data: bytes, opset: int | None) -> ort.InferenceSession:
         return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         reason = onnxruntime_reason(exc)
-        if opset is not None and "Could not find an implementation" in reason:
+        if opset is not None and opset < OLD_OPSET and "Could not find an implementation" in reason:
             # Old opsets are where onnxruntime lacks kernels; the same graph at a newer opset runs.
             reason += (
                 f". onnxruntime {ort.__version__} has no kernel for this operator at opset {opset}: convert the model "
@@ -513,6 +516,8 @@ def probe_batching(session: ort.InferenceSession, inputs: list[TensorSpec]) -> d
         feeds = _probe_feeds(inputs, rng)
     except _ProbeTooLarge as exc:
         return {**result, "reason": f"not probed, so never split: {exc}"}
+    except (TypeError, ValueError) as exc:  # an element type numpy cannot generate
+        return {**result, "reason": f"not probed, so never split: cannot generate probe inputs ({exc})"}
     names = [output.name for output in session.get_outputs()]
     result["zero_rows"] = _runs(session, names, {name: array[:0] for name, array in feeds.items()})
     try:
