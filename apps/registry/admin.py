@@ -79,7 +79,7 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
         "created_at",
     ]
     list_filter = ["stage", "device_preference"]
-    actions = [f"compile_to_{target.replace('-', '_')}" for target in TARGETS]
+    actions = ["promote_to_production", *(f"compile_to_{target.replace('-', '_')}" for target in TARGETS)]
     search_fields = ["model__name", "sha256"]
     list_select_related = ["model", "created_by"]
     readonly_fields = [
@@ -120,6 +120,22 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
             self.message_user(request, f"Submitted {submitted} compile job(s) for {target}.", messages.SUCCESS)
         for line in refused[:20]:
             self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Promote to production (an archived version: rollback, owner or admin)")
+    def promote_to_production(self, request, queryset):
+        # Through the service: role, gate, rollback rule, alias history and audit as in the API.
+        for version in queryset.select_related("model", "model__organization"):
+            try:
+                services.model_version_promote(
+                    membership=admin_actor(request, version.model.organization),
+                    version=version,
+                    stage="production",
+                    reason=f"admin action by {request.user.get_username()}",
+                )
+            except DomainError as exc:
+                self.message_user(request, f"{version}: {exc.message}", messages.WARNING)
+            else:
+                self.message_user(request, f"{version} is production.", messages.SUCCESS)
 
     @admin.action(description="Compile to cpu-optimized (new staging version, validated)")
     def compile_to_cpu_optimized(self, request, queryset):

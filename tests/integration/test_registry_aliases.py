@@ -201,3 +201,32 @@ def test_a_named_alias_is_moved_by_promoters_only(scorer, member):
     response = developer.put("/api/v1/models/scorer/aliases/stable", {"version": 1}, format="json")
 
     assert response.status_code == 403
+
+
+def test_admin_promote_action_goes_through_the_service_and_rolls_back_for_owners_only(scorer, client):
+    from django.contrib.auth.models import Permission
+
+    from tests.factories import MembershipFactory
+
+    membership, api, _ = scorer
+    promote(api, 1)
+    promote(api, 2)
+    v1 = ModelVersion.objects.get(number=1)
+    operator = MembershipFactory(role="operator", user__is_staff=True, organization=membership.organization)
+    operator.user.user_permissions.add(*Permission.objects.filter(codename__endswith="_modelversion"))
+    owner = MembershipFactory(role="owner", user__is_staff=True, organization=membership.organization)
+    owner.user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_modelversion", "change_modelversion", "view_modelaliasevent"])
+    )
+    action = {"action": "promote_to_production", "_selected_action": [str(v1.pk)]}
+
+    client.force_login(operator.user)
+    refused = client.post("/admin/registry/modelversion/", action, follow=True).content.decode()
+    client.force_login(owner.user)
+    client.post("/admin/registry/modelversion/", action)
+
+    assert "may not roll back" in refused
+    assert ModelAlias.objects.get(name="production").version == v1
+    assert AuditEvent.objects.get(action="model.rolled_back").actor == owner.user
+    history = client.get("/admin/registry/modelaliasevent/").content.decode()
+    assert "admin action by" in history
