@@ -191,6 +191,24 @@ def compile_model(source_path: Path, output_path: Path, *, target: str) -> None:
         _convert_fp16(source_path, output_path)
     else:
         raise CompileError("unknown_target", f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+    _stamp_ir_version(output_path)
+
+
+def _stamp_ir_version(path: Path) -> None:
+    """Give the written model an IR version that fits what it holds.
+
+    The converters copy the source's IR version; for IR 3 that is wrong, since IR 3 needs
+    every initializer to be a graph input and the converters add initializers that are not
+    (quantisation scales, folded constants): the checker refuses the result. IR 4 dropped
+    that rule; the opsets the result imports may need a later one still.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    needed = max(
+        model.ir_version, 4, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    )
+    if needed != model.ir_version:
+        model.ir_version = needed
+        onnx.save_model(model, str(path))
 
 
 def _optimize(source_path: Path, output_path: Path) -> None:
@@ -308,21 +326,50 @@ def generate_sample_inputs(
     Symbolic dimensions shared by name get one size; other unknown dimensions get
     DEFAULT_SYMBOLIC_DIM. The same (signature, rows, seed) always gives the same arrays.
     """
+    specs = [item if isinstance(item, TensorSpec) else TensorSpec.from_dict(item) for item in signature_inputs]
+    # Fewer rows where `rows` would not fit MAX_SAMPLE_BYTES; refused where one row does not.
+    one, two = _sample_bytes(specs, 1), _sample_bytes(specs, 2)
+    if one > MAX_SAMPLE_BYTES:
+        raise CompileError(
+            "samples_too_large",
+            f"one row of generated sample inputs would take {one} bytes; the limit is {MAX_SAMPLE_BYTES} bytes: "
+            "give sample_inputs, or a model with smaller inputs",
+            {"row_bytes": one, "max_bytes": MAX_SAMPLE_BYTES},
+        )
+    per_row = two - one
+    if per_row > 0:
+        rows = max(1, min(rows, (MAX_SAMPLE_BYTES - (one - per_row)) // per_row))
     rng = np.random.default_rng(seed)
+    sizes: dict[str, int] = {}  # symbolic dimensions shared by name get one size
+    return {spec.name: _random_array(rng, spec, _sample_shape(spec, rows, sizes)) for spec in specs}
+
+
+# Generated samples (source and result each run them) stay within this many bytes.
+MAX_SAMPLE_BYTES = 64 * 1024 * 1024
+
+
+def _sample_shape(spec: TensorSpec, rows: int, sizes: dict[str, int]) -> tuple[int, ...]:
+    shape = []
+    for axis, dim in enumerate(spec.shape if spec.shape is not None else [None]):
+        if isinstance(dim, int):
+            shape.append(dim)
+        elif isinstance(dim, str):
+            shape.append(sizes.setdefault(dim, rows if axis == 0 else DEFAULT_SYMBOLIC_DIM))
+        else:
+            shape.append(rows if axis == 0 else DEFAULT_SYMBOLIC_DIM)
+    return tuple(shape)
+
+
+def _sample_bytes(specs: list[TensorSpec], rows: int) -> int:
     sizes: dict[str, int] = {}
-    arrays = {}
-    for item in signature_inputs:
-        spec = item if isinstance(item, TensorSpec) else TensorSpec.from_dict(item)
-        shape = []
-        for axis, dim in enumerate(spec.shape if spec.shape is not None else [None]):
-            if isinstance(dim, int):
-                shape.append(dim)
-            elif isinstance(dim, str):
-                shape.append(sizes.setdefault(dim, rows if axis == 0 else DEFAULT_SYMBOLIC_DIM))
-            else:
-                shape.append(rows if axis == 0 else DEFAULT_SYMBOLIC_DIM)
-        arrays[spec.name] = _random_array(rng, spec, tuple(shape))
-    return arrays
+    total = 0
+    for spec in specs:
+        try:
+            itemsize = np.dtype(spec.dtype).itemsize if spec.dtype != "string" else 8
+        except TypeError:  # a type numpy does not know: _random_array refuses it with its name
+            itemsize = 1
+        total += math.prod(_sample_shape(spec, rows, sizes)) * itemsize
+    return total
 
 
 def _random_array(rng: np.random.Generator, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:

@@ -406,7 +406,15 @@ def _coerce_value(name: str, spec: TensorSpec, value: object) -> np.ndarray:
             name, f"input '{name}' is not a rectangular array: every row must have the same length ({exc})"
         ) from exc
     if natural.size == 0 and natural.dtype.kind == "f":
-        # An empty list carries no type: np.asarray makes it float64.
+        # An empty list carries no type (np.asarray makes it float64) and no shape past its
+        # first axis: `[]` is 0 rows of a batch axis whose other dims are all fixed.
+        if (
+            natural.shape == (0,)
+            and spec.shape
+            and len(spec.shape) > 1
+            and all(isinstance(dim, int) for dim in spec.shape[1:])
+        ):
+            natural = natural.reshape((0, *spec.shape[1:]))
         return natural.astype("<U1" if spec.dtype == "string" else spec.dtype)
     kind = natural.dtype.kind
     if spec.dtype == "string":
@@ -525,13 +533,21 @@ def run_inference(
     inputs: Mapping[str, np.ndarray],
     batch_size: int,
     output_path: Path,
+    split_rows: bool = False,
     wanted_outputs: Sequence[str] | None = None,
     device_preference: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     session_cache: SessionCache | None = None,
 ) -> dict:
-    """Run the model over `inputs` in batches along axis 0 and write the outputs to `output_path` (.npz).
+    """Run the model over `inputs` (in batches along axis 0 where allowed); write the outputs to `output_path` (.npz).
+
+    Rows are split into batches of `batch_size` only with `split_rows=True`, which the
+    caller may pass only for a model whose rows were found independent (the upload-time
+    probe, `workers.onnx_models.probe_batching`): splitting a model that mixes rows along
+    the batch axis would return different numbers. Otherwise the input runs whole, in one
+    call, as do 0-row inputs, scalars and models without a batch axis; every output keeps
+    its true shape.
 
     `on_progress(rows_done, rows_total)` is called after every batch (throttling writes is
     the caller's business); `should_cancel()` is asked between batches and a True answer
@@ -552,8 +568,7 @@ def run_inference(
     # reads each batch in place. Anything else is made contiguous once, not per batch.
     feeds = {name: array if array.flags.c_contiguous else np.ascontiguousarray(array) for name, array in inputs.items()}
     rows, batchable = _batch_axis(input_specs, feeds)
-    if rows == 0:
-        raise InputValidationError("inputs", "the inputs have no rows")
+    batchable = batchable and split_rows and rows > 0
     step = min(batch_size, rows) if batchable else rows
 
     started = time.perf_counter()
@@ -634,6 +649,11 @@ def _run_batches(
         try:
             return session.run(output_names, feed)
         except Exception as exc:  # onnxruntime's own error types: a shape or value the graph rejects at run time
+            if rows == 0:
+                raise InferenceError(
+                    f"onnxruntime cannot run 0 rows of this model: {onnxruntime_reason(exc)}",
+                    {"rows": [0, 0], "onnxruntime_error": str(exc)},
+                ) from exc
             raise InferenceError(
                 f"onnxruntime failed on rows {start} to {stop - 1}: {onnxruntime_reason(exc)}",
                 {"rows": [start, stop], "onnxruntime_error": str(exc)},
@@ -805,7 +825,8 @@ class _NpzWriter:
     def _write_whole(self, archive: array_files.NpzStreamWriter, name: str) -> None:
         parts, _ = self._take(name, everything=True)
         array = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        stored = array.astype(str) if array.dtype.kind == "O" else np.ascontiguousarray(array)
+        # Not np.ascontiguousarray: it turns a scalar (shape ()) into shape (1,).
+        stored = array.astype(str) if array.dtype.kind == "O" else np.require(array, requirements="C")
         np.lib.format.write_array(archive, stored, allow_pickle=False)
 
     def _write_streamed(self, archive: array_files.NpzStreamWriter, name: str, shape: tuple) -> None:

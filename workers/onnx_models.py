@@ -4,10 +4,12 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
@@ -18,8 +20,13 @@ from workers.errors import JobError
 logger = logging.getLogger(__name__)
 
 DEFAULT_DOMAIN = "ai.onnx"
-# onnxruntime only guarantees opsets from 7 up (its docs, and the warning it logs for older ones).
-MIN_SUPPORTED_OPSET = 7
+# There is no opset floor here: what the installed onnxruntime loads is accepted, and the
+# real session load at upload refuses the rest with onnxruntime's reason (it has kernels for
+# many opset-6 models, not all). This is only the opset of the probe models below.
+PROBE_OPSET = 7
+# Below this opset a missing kernel usually means onnxruntime dropped the operator's old
+# version (AveragePool-1, Gemm-6, Add-6 with `broadcast`): converting the model helps.
+OLD_OPSET = 10
 
 # Used only when the probe below cannot read the limits out of onnxruntime's refusal (its
 # wording changed): (max IR version, max default-domain opset) per onnxruntime minor
@@ -67,6 +74,8 @@ class ModelInfo:
     producer: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # What the upload-time probe found (see `probe_batching`): whether jobs may split the rows.
+    batching: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,19 +108,23 @@ def inspect_model(path: Path, *, max_bytes: int) -> ModelInfo:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelValidationError("checker_failed", f"the ONNX checker refused the model: {_one_line(exc)}") from exc
-    _check_runtime_load(data)
+    session = _check_runtime_load(data, opset)
     producer = " ".join(part for part in (model.producer_name, model.producer_version) if part)
     initializer_names = {tensor.name for tensor in model.graph.initializer}
+    # Since IR 4 a graph input with an initializer is an optional override, not a
+    # required input: callers feed only the others.
+    inputs = [_tensor_spec(value, "input") for value in model.graph.input if value.name not in initializer_names]
+    outputs = [_tensor_spec(value, "output") for value in model.graph.output]
+    _check_row_size(inputs)
     return ModelInfo(
         sha256=sha256,
         size_bytes=len(data),
         ir_version=model.ir_version,
         opset=opset,
         producer=producer,
-        # Since IR 4 a graph input with an initializer is an optional override, not a
-        # required input: callers feed only the others.
-        inputs=[_tensor_spec(value, "input") for value in model.graph.input if value.name not in initializer_names],
-        outputs=[_tensor_spec(value, "output") for value in model.graph.output],
+        inputs=inputs,
+        outputs=outputs,
+        batching=probe_batching(session, inputs),
     )
 
 
@@ -303,23 +316,62 @@ def _default_opset(model: onnx.ModelProto) -> int | None:
 def _check_opset(opset: int | None, limits: RuntimeLimits) -> None:
     if opset is None:
         return
-    if opset > limits.max_opset or opset < MIN_SUPPORTED_OPSET:
+    if opset > limits.max_opset:
         raise ModelValidationError(
             "unsupported_opset",
             f"the model uses opset {opset} of the {DEFAULT_DOMAIN} domain; onnxruntime {limits.runtime_version} "
-            f"supports opsets {MIN_SUPPORTED_OPSET} to {limits.max_opset}",
-            {"opset": opset, "min_opset": MIN_SUPPORTED_OPSET, "max_opset": limits.max_opset},
+            f"supports opsets up to {limits.max_opset}: convert it with "
+            f"onnx.version_converter.convert_version(model, {limits.max_opset})",
+            {"opset": opset, "max_opset": limits.max_opset},
         )
 
 
-def _check_runtime_load(data: bytes) -> None:
+# The most one row of a model's inputs may take (a model with a fixed first axis: its whole
+# input). Symbolic dimensions other than the batch axis count as 1, so this is a floor of
+# what a job feeds: a model whose single row is larger could never run on a worker, and
+# generating samples or probe rows for it would exhaust memory.
+MAX_INPUT_ROW_BYTES = 256 * 1024 * 1024
+
+
+def _check_row_size(inputs: list[TensorSpec]) -> None:
+    total = 0
+    for spec in inputs:
+        dims = spec.shape or []
+        per_row = dims[1:] if dims and not isinstance(dims[0], int) else dims
+        itemsize = 8 if spec.dtype == "string" else _itemsize(spec.dtype)
+        size = math.prod(dim if isinstance(dim, int) else 1 for dim in per_row) * itemsize
+        total += size
+        if total > MAX_INPUT_ROW_BYTES:
+            raise ModelValidationError(
+                "input_too_large",
+                f"input '{spec.name}' has shape {dims}: one row of the inputs takes at least {total} bytes; the "
+                f"limit is {MAX_INPUT_ROW_BYTES} bytes per row",
+                {"input": spec.name, "shape": dims, "row_bytes": total, "max_row_bytes": MAX_INPUT_ROW_BYTES},
+            )
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # an ONNX type numpy does not know (float8, int4): count it as one byte
+        return 1
+
+
+def _check_runtime_load(data: bytes, opset: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the reason is returned to the uploader, not logged
     options.intra_op_num_threads = 1
     try:
-        ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         reason = onnxruntime_reason(exc)
+        if opset is not None and opset < OLD_OPSET and "Could not find an implementation" in reason:
+            # Old opsets are where onnxruntime lacks kernels; the same graph at a newer opset runs.
+            reason += (
+                f". onnxruntime {ort.__version__} has no kernel for this operator at opset {opset}: convert the model "
+                f"to a newer opset with onnx.version_converter.convert_version(model, {max(opset + 1, 13)}) "
+                "and upload it again"
+            )
         raise ModelValidationError(
             "runtime_load_failed",
             f"onnxruntime {ort.__version__} cannot load the model: {reason}",
@@ -378,7 +430,7 @@ def runtime_limits() -> RuntimeLimits:
     read the limit from the refusal ("max supported IR version: 13", "Current official
     support for domain ai.onnx is till opset 26"). Cached: done once per process, ~1 ms.
     """
-    max_ir = _probe_limit(ir_version=1_000_000, opset=MIN_SUPPORTED_OPSET, pattern=r"max supported IR version: (\d+)")
+    max_ir = _probe_limit(ir_version=1_000_000, opset=PROBE_OPSET, pattern=r"max supported IR version: (\d+)")
     max_opset = _probe_limit(ir_version=7, opset=1_000_000, pattern=r"support for domain ai\.onnx is till opset (\d+)")
     if max_ir is not None and max_opset is not None:
         return RuntimeLimits(ort.__version__, max_ir, max_opset, "probe")
@@ -426,3 +478,117 @@ def _one_line(exc: Exception, limit: int = 1000) -> str:
     # The checker spreads one reason over several lines (node dumps); an error message is one line.
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- the batching probe ------------------------------------------------------------------------
+
+PROBE_ROWS = 3
+# Size of a symbolic dimension other than the batch axis in generated probe inputs.
+PROBE_OTHER_DIM = 2
+# Generated probe inputs stay this small; a model whose 3 rows would be larger is not
+# split (it runs whole), rather than making every upload allocate its inputs.
+PROBE_MAX_BYTES = 16 * 1024 * 1024
+_INDEPENDENT = "rows are independent: a batch and its rows one by one give the same outputs"
+
+
+def probe_batching(session: ort.InferenceSession, inputs: list[TensorSpec]) -> dict:
+    """Whether jobs may split this model's rows into batches, decided once, at upload.
+
+    Splitting is safe only where every input has a batch axis (a first axis that is not
+    fixed) and the model treats rows independently. That is tested, not assumed: a few
+    generated rows run as one batch and as single rows must give the same outputs, each
+    output following the batch axis. A model that mixes rows (softmax or a mean over the
+    batch axis, batch statistics) or has no batch axis is never split: its input runs
+    whole. Anything the probe cannot establish counts as "do not split". Returns
+    {batch_axis, rows_independent, split, zero_rows, reason}; `zero_rows` says whether a
+    0-row input runs (submit refuses one where it does not).
+    """
+    result = {"batch_axis": False, "rows_independent": None, "split": False, "zero_rows": False}
+    if not inputs:
+        return {**result, "reason": "the model has no inputs, so no batch axis: it runs whole"}
+    without_axis = [spec.name for spec in inputs if not spec.shape or isinstance(spec.shape[0], int)]
+    if without_axis:
+        names = ", ".join(repr(name) for name in without_axis)
+        return {**result, "reason": f"no batch axis: input {names} has no variable first axis; it runs whole"}
+    result["batch_axis"] = True
+    rng = np.random.default_rng(0)
+    try:
+        feeds = _probe_feeds(inputs, rng)
+    except _ProbeTooLarge as exc:
+        return {**result, "reason": f"not probed, so never split: {exc}"}
+    except (TypeError, ValueError) as exc:  # an element type numpy cannot generate
+        return {**result, "reason": f"not probed, so never split: cannot generate probe inputs ({exc})"}
+    names = [output.name for output in session.get_outputs()]
+    result["zero_rows"] = _runs(session, names, {name: array[:0] for name, array in feeds.items()})
+    try:
+        whole = session.run(names, feeds)
+        again = session.run(names, feeds)
+        single = [
+            session.run(names, {name: array[row : row + 1] for name, array in feeds.items()})
+            for row in range(PROBE_ROWS)
+        ]
+    except Exception as exc:  # onnxruntime's own error types: the generated values did not suit the model
+        reason = f"the probe could not run {PROBE_ROWS} generated rows ({onnxruntime_reason(exc)}): never split"
+        return {**result, "reason": reason[:1000]}
+    if not all(_same(a, b) for a, b in zip(whole, again, strict=True)):
+        return {**result, "reason": "two identical runs gave different outputs, so row independence cannot be tested"}
+    for index, name in enumerate(names):
+        value = whole[index]
+        parts = [outputs[index] for outputs in single]
+        if (
+            value.ndim == 0
+            or value.shape[0] != PROBE_ROWS
+            or any(part.ndim == 0 or part.shape[0] != 1 for part in parts)
+        ):
+            reason = f"output {name!r} does not follow the batch axis (shape {list(value.shape)} for {PROBE_ROWS} rows)"
+            return {**result, "rows_independent": False, "reason": reason}
+        if not _same(value, np.concatenate(parts)):
+            reason = f"rows are not independent: output {name!r} of a batch differs from its rows run one by one"
+            return {**result, "rows_independent": False, "reason": reason}
+    return {**result, "rows_independent": True, "split": True, "reason": _INDEPENDENT}
+
+
+class _ProbeTooLarge(Exception):
+    pass
+
+
+def _probe_feeds(inputs: list[TensorSpec], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds, total = {}, 0
+    for spec in inputs:
+        assert spec.shape is not None
+        shape = [PROBE_ROWS] + [dim if isinstance(dim, int) else PROBE_OTHER_DIM for dim in spec.shape[1:]]
+        count = math.prod(shape)
+        total += count * (8 if spec.dtype == "string" else np.dtype(spec.dtype).itemsize)
+        if total > PROBE_MAX_BYTES:
+            raise _ProbeTooLarge(f"{PROBE_ROWS} rows of the inputs would take more than {PROBE_MAX_BYTES} bytes")
+        feeds[spec.name] = _probe_values(spec.dtype, shape, rng)
+    return feeds
+
+
+def _probe_values(dtype: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    # Small positive values: valid for logs, square roots and indices into small tensors.
+    if dtype == "string":
+        return rng.choice(np.array(["a", "b", "c"], dtype=object), size=shape)
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if kind in "iu":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return rng.uniform(0.25, 1.0, size=shape).astype(dtype)
+
+
+def _runs(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> bool:
+    try:
+        session.run(names, feeds)
+    except Exception:  # onnxruntime's own error types: this model cannot run these inputs
+        return False
+    return True
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind in "fc":
+        # Different batch sizes take different kernel paths; a few ulps of difference is not a dependency.
+        return bool(np.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True))
+    return bool(np.array_equal(a, b))

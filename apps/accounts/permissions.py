@@ -16,6 +16,7 @@ READ_MODELS = "models.read"
 UPLOAD_MODELS = "models.upload"
 PROMOTE_MODELS = "models.promote"  # promote or archive a version
 OVERRIDE_PROMOTION = "models.promote_override"  # promote despite a failing report, with a reason
+ROLLBACK_MODELS = "models.rollback"  # promote an archived version again
 COMPILE_MODELS = "models.compile"
 READ_AGENTS = "agents.read"
 MANAGE_AGENTS = "agents.manage"  # create, change, import memories
@@ -45,6 +46,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     UPLOAD_MODELS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
     PROMOTE_MODELS: frozenset({OWNER, ADMIN, OPERATOR}),
     OVERRIDE_PROMOTION: frozenset({OWNER, ADMIN}),
+    ROLLBACK_MODELS: frozenset({OWNER, ADMIN}),
     COMPILE_MODELS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
     READ_AGENTS: _ALL,
     MANAGE_AGENTS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
@@ -84,6 +86,7 @@ SCOPE_BY_ACTION: dict[str, str] = {
     UPLOAD_MODELS: "models:write",
     PROMOTE_MODELS: "models:write",
     OVERRIDE_PROMOTION: "models:write",
+    ROLLBACK_MODELS: "models:write",
     COMPILE_MODELS: "models:write",
     READ_AGENTS: "agents:read",
     MANAGE_AGENTS: "agents:write",

@@ -42,6 +42,13 @@ class IdempotencyConflict(DomainError):
     status_code = 422
 
 
+class RequestTooLarge(DomainError):
+    """The request body is larger than this endpoint accepts."""
+
+    code = "too_large"
+    status_code = 413
+
+
 class ServiceUnavailable(DomainError):
     """The service cannot take this request now; retry later."""
 

@@ -1,10 +1,10 @@
 from django.contrib import admin, messages
 
-from apps.accounts.permissions import COMPILE_MODELS, READ_MODELS, UPLOAD_MODELS
+from apps.accounts.permissions import COMPILE_MODELS, PROMOTE_MODELS, READ_MODELS, UPLOAD_MODELS
 from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline, admin_actor
 from apps.core.errors import DomainError
 from apps.registry import services
-from apps.registry.models import MLModel, ModelAlias, ModelVersion
+from apps.registry.models import MLModel, ModelAlias, ModelAliasEvent, ModelVersion
 from workers.compile import TARGETS
 
 
@@ -19,6 +19,13 @@ class ModelAliasInline(ReadOnlyTabularInline):
     fields = ["name", "version", "weight"]
 
 
+class ModelAliasEventInline(ReadOnlyTabularInline):
+    model = ModelAliasEvent
+    fk_name = "model"
+    fields = ["created_at", "alias", "version", "previous_version", "weight", "actor", "reason"]
+    verbose_name_plural = "alias history"
+
+
 @admin.register(MLModel)
 class MLModelAdmin(OrganizationScopedAdmin):
     view_action = READ_MODELS
@@ -27,7 +34,31 @@ class MLModelAdmin(OrganizationScopedAdmin):
     list_filter = ["task", "organization"]
     search_fields = ["name", "description"]
     list_select_related = ["organization"]
-    inlines = [ModelAliasInline, ModelVersionInline]
+    inlines = [ModelAliasInline, ModelAliasEventInline, ModelVersionInline]
+
+
+@admin.register(ModelAliasEvent)
+class ModelAliasEventAdmin(OrganizationScopedAdmin):
+    """The alias history: read-only (the registry services write it with every alias move)."""
+
+    organization_path = "model__organization"
+    view_action = READ_MODELS
+    change_action = PROMOTE_MODELS
+    list_display = ["created_at", "model", "alias", "version", "previous_version", "weight", "actor", "reason"]
+    list_filter = ["alias"]
+    search_fields = ["model__name", "reason", "actor__username"]
+    list_select_related = ["model", "version", "previous_version", "actor"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["model", "alias", "version", "previous_version", "weight", "actor", "reason", "created_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(ModelVersion)
@@ -48,7 +79,7 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
         "created_at",
     ]
     list_filter = ["stage", "device_preference"]
-    actions = [f"compile_to_{target.replace('-', '_')}" for target in TARGETS]
+    actions = ["promote_to_production", *(f"compile_to_{target.replace('-', '_')}" for target in TARGETS)]
     search_fields = ["model__name", "sha256"]
     list_select_related = ["model", "created_by"]
     readonly_fields = [
@@ -89,6 +120,22 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
             self.message_user(request, f"Submitted {submitted} compile job(s) for {target}.", messages.SUCCESS)
         for line in refused[:20]:
             self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Promote to production (an archived version: rollback, owner or admin)")
+    def promote_to_production(self, request, queryset):
+        # Through the service: role, gate, rollback rule, alias history and audit as in the API.
+        for version in queryset.select_related("model", "model__organization"):
+            try:
+                services.model_version_promote(
+                    membership=admin_actor(request, version.model.organization),
+                    version=version,
+                    stage="production",
+                    reason=f"admin action by {request.user.get_username()}",
+                )
+            except DomainError as exc:
+                self.message_user(request, f"{version}: {exc.message}", messages.WARNING)
+            else:
+                self.message_user(request, f"{version} is production.", messages.SUCCESS)
 
     @admin.action(description="Compile to cpu-optimized (new staging version, validated)")
     def compile_to_cpu_optimized(self, request, queryset):

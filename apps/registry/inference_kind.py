@@ -9,10 +9,17 @@ from apps.jobs.kinds import JobKind, PermanentJobError
 from project import queues
 
 MAX_INLINE_ROWS_VALUES = 1_000_000  # inline JSON is for small batches
+# A model that may not be split into batches (rows not independent, or no batch axis: see
+# ModelVersion.batching) runs its whole input in one onnxruntime call, so the input must fit
+# a worker's memory at once, with its outputs and onnxruntime's intermediates beside it.
+MAX_UNSPLIT_INPUT_BYTES = 512 * 1024 * 1024
 
 
 class InferenceParams(serializers.Serializer):
-    model = serializers.CharField(help_text="`name` (production, or canary by weight), `name@N` or `name@production`.")
+    model = serializers.CharField(
+        help_text="`name` (production, or canary by weight), `name@N` (any version, from its upload on), "
+        "`name@production`, `name@canary` or a named alias `name@<alias>`."
+    )
     inputs = serializers.DictField(
         required=False,
         help_text="Inline inputs (small batches): input name -> nested list, batch along the first axis.",
@@ -69,6 +76,35 @@ def _check_inline_inputs(version, inputs: dict) -> None:
         raise serializers.ValidationError(
             {"inputs": [f"At most {MAX_INLINE_ROWS_VALUES} values inline; upload larger batches as inputs_artifact."]}
         )
+    _check_rows(version, arrays, "inputs")
+
+
+def _check_rows(version, arrays: dict, field: str) -> None:
+    """Refuse at submit what the worker could not run: 0 rows where the model cannot take them, or an
+    input too large to run whole for a model whose rows may not be split."""
+    batching = version.batching or {}
+    empty = [name for name, array in arrays.items() if array.ndim and array.shape[0] == 0]
+    if empty and batching.get("batch_axis") and batching.get("zero_rows") is False:
+        raise serializers.ValidationError(
+            {
+                field: [
+                    f"Input '{empty[0]}' has 0 rows, and this model cannot run 0 rows (found when it was "
+                    "uploaded): send at least one row."
+                ]
+            }
+        )
+    if not batching.get("split"):
+        size = sum(array.size * array.dtype.itemsize for array in arrays.values())
+        if size > MAX_UNSPLIT_INPUT_BYTES:
+            why = batching.get("reason") or "it has not been probed"
+            raise serializers.ValidationError(
+                {
+                    field: [
+                        f"The inputs take {size} bytes; this model runs its whole input in one call ({why}), "
+                        f"which is limited to {MAX_UNSPLIT_INPUT_BYTES} bytes: send fewer rows per job."
+                    ]
+                }
+            )
 
 
 def _check_inputs_artifact(membership, version, artifact_id) -> None:
@@ -86,6 +122,7 @@ def _check_inputs_artifact(membership, version, artifact_id) -> None:
         # inflates a compressed member in the web process.
         arrays = load_array_inputs(Path(artifact.file.path), names, headers_only=True)
         validate_inputs(version.signature["inputs"], arrays)
+        _check_rows(version, arrays, "inputs_artifact")
     except InputValidationError as exc:
         raise serializers.ValidationError({"inputs_artifact": [exc.message]}) from exc
     except OSError as exc:
@@ -142,10 +179,14 @@ def _execute(context) -> dict:
             sha256=version.sha256,
             inputs=inputs,
             batch_size=params["batch_size"],
+            # Split only what the upload-time probe found safe to split (rows independent).
+            split_rows=bool((version.batching or {}).get("split")),
             output_path=output_path,
             wanted_outputs=params["outputs"] or None,
             device_preference=version.device_preference,
-            on_progress=lambda done, total: context.report_progress(done / total, f"{done}/{total} rows"),
+            on_progress=lambda done, total: context.report_progress(
+                done / total if total else 1.0, f"{done}/{total} rows"
+            ),
             should_cancel=context.should_cancel,
         )
     except InferenceCancelled as exc:

@@ -56,6 +56,12 @@ class ModelVersion(models.Model):
     device_preference = models.CharField(max_length=8, choices=DevicePreference.choices, default=DevicePreference.AUTO)
     derived_from = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="derived")
     report = models.JSONField(default=dict, blank=True)
+    batching = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The upload-time probe: {batch_axis, rows_independent, split, zero_rows, reason}; "
+        "rows are split into batches only where split is true.",
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -76,10 +82,15 @@ class AliasName(models.TextChoices):
 
 
 class ModelAlias(models.Model):
-    """`name@production` / `name@canary`; a job naming only the model gets canary with `weight`% chance."""
+    """`name@production`, `name@canary` and named ones (`name@stable`), each pointing at one version.
+
+    A job naming only the model gets canary with `weight`% chance, production otherwise.
+    Production and canary follow the stages (`model_version_promote`); named aliases are
+    set and removed by `model_alias_set` / `model_alias_remove`.
+    """
 
     model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="aliases")
-    name = models.CharField(max_length=16, choices=AliasName.choices)
+    name = models.CharField(max_length=32)
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="aliases")
     weight = models.PositiveSmallIntegerField(default=100, help_text="canary: percent of traffic (0-100)")
 
@@ -91,3 +102,33 @@ class ModelAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name}@{self.name}"
+
+
+class ModelAliasEvent(models.Model):
+    """One move of an alias: who pointed which alias of a model at which version, when and why.
+
+    Written by the registry services in the same transaction as the move, never updated:
+    the alias's state at any time T is its latest event at or before T (`version` null: the
+    alias was removed).
+    """
+
+    model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="alias_events")
+    alias = models.CharField(max_length=32)
+    version = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="alias_events"
+    )
+    previous_version = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    weight = models.PositiveSmallIntegerField(null=True, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["model", "alias", "-created_at"], name="aliasevent_model_alias_time")]
+
+    def __str__(self) -> str:
+        target = f"version {self.version.number}" if self.version_id else "removed"
+        return f"{self.model.name}@{self.alias} -> {target}"

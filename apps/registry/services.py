@@ -17,12 +17,22 @@ from apps.accounts.permissions import (
     COMPILE_MODELS,
     OVERRIDE_PROMOTION,
     PROMOTE_MODELS,
+    ROLLBACK_MODELS,
     UPLOAD_MODELS,
     has_permission,
 )
 from apps.accounts.services import audit_record
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
-from apps.registry.models import AliasName, DevicePreference, MLModel, ModelAlias, ModelTask, ModelVersion, Stage
+from apps.registry.models import (
+    AliasName,
+    DevicePreference,
+    MLModel,
+    ModelAlias,
+    ModelAliasEvent,
+    ModelTask,
+    ModelVersion,
+    Stage,
+)
 from workers.onnx_models import ModelValidationError, inspect_model
 
 logger = logging.getLogger(__name__)
@@ -142,6 +152,7 @@ def _register(
         stage=stage,
         derived_from=derived_from,
         report=report or {},
+        batching=info.batching,
         created_by=user,
     )
     storage_name = f"{organization.slug}/{name}/{number}-{info.sha256[:12]}.onnx"
@@ -169,7 +180,7 @@ def model_version_get(*, membership: Membership, reference: str) -> ModelVersion
         raise NotFound(f"No model named '{name}'.")
     if selector.isdigit():
         version = model.versions.filter(number=int(selector)).first()
-    elif selector in AliasName.values:
+    elif selector in AliasName.values or ALIAS_NAME.match(selector):
         alias = model.aliases.select_related("version").filter(name=selector).first()
         version = alias.version if alias else None
     elif selector == "":
@@ -183,11 +194,31 @@ def model_version_get(*, membership: Membership, reference: str) -> ModelVersion
     else:
         raise DomainError(
             f"model: '{selector}' is neither a version number nor an alias.",
-            fields={"model": ["Use name, name@N, name@production or name@canary."]},
+            fields={"model": ["Use name, name@N, name@production, name@canary or name@<alias>."]},
         )
     if version is None:
-        raise NotFound(f"Model '{reference}' has no such version.")
+        raise NotFound(_no_such_version(model, selector))
     return version
+
+
+def _no_such_version(model: MLModel, selector: str) -> str:
+    """What a reference that resolves to nothing should say: what exists, and how to get what was asked for."""
+    versions = list(model.versions.order_by("-number")[:20])
+    listed = ", ".join(f"{model.name}@{v.number} ({v.stage})" for v in versions) or "none"
+    aliases = ", ".join(f"{a.name} -> {a.version.number}" for a in model.aliases.select_related("version")) or "none"
+    exists = f"Its versions: {listed}. Its aliases: {aliases}."
+    promote = f"POST /api/v1/models/{model.name}/versions/N/promote"
+    if selector.isdigit():
+        return f"Model '{model.name}' has no version {selector}. {exists}"
+    if selector not in ("", AliasName.PRODUCTION, AliasName.CANARY):
+        return f"Model '{model.name}' has no alias '{selector}'. {exists}"
+    if selector == AliasName.CANARY:
+        body = '{"stage": "staging", "canary_weight": W}'
+        return f"Model '{model.name}' has no canary. {exists} Set one with {promote} {body}."
+    return (
+        f"Model '{model.name}' has no production version yet: a new version is a draft until it is promoted. {exists} "
+        f'Name a version by number ({model.name}@N), or promote one with {promote} {{"stage": "production"}}.'
+    )
 
 
 @transaction.atomic
@@ -198,11 +229,18 @@ def model_version_promote(
     stage: str,
     canary_weight: int | None = None,
     override_reason: str = "",
+    reason: str = "",
 ) -> ModelVersion:
-    """Move a version to a stage; `production` also moves the production alias (the previous one is archived).
+    """Move a version to a stage, moving the aliases with it; every alias move is kept in the alias history.
 
-    A compiled version whose validation report did not pass reaches `production` only with
-    a written `override_reason` from a role allowed to override; the override is audited.
+    `production` moves the production alias to the version (the previous one is archived).
+    A canary weight routes that share of the model's traffic to the version. Any version,
+    archived included, can be promoted back: that is a rollback, for owners and admins,
+    audited as `model.rolled_back`. The version holding the production alias cannot be
+    moved to another stage (promote another version first): an alias never points at a
+    version that is not production. A compiled version whose validation reports did not all
+    pass serves no traffic (production, or a canary weight above 0) without a written
+    `override_reason` from a role allowed to override; the override is audited.
     """
     if not has_permission(membership, PROMOTE_MODELS):
         raise PermissionDenied(f"Role '{membership.role}' may not promote models.")
@@ -210,40 +248,53 @@ def model_version_promote(
     version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
     if version.model.organization_id != membership.organization_id:
         raise NotFound("No such model.")
-    if version.stage == Stage.ARCHIVED and stage != Stage.ARCHIVED:
-        raise Conflict(f"{version} is archived; upload it again to use it.")
-    override_reason = (override_reason or "").strip()
-    overridden = stage == Stage.PRODUCTION and _check_promotion_gate(membership, version, override_reason)
-    if stage == Stage.PRODUCTION:
-        previous = ModelAlias.objects.filter(model=version.model, name=AliasName.PRODUCTION).first()
-        if previous is not None and previous.version_id != version.pk:
-            ModelVersion.objects.filter(pk=previous.version_id).update(stage=Stage.ARCHIVED)
-        ModelAlias.objects.update_or_create(
-            model=version.model, name=AliasName.PRODUCTION, defaults={"version": version, "weight": 100}
-        )
-        ModelAlias.objects.filter(model=version.model, name=AliasName.CANARY, version=version).delete()
-    elif canary_weight is not None:
-        if not 0 <= canary_weight <= 100:
-            raise DomainError("canary_weight: must be 0-100.", fields={"canary_weight": ["Must be 0-100."]})
-        ModelAlias.objects.update_or_create(
-            model=version.model, name=AliasName.CANARY, defaults={"version": version, "weight": canary_weight}
-        )
-    if stage == Stage.ARCHIVED:
-        ModelAlias.objects.filter(version=version).delete()
+    model = MLModel.objects.select_for_update().get(pk=version.model_id)  # alias moves of a model, one at a time
+    if canary_weight is not None and not 0 <= canary_weight <= 100:
+        raise DomainError("canary_weight: must be 0-100.", fields={"canary_weight": ["Must be 0-100."]})
     previous_stage = version.stage
+    rollback = previous_stage == Stage.ARCHIVED and stage != Stage.ARCHIVED
+    if rollback and not has_permission(membership, ROLLBACK_MODELS):
+        raise PermissionDenied(
+            f"Role '{membership.role}' may not roll back: {version} is archived, and promoting it again is a "
+            "rollback (owner or admin).",
+            details={"action": ROLLBACK_MODELS},
+        )
+    production = ModelAlias.objects.filter(model=model, name=AliasName.PRODUCTION).first()
+    if production is not None and production.version_id == version.pk and stage != Stage.PRODUCTION:
+        raise Conflict(
+            f"{version} is the production version; promote another version to production first (any version, "
+            f"archived ones included, can be promoted back), then move {version} to {stage}."
+        )
+    reason = (reason or override_reason or "").strip()[:2000]
+    override_reason = (override_reason or "").strip()
+    serves_traffic = stage == Stage.PRODUCTION or (stage != Stage.ARCHIVED and (canary_weight or 0) > 0)
+    overridden = serves_traffic and _check_promotion_gate(membership, version, override_reason)
+    if stage == Stage.PRODUCTION:
+        if production is not None and production.version_id != version.pk:
+            ModelVersion.objects.filter(pk=production.version_id).update(stage=Stage.ARCHIVED)
+        _alias_move(model, AliasName.PRODUCTION, version, 100, membership, reason)
+        if ModelAlias.objects.filter(model=model, name=AliasName.CANARY, version=version).exists():
+            _alias_move(model, AliasName.CANARY, None, None, membership, reason)
+    elif stage in (Stage.ARCHIVED, Stage.DRAFT):
+        for alias in ModelAlias.objects.filter(version=version):
+            _alias_move(model, alias.name, None, None, membership, reason)
+    elif canary_weight is not None:
+        _alias_move(model, AliasName.CANARY, version, canary_weight, membership, reason)
     version.stage = stage
     version.save(update_fields=["stage"])
+    action = {Stage.ARCHIVED: "model.archived"}.get(stage, "model.rolled_back" if rollback else "model.promoted")
     audit_record(
         organization=membership.organization_id,
         actor=membership,
-        action="model.archived" if stage == Stage.ARCHIVED else "model.promoted",
+        action=action,
         target=version,
         details={
-            "model": version.model.name,
+            "model": model.name,
             "version": version.number,
             "from": previous_stage,
             "to": stage,
             "canary_weight": canary_weight,
+            "reason": reason,
         },
     )
     if overridden:
@@ -253,8 +304,10 @@ def model_version_promote(
             action="model.promotion_overridden",
             target=version,
             details={
-                "model": version.model.name,
+                "model": model.name,
                 "version": version.number,
+                "stage": stage,
+                "canary_weight": canary_weight,
                 "reason": override_reason,
                 "failures": version.report.get("failures", []),
                 "target": version.report.get("target"),
@@ -263,13 +316,139 @@ def model_version_promote(
     logger.info(
         "model.promoted",
         extra={
-            "model": version.model.name,
+            "model": model.name,
             "version": version.number,
             "stage": stage,
+            "rollback": rollback,
             "organization_id": membership.organization_id,
         },
     )
     return version
+
+
+# Named aliases: lowercase, starting with a letter (so never a version number); production
+# and canary follow the stages, and "history" is the alias history's URL.
+ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+RESERVED_ALIASES = {*AliasName.values, "history"}
+
+
+@transaction.atomic
+def model_alias_set(
+    *,
+    membership: Membership,
+    version: ModelVersion,
+    alias: str,
+    reason: str = "",
+    override_reason: str = "",
+) -> ModelAlias:
+    """Point the named alias `alias` of the version's model at `version` (jobs may then name `model@alias`).
+
+    For roles that may promote; audited and kept in the alias history. An alias sends
+    traffic, so the promotion gate applies (a failed report needs an override), and an
+    archived version must be promoted back (a rollback) before an alias may point at it.
+    """
+    if not has_permission(membership, PROMOTE_MODELS):
+        raise PermissionDenied(f"Role '{membership.role}' may not move model aliases.")
+    _check_alias_name(alias)
+    version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+    if version.model.organization_id != membership.organization_id:
+        raise NotFound("No such model.")
+    model = MLModel.objects.select_for_update().get(pk=version.model_id)
+    if version.stage == Stage.ARCHIVED:
+        raise Conflict(f"{version} is archived: promote it back first (a rollback), then point an alias at it.")
+    override_reason = (override_reason or "").strip()
+    reason = (reason or override_reason or "").strip()[:2000]
+    overridden = _check_promotion_gate(membership, version, override_reason)
+    _alias_move(model, alias, version, 100, membership, reason)
+    audit_record(
+        organization=membership.organization_id,
+        actor=membership,
+        action="model.alias_moved",
+        target=version,
+        details={"model": model.name, "alias": alias, "version": version.number, "reason": reason},
+    )
+    if overridden:
+        audit_record(
+            organization=membership.organization_id,
+            actor=membership,
+            action="model.promotion_overridden",
+            target=version,
+            details={
+                "model": model.name,
+                "version": version.number,
+                "alias": alias,
+                "reason": override_reason,
+                "failures": version.report.get("failures", []),
+                "target": version.report.get("target"),
+            },
+        )
+    return ModelAlias.objects.select_related("version").get(model=model, name=alias)
+
+
+@transaction.atomic
+def model_alias_remove(*, membership: Membership, model: MLModel, alias: str, reason: str = "") -> None:
+    """Remove the named alias `alias` (no-op when it does not exist); audited and kept in the alias history."""
+    if not has_permission(membership, PROMOTE_MODELS):
+        raise PermissionDenied(f"Role '{membership.role}' may not move model aliases.")
+    _check_alias_name(alias)
+    if model.organization_id != membership.organization_id:
+        raise NotFound("No such model.")
+    model = MLModel.objects.select_for_update().get(pk=model.pk)
+    current = ModelAlias.objects.filter(model=model, name=alias).select_related("version").first()
+    if current is None:
+        return
+    _alias_move(model, alias, None, None, membership, (reason or "").strip()[:2000])
+    audit_record(
+        organization=membership.organization_id,
+        actor=membership,
+        action="model.alias_moved",
+        target=current.version,
+        details={"model": model.name, "alias": alias, "version": None, "previous_version": current.version.number},
+    )
+
+
+def _check_alias_name(alias: str) -> None:
+    if alias in RESERVED_ALIASES:
+        raise DomainError(
+            f"alias: '{alias}' is reserved; production and canary follow the stages (POST .../promote).",
+            fields={"alias": [f"'{alias}' is reserved."]},
+        )
+    if not isinstance(alias, str) or not ALIAS_NAME.match(alias):
+        raise DomainError(
+            "alias: lowercase letters, digits, '-' and '_', starting with a letter (at most 32).",
+            fields={"alias": ["Lowercase letters, digits, '-' and '_', starting with a letter (at most 32)."]},
+        )
+
+
+def _alias_move(
+    model: MLModel,
+    name: str,
+    version: ModelVersion | None,
+    weight: int | None,
+    membership: Membership,
+    reason: str,
+) -> None:
+    """Point alias `name` at `version` (None: remove it) and record the move; a no-op records nothing."""
+    current = ModelAlias.objects.filter(model=model, name=name).first()
+    if version is None:
+        if current is None:
+            return
+        previous_id = current.version_id
+        current.delete()
+    else:
+        if current is not None and current.version_id == version.pk and current.weight == weight:
+            return
+        previous_id = current.version_id if current is not None else None
+        ModelAlias.objects.update_or_create(model=model, name=name, defaults={"version": version, "weight": weight})
+    ModelAliasEvent.objects.create(
+        model=model,
+        alias=name,
+        version=version,
+        previous_version_id=previous_id,
+        weight=weight,
+        actor=membership.user,
+        reason=reason,
+    )
 
 
 def _check_promotion_gate(membership: Membership, version: ModelVersion, override_reason: str) -> bool:
@@ -279,9 +458,9 @@ def _check_promotion_gate(membership: Membership, version: ModelVersion, overrid
     failures = "; ".join(version.report.get("failures") or ["the version has no passing validation report"])
     if not override_reason:
         raise Conflict(
-            f"{version.model.name}@{version.number} did not pass validation ({failures}); "
-            "give override_reason to promote it anyway.",
-            fields={"override_reason": ["Required to promote a version whose validation report did not pass."]},
+            f"{version.model.name}@{version.number} did not pass validation ({failures}); it serves no traffic "
+            "(production or a canary weight) unless you give override_reason.",
+            fields={"override_reason": ["Required to send traffic to a version whose validation report did not pass."]},
             details={"failures": version.report.get("failures", [])},
         )
     if not has_permission(membership, OVERRIDE_PROMOTION):
@@ -381,15 +560,41 @@ def model_version_register_compiled(
                 device_preference=COMPILED_DEVICE_PREFERENCE[target],
                 stage=Stage.STAGING,
                 derived_from=source,
-                report={**report, "job_id": str(job_id), "source": f"{model.name}@{source.number}"},
+                report=_with_report({}, {**report, "job_id": str(job_id), "source": f"{model.name}@{source.number}"}),
             )
             created_version = version if created else None
+            if not created:
+                # The same bytes from another compile: this job's report joins the version's.
+                version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+                version.report = _with_report(
+                    version.report, {**report, "job_id": str(job_id), "source": f"{model.name}@{source.number}"}
+                )
+                version.save(update_fields=["report"])
     except Exception:
         # The insert rolled back after the file was stored: the file goes too.
         if created_version is not None:
             created_version.file.storage.delete(created_version.file.name)
         raise
     return version, created
+
+
+def _with_report(current: dict, new: dict) -> dict:
+    """A compiled version's report once `new` (one compile job's) joins it: every job's report is kept.
+
+    Identical compiled bytes are one version, however many compile jobs produced them, so
+    its promotability comes from all their reports, whatever their order: it passed only if
+    each of them passed. The top level keeps the first report's figures for display; a
+    retried attempt of a job replaces that job's entry.
+    """
+    earlier = current.get("reports", [current] if current else [])
+    reports = [r for r in earlier if r.get("job_id") != new.get("job_id")] + [new]
+    failures = sorted({failure for r in reports for failure in r.get("failures", [])})
+    return {
+        **reports[0],
+        "passed": all(r.get("passed") is True for r in reports),
+        "failures": failures,
+        "reports": reports,
+    }
 
 
 COMPILED_DEVICE_PREFERENCE = {

@@ -303,7 +303,10 @@ CELERY_BEAT_SCHEDULE = {
 # Per compile target, over the defaults in workers/compile.py: {"cpu-int8": {"min_cosine": 0.995}}.
 COMPILE_TOLERANCES = env.json("COMPILE_TOLERANCES", default={})
 REGISTRY_MAX_MODEL_BYTES = env.int("REGISTRY_MAX_MODEL_BYTES", default=512 * 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # request bodies other than files
+# Request bodies other than files. Inline inference inputs may hold 1,000,000 values
+# (apps/registry/inference_kind.py); as JSON a float takes up to ~25 bytes with its
+# separator, so 1M values need ~25 MB. Larger batches go as an uploaded .npy/.npz.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads go to a temporary file
 
 # --- Agents and vectors ------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_inference_through_rest_and_a_worker_matches_onnxruntime(start_worker, s
     [
         ({"model": "scorer", "inputs": {"x": [[1.0, 2.0]], "ids": [[1, 2, 3]]}}, "inputs.x", "4"),
         ({"model": "scorer", "inputs": {"x": [[1.0, 2.0, 3.0, 4.0]]}}, "inputs", "ids"),
-        ({"model": "scorer@9", "inputs": {}}, "model", "no such version"),
+        ({"model": "scorer@9", "inputs": {}}, "model", "no version 9"),
         ({"model": "nope", "inputs": {}}, "model", "No model named"),
         (
             {"model": "scorer", "inputs": {"x": [[1, 2, 3, 4]], "ids": [[1, 2, 3]]}, "outputs": ["z"]},
@@ -211,3 +211,45 @@ def test_a_job_whose_upload_is_gone_fails_with_inputs_missing(start_worker, scor
     job = wait_terminal(response.json()["id"])
 
     assert job.status == "failed" and job.error["code"] == "inputs_missing"
+
+
+def test_model_that_mixes_rows_is_run_whole_through_a_worker_and_gives_the_right_numbers(
+    member, start_worker, tmp_path
+):
+    # Finding 1 of issue 20: softmax over the batch axis, 1,000 rows at batch_size 256,
+    # came back split (columns summing to 4) with status succeeded.
+    import onnx
+    from onnx import TensorProto, helper
+
+    _, client = member("owner")
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["p"], axis=0)],
+        "mixing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    path = tmp_path / "mixing.onnx"
+    onnx.save_model(model, str(path))
+    with path.open("rb") as handle:
+        assert client.post("/api/v1/models/", {"file": handle, "name": "mixing"}, format="multipart").status_code == 201
+    start_worker("cpu")
+    x = np.random.default_rng(1).standard_normal((1000, 4)).astype(np.float32)
+
+    response = client.post(
+        "/api/v1/jobs/",
+        {"kind": "inference", "params": {"model": "mixing@1", "inputs": {"x": x.tolist()}, "batch_size": 256}},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    job = wait_terminal(response.json()["id"])
+
+    assert job.status == "succeeded", job.error
+    assert job.result["batches"] == 1
+    artifact = client.get(f"/api/v1/jobs/{job.id}/artifacts").json()[0]
+    download = client.get(f"/api/v1/jobs/{job.id}/artifacts/{artifact['id']}/download")
+    p = np.load(io.BytesIO(b"".join(download.streaming_content)), allow_pickle=False)["p"]
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(p, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(p.sum(axis=0), np.ones(4), rtol=1e-4)

@@ -188,11 +188,69 @@ def test_a_failed_report_blocks_production_without_a_reason(scorer, derived):
     assert "mean cosine similarity" in body["detail"]
     derived.refresh_from_db()
     assert derived.stage == "staging" and not derived.aliases.exists()
-    # Other stages stay open: canary traffic is how a doubtful version is tried.
-    response = client.post(
-        "/api/v1/models/scorer/versions/2/promote", {"stage": "staging", "canary_weight": 10}, format="json"
-    )
+    # Staging without traffic stays open.
+    response = client.post("/api/v1/models/scorer/versions/2/promote", {"stage": "staging"}, format="json")
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("weight", [100, 10])
+def test_a_failed_report_blocks_canary_traffic_too(scorer, derived, weight):
+    # Finding 4 of issue 20: staging with canary_weight 100 served all traffic, no reason, no audit.
+    _, client = scorer
+    response = client.post(
+        "/api/v1/models/scorer/versions/2/promote", {"stage": "staging", "canary_weight": weight}, format="json"
+    )
+    assert response.status_code == 409, response.json()
+    assert "override_reason" in response.json()["fields"]
+    assert not derived.aliases.exists()
+
+
+def test_an_admin_sends_canary_traffic_to_a_failed_version_only_with_an_audited_reason(scorer, derived):
+    _, client = scorer
+    response = client.post(
+        "/api/v1/models/scorer/versions/2/promote",
+        {"stage": "staging", "canary_weight": 5, "override_reason": "try int8 on 5% of traffic"},
+        format="json",
+    )
+    assert response.status_code == 200, response.json()
+    assert response.json()["aliases"] == ["canary"]
+    override = AuditEvent.objects.get(action="model.promotion_overridden")
+    assert override.details["reason"] == "try int8 on 5% of traffic" and override.details["canary_weight"] == 5
+
+
+def test_identical_compiled_bytes_keep_every_report_and_the_gate_does_not_depend_on_their_order(
+    scorer, member, tmp_path
+):
+    # Finding 5 of issue 20: the same compiled bytes reused the earlier version and kept its first report.
+    membership, client = scorer
+    first_source = ModelVersion.objects.get()
+    with Path(first_source.file.path).open("rb") as handle:
+        assert client.post("/api/v1/models/", {"file": handle, "name": "twin"}, format="multipart").status_code == 201
+    second_source = ModelVersion.objects.get(model__name="twin")
+    output, passing = _compiled(tmp_path, first_source)
+    failing = {**passing, "passed": False, "failures": ["mean cosine similarity 0.9 < 0.999"]}
+
+    versions = []
+    for source, reports in ((first_source, [passing, failing]), (second_source, [failing, passing])):
+        for report in reports:
+            version, _ = model_version_register_compiled(
+                source=source,
+                path=output,
+                report=report,
+                target="cpu-int8",
+                job_id=_running_job(membership).pk,
+                attempt=1,
+            )
+        versions.append(version)
+
+    for version in versions:
+        version.refresh_from_db()
+        assert version.report["passed"] is False
+        assert [r["passed"] for r in version.report["reports"]] in ([True, False], [False, True])
+        assert len({r["job_id"] for r in version.report["reports"]}) == 2
+    for name in ("scorer", "twin"):
+        response = client.post(f"/api/v1/models/{name}/versions/2/promote", {"stage": "production"}, format="json")
+        assert response.status_code == 409, response.json()
 
 
 def test_an_operator_may_not_override_a_failed_report(scorer, derived, member):
@@ -274,3 +332,16 @@ def test_admin_compile_action_submits_a_job_per_version_through_the_service(clie
     )
     assert "may not compile models" in response.content.decode()
     assert Job.objects.count() == 1
+
+
+def test_a_named_alias_cannot_send_traffic_to_a_failed_version_without_an_override(scorer, derived):
+    _, client = scorer
+
+    refused = client.put("/api/v1/models/scorer/aliases/int8", {"version": 2}, format="json")
+    overridden = client.put(
+        "/api/v1/models/scorer/aliases/int8", {"version": 2, "override_reason": "A/B test of int8"}, format="json"
+    )
+
+    assert refused.status_code == 409 and "override_reason" in refused.json()["fields"]
+    assert overridden.status_code == 200, overridden.json()
+    assert AuditEvent.objects.get(action="model.promotion_overridden").details["alias"] == "int8"

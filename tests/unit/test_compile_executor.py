@@ -213,3 +213,42 @@ def test_the_executor_imports_no_django():
     # It must run on a gpu host (or the device machine) with only onnxruntime installed.
     code = "import sys, workers.compile; sys.exit(1 if any(m.startswith('django') for m in sys.modules) else 0)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def _ir3(tmp_path, kind: str):
+    """The test model stamped IR 3, where every initializer must also be a graph input."""
+    path = build_test_model(kind, tmp_path / f"{kind}-ir3.onnx", ir_version=3, opset=8)
+    model = onnx.load(str(path))
+    for tensor in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    model.ir_version = 3
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("target", [CPU_OPTIMIZED, CPU_INT8, GPU_FP16])
+def test_an_ir3_model_compiles_to_a_model_the_registry_accepts(tmp_path, target):
+    # Finding 6 of issue 20: compiling an IR-3 model failed on the compile's own output
+    # ("initializer but not in graph input").
+    source = _ir3(tmp_path, "mlp")
+    info = inspect_model(source, max_bytes=MAX_BYTES)
+    output = tmp_path / f"out-{target}.onnx"
+
+    report = run_compile(source, target=target, output_path=output, signature_inputs=info.inputs, latency_runs=3)
+
+    compiled = inspect_model(output, max_bytes=MAX_BYTES)
+    assert compiled.ir_version >= 4
+    assert report["max_abs_error"] is not None
+
+
+def test_generated_samples_are_capped_by_rows_and_refused_when_one_row_is_too_large():
+    # Finding 7 of issue 20: nothing capped generated sample inputs.
+    wide = [{"name": "x", "dtype": "float32", "shape": ["N", 4_000_000]}]
+    huge = [{"name": "x", "dtype": "float32", "shape": [1_000_000, 1_000_000]}]
+
+    samples = generate_sample_inputs(wide, rows=32, seed=0)
+    with pytest.raises(CompileError) as error:
+        generate_sample_inputs(huge, rows=32, seed=0)
+
+    assert samples["x"].nbytes <= 64 * 1024 * 1024 and samples["x"].shape[0] >= 1
+    assert error.value.code == "samples_too_large"

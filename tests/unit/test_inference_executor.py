@@ -70,7 +70,13 @@ def test_batched_outputs_match_one_direct_onnxruntime_run(tmp_path, multi_io, ca
     inputs = multi_io_inputs(rows)
 
     summary = run_inference(
-        path, sha256=sha256, inputs=inputs, batch_size=batch_size, output_path=tmp_path / "out.npz", session_cache=cache
+        path,
+        sha256=sha256,
+        inputs=inputs,
+        batch_size=batch_size,
+        split_rows=True,
+        output_path=tmp_path / "out.npz",
+        session_cache=cache,
     )
 
     expected = direct_run(path, inputs)
@@ -101,6 +107,7 @@ def test_progress_is_reported_after_every_batch_and_ends_at_the_total(tmp_path, 
         sha256=sha256,
         inputs=multi_io_inputs(10),
         batch_size=3,
+        split_rows=True,
         output_path=tmp_path / "out.npz",
         on_progress=lambda done, total: calls.append((done, total)),
         session_cache=cache,
@@ -119,6 +126,7 @@ def test_cancellation_stops_after_the_first_batch_and_writes_nothing(tmp_path, m
             sha256=sha256,
             inputs=multi_io_inputs(10),
             batch_size=4,
+            split_rows=True,
             output_path=tmp_path / "out.npz",
             on_progress=lambda done, total: progress.append(done),
             should_cancel=lambda: True,
@@ -143,6 +151,7 @@ def test_outputs_written_while_batches_run_hash_and_load_like_one_direct_run(tmp
         sha256=sha256,
         inputs=load_array_inputs(tmp_path / "in.npz"),
         batch_size=7,
+        split_rows=True,
         output_path=tmp_path / "out.npz",
         session_cache=cache,
     )
@@ -165,6 +174,7 @@ def test_wanted_outputs_subset_writes_only_those(tmp_path, multi_io, cache):
         sha256=sha256,
         inputs=inputs,
         batch_size=2,
+        split_rows=True,
         wanted_outputs=["ids_sum"],
         output_path=tmp_path / "out.npz",
         session_cache=cache,
@@ -185,6 +195,7 @@ def test_unknown_wanted_output_is_named(tmp_path, multi_io, cache):
             sha256=sha256,
             inputs=multi_io_inputs(2),
             batch_size=2,
+            split_rows=True,
             wanted_outputs=["y", "logits"],
             output_path=tmp_path / "out.npz",
             session_cache=cache,
@@ -200,7 +211,13 @@ def test_attention_model_runs_in_batches_like_one_direct_run(tmp_path, cache):
     x = np.random.default_rng(1).standard_normal((10, 16, 64), dtype=np.float32)
 
     run_inference(
-        path, sha256=sha256_of(path), inputs={"x": x}, batch_size=4, output_path=tmp_path / "o.npz", session_cache=cache
+        path,
+        sha256=sha256_of(path),
+        inputs={"x": x},
+        batch_size=4,
+        split_rows=True,
+        output_path=tmp_path / "o.npz",
+        session_cache=cache,
     )
 
     with np.load(tmp_path / "o.npz") as written:
@@ -216,6 +233,7 @@ def test_model_file_changed_since_registration_is_refused(tmp_path, multi_io, ca
             sha256="0" * 64,
             inputs=multi_io_inputs(2),
             batch_size=1,
+            split_rows=True,
             output_path=tmp_path / "out.npz",
             session_cache=cache,
         )
@@ -230,6 +248,7 @@ def test_batch_size_below_one_is_refused(tmp_path, multi_io, cache):
             sha256=sha256,
             inputs=multi_io_inputs(2),
             batch_size=0,
+            split_rows=True,
             output_path=tmp_path / "o.npz",
             session_cache=cache,
         )
@@ -358,7 +377,15 @@ def test_inline_inputs_run_end_to_end(tmp_path, multi_io, cache):
         MULTI_IO_INPUTS, {"x": [[1, -2, 3, -4], [0.5, 0, 0, 1]], "ids": [[1, 2, 3], [4, 5, 6]]}
     )
 
-    run_inference(path, sha256=sha256, inputs=inputs, batch_size=1, output_path=tmp_path / "o.npz", session_cache=cache)
+    run_inference(
+        path,
+        sha256=sha256,
+        inputs=inputs,
+        batch_size=1,
+        split_rows=True,
+        output_path=tmp_path / "o.npz",
+        session_cache=cache,
+    )
 
     with np.load(tmp_path / "o.npz") as written:
         np.testing.assert_array_equal(written["ids_sum"], [[6], [15]])
@@ -435,6 +462,7 @@ def test_uploaded_npz_runs_end_to_end(tmp_path, multi_io, cache):
         sha256=sha256,
         inputs=load_array_inputs(tmp_path / "inputs.npz"),
         batch_size=16,
+        split_rows=True,
         output_path=tmp_path / "o.npz",
         session_cache=cache,
     )
@@ -555,6 +583,7 @@ def test_onnxruntime_failure_at_run_time_names_the_rows_and_the_reason(tmp_path,
             sha256=sha256,
             inputs={"x": np.zeros((3, 4), dtype=np.float32)},
             batch_size=2,
+            split_rows=True,
             output_path=tmp_path / "o.npz",
             session_cache=cache,
         )
@@ -571,10 +600,22 @@ def test_output_that_does_not_follow_the_batch_axis_is_refused_when_batching(tmp
 
     with pytest.raises(OutputNotBatched) as error:
         run_inference(
-            path, sha256=sha256, inputs=inputs, batch_size=2, output_path=tmp_path / "o.npz", session_cache=cache
+            path,
+            sha256=sha256,
+            inputs=inputs,
+            batch_size=2,
+            split_rows=True,
+            output_path=tmp_path / "o.npz",
+            session_cache=cache,
         )
     summary = run_inference(
-        path, sha256=sha256, inputs=inputs, batch_size=3, output_path=tmp_path / "o.npz", session_cache=cache
+        path,
+        sha256=sha256,
+        inputs=inputs,
+        batch_size=3,
+        split_rows=True,
+        output_path=tmp_path / "o.npz",
+        session_cache=cache,
     )
 
     assert "output 'y'" in error.value.message
@@ -615,7 +656,13 @@ def test_string_outputs_are_stored_as_fixed_width_unicode_after_the_numeric_ones
     x = np.arange(40, dtype=np.float32).reshape(10, 4) * 1.5
 
     summary = run_inference(
-        path, sha256=sha256_of(path), inputs={"x": x}, batch_size=3, output_path=tmp_path / "o.npz", session_cache=cache
+        path,
+        sha256=sha256_of(path),
+        inputs={"x": x},
+        batch_size=3,
+        split_rows=True,
+        output_path=tmp_path / "o.npz",
+        session_cache=cache,
     )
 
     assert summary["outputs"] == {

@@ -204,11 +204,42 @@ def test_future_opset_is_refused_with_given_and_supported_opsets(tmp_path, opset
     assert f"to {limits.max_opset}" in error.message
 
 
-def test_opset_older_than_onnxruntime_guarantees_is_refused(tmp_path):
-    error = refusal(build_test_model("multi_io", tmp_path / "old.onnx", opset=6))
+def test_old_opset_that_onnxruntime_loads_is_accepted(tmp_path):
+    # Issue 20: 77 backend test models were refused for opset 6 although onnxruntime runs them.
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "old_relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)])
+    model.ir_version = 3
+    onnx.save_model(model, str(tmp_path / "old.onnx"))
 
-    assert error.code == "unsupported_opset"
-    assert "opset 6" in error.message
+    info = inspect_model(tmp_path / "old.onnx", max_bytes=MAX_BYTES)
+
+    assert info.opset == 6 and info.ir_version == 3
+    assert info.batching["split"] is True
+
+
+def test_old_opset_onnxruntime_has_no_kernel_for_is_refused_with_how_to_convert_it(tmp_path):
+    # onnxruntime 1.31 has no opset-6 kernel for AvgPool: the runtime load decides, and says how to fix it.
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2])],
+        "old_pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)])
+    model.ir_version = 3
+    path = tmp_path / "old_pool.onnx"
+    onnx.save_model(model, str(path))
+
+    error = refusal(path)
+
+    assert error.code == "runtime_load_failed"
+    assert "AveragePool" in error.message
+    assert "onnx.version_converter" in error.message
 
 
 def test_runtime_limits_are_read_from_the_installed_onnxruntime():
@@ -290,3 +321,22 @@ def test_inspection_leaves_no_files_behind(tmp_path):
     refusal(path, max_bytes=10)
 
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("shape", [[1_000_000, 1_000_000], [2**62], ["N", 2**40]])
+def test_fixed_input_dimensions_too_large_for_one_row_are_refused_at_upload(tmp_path, shape):
+    # Finding 7 of issue 20: 1e6 x 1e6 and 2^62 inputs were accepted, and compiling one crashed.
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save_model(model, str(tmp_path / "huge.onnx"))
+
+    error = refusal(tmp_path / "huge.onnx")
+
+    assert error.code == "input_too_large"
+    assert "'x'" in error.message and "one row" in error.message

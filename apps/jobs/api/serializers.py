@@ -8,6 +8,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", allow_null=True, default=None)
     parent = serializers.UUIDField(source="parent_id", allow_null=True)
     duration_s = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -37,6 +38,14 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "finished_at",
             "duration_s",
         ]
+
+    def get_error(self, job: Job) -> dict | None:
+        # A crash keeps its traceback on the row for operators (the admin, the worker's log);
+        # an API response never shows it.
+        if not job.error or "traceback" not in (job.error.get("details") or {}):
+            return job.error
+        details = {key: value for key, value in job.error["details"].items() if key != "traceback"}
+        return {**job.error, "details": details}
 
     def get_duration_s(self, job: Job) -> float | None:
         duration = job.duration

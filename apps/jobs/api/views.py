@@ -1,6 +1,8 @@
 """REST endpoints for jobs: thin wrappers over apps.jobs.services and selectors."""
 
 import django_filters
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -11,6 +13,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import READ_QUOTAS, require
 from apps.accounts.selectors import request_membership
+from apps.core.errors import RequestTooLarge
 from apps.core.pagination import OLDEST_FIRST, PAGE_PARAMETERS, page_of, paginate
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import (
@@ -128,7 +131,17 @@ class JobListCreateApi(APIView):
     )
     def post(self, request):
         membership = request_membership(request)
-        data = self.InputSerializer(data=request.data)
+        try:
+            payload = request.data
+        except RequestDataTooBig as exc:
+            # Django's own answer would be an HTML 400; inline inference inputs are what grows here.
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            raise RequestTooLarge(
+                f"The request body is larger than {limit} bytes. Upload large inference inputs as a .npy/.npz "
+                "(POST /api/v1/artifacts/) and pass its id as params.inputs_artifact.",
+                details={"max_bytes": limit},
+            ) from exc
+        data = self.InputSerializer(data=payload)
         data.is_valid(raise_exception=True)
         job, created = services.job_submit(
             membership=membership, idempotency_key=idempotency_key(request), **data.validated_data

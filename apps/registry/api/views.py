@@ -1,6 +1,10 @@
 """REST endpoints for the model registry."""
 
-from drf_spectacular.utils import extend_schema
+import datetime
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -10,7 +14,7 @@ from apps.accounts.selectors import request_membership
 from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
 from apps.jobs.api.serializers import JobOutputSerializer
 from apps.registry import selectors, services
-from apps.registry.models import DevicePreference, MLModel, ModelTask, ModelVersion, Stage
+from apps.registry.models import DevicePreference, MLModel, ModelAliasEvent, ModelTask, ModelVersion, Stage
 from workers.compile import TARGETS
 
 
@@ -32,6 +36,7 @@ class VersionOutputSerializer(serializers.ModelSerializer):
             "device_preference",
             "derived_from",
             "report",
+            "batching",
             "aliases",
             "created_at",
         ]
@@ -140,8 +145,14 @@ class VersionPromoteApi(APIView):
             required=False,
             allow_blank=True,
             max_length=2000,
-            help_text="To promote a compiled version whose validation report did not pass to production "
-            "(owner, admin); recorded in the audit trail.",
+            help_text="To send traffic (production, or a canary weight) to a compiled version whose validation "
+            "report did not pass (owner, admin); recorded in the audit trail.",
+        )
+        reason = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=2000,
+            help_text="Why: kept in the alias history and the audit trail (a rollback should say why).",
         )
 
         class Meta:
@@ -202,3 +213,89 @@ class VersionCompileApi(APIView):
             membership=membership, version=version, idempotency_key=key, **data.validated_data
         )
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AliasHistoryApi(APIView):
+    """Who moved which alias of the model to which version, when and why; with `?at=`: the aliases at that time."""
+
+    required_scopes = {"GET": "models:read"}
+
+    class EventOutputSerializer(serializers.ModelSerializer):
+        version = serializers.IntegerField(source="version.number", allow_null=True, default=None)
+        previous_version = serializers.IntegerField(source="previous_version.number", allow_null=True, default=None)
+        actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
+        at = serializers.DateTimeField(source="created_at")
+
+        class Meta:
+            model = ModelAliasEvent
+            fields = ["alias", "version", "previous_version", "weight", "actor", "reason", "at"]
+            ref_name = "ModelAliasEvent"
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("at", str, description="ISO 8601 time: answer what each alias pointed at then."),
+        ],
+        responses=EventOutputSerializer(many=True),
+        operation_id="models_alias_history",
+    )
+    def get(self, request, name):
+        membership = request_membership(request)
+        at_text = request.query_params.get("at")
+        if at_text is None:
+            events = selectors.alias_history(membership=membership, name=name)[:1000]
+            return Response(self.EventOutputSerializer(events, many=True).data)
+        at = parse_datetime(at_text)
+        if at is None:
+            raise serializers.ValidationError({"at": ["An ISO 8601 time, e.g. 2026-01-31T12:00:00Z."]})
+        if timezone.is_naive(at):
+            at = timezone.make_aware(at, datetime.UTC)
+        aliases = selectors.aliases_at(membership=membership, name=name, at=at)
+        return Response(
+            {
+                "at": at_text,
+                "aliases": {
+                    alias: {"version": event.version.number, "weight": event.weight} for alias, event in aliases.items()
+                },
+            }
+        )
+
+
+class AliasSetRemoveApi(APIView):
+    """Point a named alias of the model at a version (`PUT`), or remove it (`DELETE`); jobs name `model@alias`."""
+
+    required_scopes = {"PUT": "models:write", "DELETE": "models:write"}
+
+    class InputSerializer(serializers.Serializer):
+        version = serializers.IntegerField(min_value=1, help_text="The version number the alias points at.")
+        reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+        override_reason = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=2000,
+            help_text="To point it at a compiled version whose validation report did not pass (owner, admin).",
+        )
+
+        class Meta:
+            ref_name = "ModelAliasInput"
+
+    class OutputSerializer(serializers.Serializer):
+        alias = serializers.CharField(source="name")
+        version = serializers.IntegerField(source="version.number")
+        weight = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer, operation_id="models_alias_set")
+    def put(self, request, name, alias):
+        membership = request_membership(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        version = selectors.version_get(membership=membership, name=name, number=values.pop("version"))
+        moved = services.model_alias_set(membership=membership, version=version, alias=alias, **values)
+        return Response(self.OutputSerializer(moved).data)
+
+    @extend_schema(request=None, responses={204: None}, operation_id="models_alias_remove")
+    def delete(self, request, name, alias):
+        membership = request_membership(request)
+        model = selectors.model_get(membership=membership, name=name)
+        services.model_alias_remove(membership=membership, model=model, alias=alias)
+        return Response(status=status.HTTP_204_NO_CONTENT)

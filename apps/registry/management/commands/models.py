@@ -51,7 +51,11 @@ class Command(BaseCommand):
         promote.add_argument(
             "--override-reason",
             default="",
-            help="promote a compiled version whose report did not pass to production anyway (owner, admin); audited",
+            help="send traffic (production, or a canary weight) to a compiled version whose report did not pass "
+            "(owner, admin); audited",
+        )
+        promote.add_argument(
+            "--reason", default="", help="why: kept in the alias history and the audit trail (say why for a rollback)"
         )
         compile_ = sub.add_parser(
             "compile", help="compile NAME@N for a target into a new staging version, validated against NAME@N"
@@ -118,6 +122,7 @@ class Command(BaseCommand):
             stage=options["stage"],
             canary_weight=options["canary_weight"],
             override_reason=options["override_reason"],
+            reason=options["reason"],
         )
         self.stdout.write(f"{version} {version.stage}")
 
