@@ -191,7 +191,10 @@ class ApiErrorMiddleware:
         limit = None if content_type.startswith("multipart/") else settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if limit is not None and length > limit:
             return error_response(
-                413, f"The request body is {length} bytes; at most {limit} are accepted here.", limit_bytes=limit
+                413,
+                f"The request body is {length} bytes; at most {limit} are accepted here. Large inference "
+                "inputs go up as a .npy/.npz (POST /api/v1/artifacts/), named by params.inputs_artifact.",
+                limit_bytes=limit,
             )
         return None
 

@@ -45,7 +45,7 @@ class IdempotencyConflict(DomainError):
 class RequestTooLarge(DomainError):
     """The request body is larger than this endpoint accepts."""
 
-    code = "too_large"
+    code = "request_too_large"
     status_code = 413
 
 

@@ -73,7 +73,7 @@ def test_backend_cases_uploaded_run_and_downloaded_give_the_reference_outputs(me
         if job.status != "succeeded":
             outcomes[case_id] = ("refused", f"job {job.status}: {job.error}")
             continue
-        artifact = client.get(f"/api/v1/jobs/{job_id}/artifacts").json()[0]
+        artifact = client.get(f"/api/v1/jobs/{job_id}/artifacts").json()["results"][0]
         stored = np.load(io.BytesIO(b"".join(client.get(artifact["download_url"]).streaming_content)))
         problems = [
             f"{spec['name']}: {problem}"

@@ -247,7 +247,7 @@ def test_model_that_mixes_rows_is_run_whole_through_a_worker_and_gives_the_right
 
     assert job.status == "succeeded", job.error
     assert job.result["batches"] == 1
-    artifact = client.get(f"/api/v1/jobs/{job.id}/artifacts").json()[0]
+    artifact = client.get(f"/api/v1/jobs/{job.id}/artifacts").json()["results"][0]
     download = client.get(f"/api/v1/jobs/{job.id}/artifacts/{artifact['id']}/download")
     p = np.load(io.BytesIO(b"".join(download.streaming_content)), allow_pickle=False)["p"]
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

@@ -276,7 +276,7 @@ def test_a_stream_longer_than_the_inline_head_is_kept_whole_as_an_artifact(sandb
     source = "import sys\nsys.stdout.buffer.write(bytes(range(256)) * 2000)\nsys.stderr.write('e' * 70_000)\n"
     job = run(client, source, limits={"output_bytes": 1_000_000})
     assert job.status == "succeeded", job.error
-    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job.id}/artifacts").json()}
+    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job.id}/artifacts").json()["results"]}
     assert set(artifacts) == {"stdout", "stderr"}
     assert job.result["stdout_artifact"] == artifacts["stdout"]["id"]
     stdout = client.get(f"/api/v1/jobs/{job.id}/artifacts/{artifacts['stdout']['id']}/download")

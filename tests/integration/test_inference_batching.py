@@ -24,7 +24,8 @@ def upload_and_promote(client, path, name):
     with path.open("rb") as handle:
         response = client.post("/api/v1/models/", {"file": handle, "name": name}, format="multipart")
     assert response.status_code == 201, response.json()
-    assert client.post(f"/api/v1/models/{name}/versions/1/promote", {"stage": "production"}).status_code == 200
+    promoted = client.post(f"/api/v1/models/{name}/versions/1/promote", {"stage": "production"}, format="json")
+    assert promoted.status_code == 200
     return response.json()
 
 

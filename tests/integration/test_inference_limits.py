@@ -43,7 +43,7 @@ def test_a_body_over_the_limit_gets_a_json_413_in_the_error_shape(scorer, settin
 
     assert response.status_code == 413
     data = response.json()
-    assert data["code"] == "too_large" and data["fields"] == {}
+    assert data["code"] == "request_too_large" and data["fields"] == {}
     assert "1048576" in data["detail"] and "inputs_artifact" in data["detail"]
 
 

@@ -143,6 +143,13 @@ ENDPOINTS = [
         scope="models:read",
     ),
     Endpoint(
+        "model-aliases-at",
+        "GET",
+        "/api/v1/models/{model}/aliases/at?time=2026-01-01T00:00:00Z",
+        p.PERMISSIONS[p.READ_MODELS],
+        scope="models:read",
+    ),
+    Endpoint(
         "model-promote",
         "POST",
         "/api/v1/models/{model}/versions/1/promote",

@@ -100,7 +100,7 @@ def test_alias_history_says_who_moved_which_alias_where_when_and_why(scorer):
     response = client.get("/api/v1/models/scorer/aliases/history")
 
     assert response.status_code == 200, response.json()
-    events = response.json()
+    events = response.json()["results"]
     assert [(e["alias"], e["version"], e["previous_version"]) for e in events] == [
         ("canary", 1, None),
         ("production", 2, 1),
@@ -109,12 +109,14 @@ def test_alias_history_says_who_moved_which_alias_where_when_and_why(scorer):
     assert events[0]["weight"] == 20 and events[1]["reason"] == "retrained"
     assert events[2]["actor"] == membership.user.username and events[2]["at"]
 
-    at_between = client.get("/api/v1/models/scorer/aliases/history", {"at": between.isoformat()}).json()
+    at_between = client.get("/api/v1/models/scorer/aliases/at", {"time": between.isoformat()}).json()
     assert at_between == {"at": between.isoformat(), "aliases": {"production": {"version": 1, "weight": 100}}}
     before = client.get(
-        "/api/v1/models/scorer/aliases/history", {"at": (between - datetime.timedelta(days=1)).isoformat()}
+        "/api/v1/models/scorer/aliases/at", {"time": (between - datetime.timedelta(days=1)).isoformat()}
     )
     assert before.json()["aliases"] == {}
+    refused = client.get("/api/v1/models/scorer/aliases/at", {"time": "yesterday"})
+    assert refused.status_code == 400 and "time" in refused.json()["fields"]
 
 
 def test_alias_history_of_another_organizations_model_is_not_found(scorer, member):
@@ -175,7 +177,7 @@ def test_a_named_alias_picks_a_version_for_jobs_and_its_moves_are_in_the_history
     assert job.status_code == 201 and job.json()["params"]["model"] == "scorer@2"
     assert removed.status_code == 204
     assert after.status_code == 400 and "stable" in " ".join(after.json()["fields"]["params.model"])
-    history = client.get("/api/v1/models/scorer/aliases/history").json()
+    history = client.get("/api/v1/models/scorer/aliases/history").json()["results"]
     assert [(e["alias"], e["version"], e["previous_version"]) for e in history[:2]] == [
         ("stable", None, 2),
         ("stable", 2, None),

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.selectors import request_membership
-from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
+from apps.core.pagination import PAGE_PARAMETERS, check_query_parameters, page_of, paginate
 from apps.jobs.api.serializers import JobOutputSerializer
 from apps.registry import selectors, services
 from apps.registry.models import DevicePreference, MLModel, ModelAliasEvent, ModelTask, ModelVersion, Stage
@@ -215,44 +215,65 @@ class VersionCompileApi(APIView):
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
+class AliasEventOutputSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.number", allow_null=True, default=None)
+    previous_version = serializers.IntegerField(source="previous_version.number", allow_null=True, default=None)
+    actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
+    at = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = ModelAliasEvent
+        fields = ["alias", "version", "previous_version", "weight", "actor", "reason", "at"]
+        ref_name = "ModelAliasEvent"
+
+
 class AliasHistoryApi(APIView):
-    """Who moved which alias of the model to which version, when and why; with `?at=`: the aliases at that time."""
+    """Who moved which alias of the model to which version, when and why; newest first (a cursor page)."""
 
     required_scopes = {"GET": "models:read"}
 
-    class EventOutputSerializer(serializers.ModelSerializer):
-        version = serializers.IntegerField(source="version.number", allow_null=True, default=None)
-        previous_version = serializers.IntegerField(source="previous_version.number", allow_null=True, default=None)
-        actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
-        at = serializers.DateTimeField(source="created_at")
-
-        class Meta:
-            model = ModelAliasEvent
-            fields = ["alias", "version", "previous_version", "weight", "actor", "reason", "at"]
-            ref_name = "ModelAliasEvent"
-
     @extend_schema(
-        parameters=[
-            OpenApiParameter("at", str, description="ISO 8601 time: answer what each alias pointed at then."),
-        ],
-        responses=EventOutputSerializer(many=True),
+        parameters=PAGE_PARAMETERS,
+        responses=page_of(AliasEventOutputSerializer),
         operation_id="models_alias_history",
     )
     def get(self, request, name):
+        events = selectors.alias_history(membership=request_membership(request), name=name)
+        return paginate(request, events, AliasEventOutputSerializer)
+
+
+class AliasesAtApi(APIView):
+    """What each alias of the model pointed at, at a given time (`?time=`, ISO 8601): "what was production at T?"."""
+
+    required_scopes = {"GET": "models:read"}
+
+    class OutputSerializer(serializers.Serializer):
+        at = serializers.CharField()
+        aliases = serializers.DictField(
+            child=serializers.DictField(), help_text="alias -> {version, weight}; removed aliases are left out"
+        )
+
+        class Meta:
+            ref_name = "ModelAliasesAt"
+
+    @extend_schema(
+        parameters=[OpenApiParameter("time", str, required=True, description="ISO 8601, e.g. 2026-01-31T12:00:00Z")],
+        responses=OutputSerializer,
+        operation_id="models_aliases_at",
+    )
+    def get(self, request, name):
         membership = request_membership(request)
-        at_text = request.query_params.get("at")
-        if at_text is None:
-            events = selectors.alias_history(membership=membership, name=name)[:1000]
-            return Response(self.EventOutputSerializer(events, many=True).data)
-        at = parse_datetime(at_text)
+        check_query_parameters(request, ("time",))
+        time_text = request.query_params.get("time", "")
+        at = parse_datetime(time_text)
         if at is None:
-            raise serializers.ValidationError({"at": ["An ISO 8601 time, e.g. 2026-01-31T12:00:00Z."]})
+            raise serializers.ValidationError({"time": ["An ISO 8601 time, e.g. 2026-01-31T12:00:00Z."]})
         if timezone.is_naive(at):
             at = timezone.make_aware(at, datetime.UTC)
         aliases = selectors.aliases_at(membership=membership, name=name, at=at)
         return Response(
             {
-                "at": at_text,
+                "at": time_text,
                 "aliases": {
                     alias: {"version": event.version.number, "weight": event.weight} for alias, event in aliases.items()
                 },
