@@ -11,6 +11,7 @@ attempts) each received and its ratio against the ratio of their weights.
 """
 
 import statistics
+import tempfile
 import time
 
 from apps.accounts.models import Organization, OrganizationQuota, Role, User
@@ -125,7 +126,16 @@ def _share(a, b, *, jobs: int, duration_s: float, weights: tuple[float, float]) 
 def run(stdout, *, flood: int, late: int, share_jobs: int, duration_s: float, concurrency: int, **_) -> None:
     a, b = _member("fair-a"), _member("fair-b")
     _reset(a, b)
-    worker = WorkerProcess("cpu", name="cpu@bench-fairness", concurrency=concurrency, loglevel="WARNING").start()
+    schedule = tempfile.TemporaryDirectory()
+    # With control and beat, as deployed: the ring keeps a doorbell per eligible job (a
+    # resume rings at most JOBS_RING_MAX_PER_QUEUE at once; the next rings cover the rest).
+    worker = WorkerProcess(
+        "cpu,control",
+        name="cpu@bench-fairness",
+        concurrency=concurrency,
+        loglevel="WARNING",
+        extra_args=["--beat", f"--schedule={schedule.name}/beat-schedule"],
+    ).start()
     try:
         latecomer = _latecomer(a, b, flood=flood, late=late, duration_s=duration_s)
         stdout.write(
@@ -146,6 +156,7 @@ def run(stdout, *, flood: int, late: int, share_jobs: int, duration_s: float, co
     finally:
         _reset(a, b)
         worker.stop()
+        schedule.cleanup()
     even, double = shares[(1.0, 1.0)], shares[(2.0, 1.0)]
     stdout.write(
         f"b_wait_p50_s={latecomer['b_wait_p50_s']:.2f} b_wait_p95_s={latecomer['b_wait_p95_s']:.2f}"
