@@ -163,17 +163,22 @@ def run_job(*, job_id: str, worker: str) -> str:
     return outcome
 
 
+def _claim(claim) -> Job | None:
+    """Run a claim, once more on a new connection if the server dropped the old one (restart, idle timeout).
+
+    A claim is one statement that either took a row or did not, so trying it again is safe.
+    """
+    try:
+        return claim()
+    except (InterfaceError, OperationalError):
+        connections.close_all()
+        return claim()
+
+
 def run_next(*, queue: str, worker: str, task_id: str | None = None) -> str:
     """A doorbell rang for `queue`: claim its best eligible job and run it. Returns what happened."""
     close_old_connections_between_jobs()
-    claim = partial(services.job_claim_next, queue=queue, worker=worker, task_id=task_id)
-    try:
-        job = claim()
-    except (InterfaceError, OperationalError):
-        # A connection the server dropped since the last job: the claim is one statement
-        # that either took a row or did not, so trying once more on a new connection is safe.
-        connections.close_all()
-        job = claim()
+    job = _claim(partial(services.job_claim_next, queue=queue, worker=worker, task_id=task_id))
     if job is None:
         logger.info("job.nothing_eligible", extra={"queue": queue, "worker": worker})
         mark_connections_used()
@@ -191,13 +196,7 @@ def _claim_and_run(*, job_id: str, worker: str) -> str:
     except ValueError:
         logger.error("job.bad_message", extra={"job_id": job_id})
         return "bad_message"
-    try:
-        job = services.job_claim(job_id=job_uuid, worker=worker)
-    except (InterfaceError, OperationalError):
-        # A connection the server dropped since the last job (restart, idle timeout): the
-        # claim is a conditional UPDATE, so trying once more on a new connection is safe.
-        connections.close_all()
-        job = services.job_claim(job_id=job_uuid, worker=worker)
+    job = _claim(partial(services.job_claim, job_id=job_uuid, worker=worker))
     if job is None:
         # A duplicate delivery, a cancelled job, or one another worker holds: nothing to do.
         logger.info("job.not_claimed", extra={"job_id": job_id, "worker": worker})

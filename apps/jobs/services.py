@@ -760,24 +760,30 @@ def job_retry_later(*, job_id: uuid.UUID, attempt: int, error: dict, worker: str
             job_finish(job_id=job_id, attempt=attempt, status=JobStatus.FAILED, error=exhausted, worker=worker)
             return JobStatus.FAILED
         countdown = retry_backoff_s(job.attempt)
-        # Not claimable before the backoff ends (database clock); the delayed doorbell rings
-        # then, and the ring covers it if that doorbell is lost.
-        Job.objects.filter(pk=job.pk).update(
-            status=JobStatus.QUEUED,
-            lease_expires_at=None,
-            error=error,
-            queued_at=timezone.now(),
-            run_after=Now() + timedelta(seconds=countdown),
-        )
-        _event(
+        _requeue_later(
             job,
-            from_status=job.status,
-            to_status=JobStatus.QUEUED,
+            seconds=countdown,
             worker=worker,
             message=f"transient error, retry in {countdown:.1f}s: {error['message']}",
+            error=error,
         )
-        transaction.on_commit(partial(job_dispatch, job_id=job.id, countdown=countdown))
     return JobStatus.QUEUED
+
+
+def _requeue_later(locked: Job, *, seconds: float, worker: str, message: str, **fields) -> None:
+    """A running job (held FOR UPDATE) back to `queued`, not claimable for `seconds` by the database clock.
+
+    A delayed doorbell rings when it is due, and the ring covers it if that doorbell is lost.
+    """
+    Job.objects.filter(pk=locked.pk).update(
+        status=JobStatus.QUEUED,
+        lease_expires_at=None,
+        queued_at=timezone.now(),
+        run_after=Now() + timedelta(seconds=seconds),
+        **fields,
+    )
+    _event(locked, from_status=locked.status, to_status=JobStatus.QUEUED, worker=worker, message=message)
+    transaction.on_commit(partial(job_dispatch, job_id=locked.id, countdown=seconds))
 
 
 def job_snooze(*, job_id: uuid.UUID, attempt: int, seconds: float, worker: str = "") -> str:
@@ -791,21 +797,13 @@ def job_snooze(*, job_id: uuid.UUID, attempt: int, seconds: float, worker: str =
             return JobStatus.CANCELLED
         # `attempt` only grows (it is the fencing token); the budget grows with it instead,
         # so the next claim's attempt is not one the job spent.
-        Job.objects.filter(pk=job.pk).update(
-            status=JobStatus.QUEUED,
-            lease_expires_at=None,
-            queued_at=timezone.now(),
-            run_after=Now() + timedelta(seconds=seconds),
-            max_attempts=F("max_attempts") + 1,
-        )
-        _event(
+        _requeue_later(
             job,
-            from_status=job.status,
-            to_status=JobStatus.QUEUED,
+            seconds=seconds,
             worker=worker,
             message=f"snoozed for {seconds:g}s (no attempt used)",
+            max_attempts=F("max_attempts") + 1,
         )
-        transaction.on_commit(partial(job_dispatch, job_id=job.id, countdown=seconds))
     return "snoozed"
 
 
