@@ -6,7 +6,7 @@ say exactly what ran; the worker reads the agents' traits and their memories' ce
 A sweep runs on `control`: it submits one child run per grid point and replication,
 publishes them as one Celery group to `cpu`, and waits without holding a worker; when
 the last child ends, `aggregate_sweep_children` (also on `control`) makes the table and
-the chart (see apps/jobs/services.py, "fan-out").
+the chart (see apps/jobs/services/fanout.py).
 """
 
 import hashlib

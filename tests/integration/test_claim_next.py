@@ -162,7 +162,7 @@ def test_a_doorbell_carries_the_longest_limit_and_the_runner_holds_the_job_to_it
 
     membership, _ = member("developer")
     job = submit(membership)
-    _, options = services._run_message(job)
+    _, options = services.dispatch.run_message(job)
     longest = max(kind.time_limit_s for kind in all_kinds().values() if kind.message is None)
     assert options["soft_time_limit"] == longest and options["time_limit"] > longest
 

@@ -143,7 +143,7 @@ def test_list_filters_and_cursor_pagination(member):
 
 def test_full_queue_answers_503_with_retry_after(member, settings, monkeypatch):
     settings.JOBS_QUEUE_MAX_BACKLOG = 2
-    monkeypatch.setattr(services, "BACKLOG_CACHE_SECONDS", 0)
+    monkeypatch.setattr(services.submit, "BACKLOG_CACHE_SECONDS", 0)
     _, client = member("developer")
     submit(client)
     submit(client)
@@ -158,7 +158,7 @@ def test_full_queue_answers_503_with_retry_after(member, settings, monkeypatch):
 def test_one_organizations_flood_meets_its_own_cap_before_the_queues(member, settings, monkeypatch):
     settings.JOBS_ORGANIZATION_MAX_BACKLOG = 2
     settings.JOBS_QUEUE_MAX_BACKLOG = 10
-    monkeypatch.setattr(services, "BACKLOG_CACHE_SECONDS", 0)
+    monkeypatch.setattr(services.submit, "BACKLOG_CACHE_SECONDS", 0)
     _, flooder = member("developer")
     _, bystander = member("developer")
     submit(flooder)

@@ -1,0 +1,95 @@
+"""The jobs app's business rules, one module per concern.
+
+- lifecycle:     every state transition of a job and the invariants they keep (read it first)
+- submit:        validation, admission and idempotency in front of the first transition
+- dispatch:      every broker message about jobs (doorbells, run messages, revokes)
+- housekeeping:  the reaper and the ring (recovery by state)
+- actions:       cancel, retry, requeue and queue pause, as people ask for them
+- fanout:        parents and their children
+- hosts:         the worker host registry
+- sandbox_runs:  outcomes reported by hosts without database access
+- artifacts:     files jobs produce and inputs users upload
+
+Callers use the names below (`from apps.jobs import services; services.job_submit(...)`).
+"""
+
+from apps.jobs.services.actions import job_cancel, job_requeue, job_retry, queue_set_paused
+from apps.jobs.services.artifacts import artifact_upload, job_artifact_add, job_output_dir
+from apps.jobs.services.dispatch import (
+    DOORBELL_TASK,
+    PAUSABLE_QUEUES,
+    PULLED_QUEUES,
+    RUN_JOB_TASK,
+    doorbell_time_limit_s,
+    is_pulled,
+    job_dispatch,
+    jobs_publish_group,
+)
+from apps.jobs.services.fanout import job_children_changed, job_children_submit
+from apps.jobs.services.hosts import (
+    worker_host_heartbeat,
+    worker_host_register,
+    worker_host_report,
+    worker_host_stopped,
+)
+from apps.jobs.services.housekeeping import REAPER_LOCK_ID, RING_LOCK_ID, jobs_reap, jobs_ring
+from apps.jobs.services.lifecycle import (
+    job_await_children,
+    job_claim,
+    job_claim_next,
+    job_finish,
+    job_heartbeat,
+    job_progress,
+    job_retry_later,
+    job_snooze,
+    retry_backoff_s,
+)
+from apps.jobs.services.sandbox_runs import (
+    RemoteOutputIncomplete,
+    remote_run_finished,
+    remote_run_output,
+    remote_run_started,
+)
+from apps.jobs.services.submit import job_submit
+
+__all__ = [
+    "DOORBELL_TASK",
+    "PAUSABLE_QUEUES",
+    "PULLED_QUEUES",
+    "REAPER_LOCK_ID",
+    "RING_LOCK_ID",
+    "RUN_JOB_TASK",
+    "RemoteOutputIncomplete",
+    "artifact_upload",
+    "doorbell_time_limit_s",
+    "is_pulled",
+    "job_artifact_add",
+    "job_await_children",
+    "job_cancel",
+    "job_children_changed",
+    "job_children_submit",
+    "job_claim",
+    "job_claim_next",
+    "job_dispatch",
+    "job_finish",
+    "job_heartbeat",
+    "job_output_dir",
+    "job_progress",
+    "job_requeue",
+    "job_retry",
+    "job_retry_later",
+    "job_snooze",
+    "job_submit",
+    "jobs_publish_group",
+    "jobs_reap",
+    "jobs_ring",
+    "queue_set_paused",
+    "remote_run_finished",
+    "remote_run_output",
+    "remote_run_started",
+    "retry_backoff_s",
+    "worker_host_heartbeat",
+    "worker_host_register",
+    "worker_host_report",
+    "worker_host_stopped",
+]

@@ -1,0 +1,177 @@
+"""Every broker message about jobs: run messages and doorbells, revokes, parent notifications.
+
+PostgreSQL holds the backlog and decides what runs next; a message only says "look". Pulled
+kinds get a doorbell for their queue (the worker claims the best eligible job); pushed kinds
+(sandbox: its host has no database) get the job in the message. Losing a message is harmless.
+"""
+
+import logging
+import uuid
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.jobs.kinds import get_kind
+from apps.jobs.models import (
+    Job,
+    JobStatus,
+)
+from project import queues
+
+logger = logging.getLogger(__name__)
+
+
+RUN_JOB_TASK = "workers.run_job"
+
+
+# A doorbell: "queue Q may have work". The worker that takes it claims the best eligible job
+# of Q (job_claim_next); the message names no job, so losing or duplicating one is harmless.
+DOORBELL_TASK = "workers.claim_next"
+
+
+# The queues whose jobs workers claim from PostgreSQL: rung, and pausable.
+PULLED_QUEUES = PAUSABLE_QUEUES = (queues.CPU, queues.GPU)
+
+
+def _broker_priority(priority: int) -> int:
+    """Job priority 9 is the most urgent; Redis (kombu) serves the lowest number first."""
+    if settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        return queues.MAX_PRIORITY - priority
+    return priority
+
+
+def job_dispatch(*, job_id: uuid.UUID, countdown: float | None = None) -> None:
+    """Publish a queued job's run message again (retry, reaper, requeue)."""
+    job = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).first()
+    if job is None:
+        return
+    job.task_id = str(uuid.uuid4())
+    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), task_id=job.task_id)
+    publish_run(job=job, countdown=countdown)
+
+
+def is_pulled(kind_name: str) -> bool:
+    """Whether workers claim this kind's jobs from PostgreSQL (doorbells), rather than receive them.
+
+    Kinds whose host has no database (sandbox) get the job itself in the message instead.
+    """
+    kind = get_kind(kind_name)
+    return kind is None or kind.message is None
+
+
+def run_message(job: Job, *, countdown: float | None = None) -> tuple[str, dict]:
+    """The message that gets a job run (task name, publish options): a doorbell for its queue, or the job itself."""
+    kind = get_kind(job.kind)
+    if kind and kind.message:
+        task_name, args = kind.message(job)
+        soft_limit, hard_limit = kind.soft_time_limit_s, kind.time_limit_s
+    else:
+        # A doorbell may claim any kind of its queue: Celery's limits for it are the
+        # longest any pulled kind may take, and the runner holds the claimed job to its own
+        # kind's limits (apps.jobs.runner.time_limits).
+        task_name, args = DOORBELL_TASK, [job.queue]
+        soft_limit = hard_limit = doorbell_time_limit_s()
+    return task_name, {
+        "args": args,
+        "task_id": job.task_id,
+        "queue": queues.direct_queue(job.queue),
+        # Doorbells are all alike (the claim orders by priority); the broker priority only
+        # gets a doorbell rung for urgent work read sooner.
+        "priority": _broker_priority(job.priority),
+        "countdown": countdown,
+        "soft_time_limit": soft_limit,
+        "time_limit": hard_limit + DOORBELL_HARD_LIMIT_MARGIN_S if hard_limit else None,
+    }
+
+
+# Celery's own hard limit on a doorbell comes this long after the longest kind's hard limit,
+# so the runner's per-kind limits always act first.
+DOORBELL_HARD_LIMIT_MARGIN_S = 30
+
+
+def doorbell_time_limit_s() -> int:
+    from apps.jobs.kinds import all_kinds
+
+    return max((kind.time_limit_s for kind in all_kinds().values() if kind.message is None), default=3600)
+
+
+def publish_run(*, job: Job, countdown: float | None = None) -> bool:
+    """Send the run message: the one place that talks to the broker for a job."""
+    from project.celery import app
+
+    task_name, options = run_message(job, countdown=countdown)
+    try:
+        app.send_task(task_name, **options)
+    except Exception:
+        # The job is safe in PostgreSQL; the reaper publishes it again once the broker is back.
+        logger.exception("job.dispatch_failed", extra={"job_id": str(job.id), "queue": job.queue})
+        return False
+    return True
+
+
+def jobs_publish_group(jobs: list[Job]) -> bool:
+    """Publish several jobs' run messages as one Celery group (a fan-out's children)."""
+    from celery import group
+
+    from project.celery import app
+
+    if not jobs:
+        return True
+    signatures = []
+    for job in jobs:
+        task_name, options = run_message(job)
+        signatures.append(app.signature(task_name, immutable=True, **options))
+    try:
+        group(signatures).apply_async()
+    except Exception:
+        logger.exception("job.group_dispatch_failed", extra={"jobs": len(jobs)})
+        return False
+    return True
+
+
+def revoke_run(job: Job) -> None:
+    """Revoke the job's task everywhere; a worker running it kills the process (and its sandbox)."""
+    from project.celery import app
+
+    if job.task_id:
+        transaction.on_commit(
+            # SIGTERM: the sandbox task's handler kills its run (see workers/sandbox/app.py).
+            partial(app.control.revoke, job.task_id, terminate=True, signal="SIGTERM")
+        )
+
+
+def ring_doorbells(queue: str, doorbells: int) -> int:
+    from project.celery import app
+
+    limit = doorbell_time_limit_s()
+    try:
+        with app.producer_or_acquire() as producer:
+            for _ in range(doorbells):
+                app.send_task(
+                    DOORBELL_TASK,
+                    args=[queue],
+                    queue=queues.direct_queue(queue),
+                    producer=producer,
+                    soft_time_limit=limit,
+                    time_limit=limit + DOORBELL_HARD_LIMIT_MARGIN_S,
+                )
+    except Exception:
+        logger.exception("jobs.ring_failed", extra={"queue": queue})
+        return 0
+    return doorbells
+
+
+def notify_parent(parent_id) -> None:
+    transaction.on_commit(partial(send_children_changed, str(parent_id)))
+
+
+def send_children_changed(parent_id: str) -> None:
+    from project.celery import app
+
+    try:
+        app.send_task("jobs.children_changed", args=[parent_id], queue=queues.direct_queue(queues.CONTROL))
+    except Exception:
+        # The reaper looks at every waiting parent anyway.
+        logger.exception("job.children_changed_not_sent", extra={"job_id": parent_id})

@@ -1,0 +1,132 @@
+"""The control path's periodic work: the reaper (expired leases, lost pushed messages, waiting
+parents) and the ring (a doorbell per eligible job that has none waiting)."""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from apps.jobs.models import (
+    ACTIVE_STATUSES,
+    Job,
+    JobStatus,
+    QueueState,
+)
+from apps.jobs.services.dispatch import PULLED_QUEUES, is_pulled, job_dispatch, ring_doorbells, send_children_changed
+from apps.jobs.services.lifecycle import reap_expired_leases
+
+logger = logging.getLogger(__name__)
+
+
+REAPER_LOCK_ID = 0x5377_6A6F  # pg_try_advisory_lock key: one reaper at a time, however many beats run
+
+
+RING_LOCK_ID = 0x5377_6A70  # one ringer at a time
+
+
+def jobs_reap(*, limit: int = 1000) -> dict:
+    """Recover work the broker or a worker lost. Runs under an advisory lock: one reaper at a time."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [REAPER_LOCK_ID])
+        (locked,) = cursor.fetchone()
+    if not locked:
+        return {"skipped": True}
+    try:
+        expired = reap_expired_leases(limit=limit)
+        redispatched = _redispatch_stale_queued(limit=limit)
+        rung = sum(jobs_ring().values())
+        waiting_parents = _waiting_parents(limit=limit)
+        for parent_id in waiting_parents:
+            send_children_changed(str(parent_id))
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [REAPER_LOCK_ID])
+    if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched:
+        logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched})
+    return {**expired, "redispatched": redispatched, "rung": rung, "waiting_parents": len(waiting_parents)}
+
+
+def _redispatch_stale_queued(*, limit: int) -> int:
+    """Publish again the pushed jobs (their message carries the job) queued too long without a claim."""
+    from apps.jobs.kinds import all_kinds
+
+    pushed = [name for name in all_kinds() if not is_pulled(name)]
+    horizon = timezone.now() - timedelta(seconds=settings.JOBS_REDISPATCH_AFTER_SECONDS)
+    stale = (
+        Job.objects.filter(status=JobStatus.QUEUED, kind__in=pushed)
+        .filter(Q(dispatched_at__lt=horizon) | Q(dispatched_at__isnull=True, queued_at__lt=horizon))
+        .order_by("-priority", "created_at")
+        .values_list("id", flat=True)[:limit]
+    )
+    count = 0
+    for job_id in stale:
+        job_dispatch(job_id=job_id)
+        count += 1
+    return count
+
+
+def jobs_ring(*, limit: int | None = None) -> dict[str, int]:
+    """Ring each pulled queue once per eligible job that has no doorbell waiting for it.
+
+    Recovery by state, not elapsed time: after a flushed or restarted broker, a lost publish
+    or a delayed job coming due, the next ring (every JOBS_RING_INTERVAL_SECONDS) restores one
+    doorbell per eligible job; under a long backlog it publishes nothing, since the doorbells
+    already waiting cover it. Returns the doorbells published per queue.
+    """
+    from apps.operations.selectors import broker_queue_depths
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [RING_LOCK_ID])
+        (locked,) = cursor.fetchone()
+    if not locked:
+        return {}
+    try:
+        limit = limit or settings.JOBS_RING_MAX_PER_QUEUE
+        eligible = _eligible_counts(limit=limit)
+        if not eligible:
+            return {}
+        waiting = broker_queue_depths()
+        if waiting is None:
+            return {}  # the broker is down: nothing can be rung now, the next ring retries
+        published = {}
+        for queue, count in eligible.items():
+            missing = count - waiting.get(queue, 0)
+            if missing > 0:
+                published[queue] = ring_doorbells(queue, missing)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [RING_LOCK_ID])
+    if published:
+        logger.info("jobs.rung", extra={"doorbells": published})
+    return published
+
+
+def _eligible_counts(*, limit: int) -> dict[str, int]:
+    """Eligible queued jobs of the pulled kinds per queue (each count capped at `limit`)."""
+    from apps.jobs.kinds import all_kinds
+
+    pulled = [name for name in all_kinds() if is_pulled(name)]
+    paused = set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
+    counts = {}
+    for queue in PULLED_QUEUES:
+        if queue in paused:
+            continue
+        eligible = Job.objects.filter(queue=queue, status=JobStatus.QUEUED, kind__in=pulled).filter(
+            Q(run_after__isnull=True) | Q(run_after__lte=Now())
+        )
+        count = eligible.values("pk")[:limit].count()
+        if count:
+            counts[queue] = count
+    return counts
+
+
+def _waiting_parents(*, limit: int) -> list:
+    return list(
+        Job.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__isnull=True, children__isnull=False)
+        .values_list("id", flat=True)
+        .distinct()[:limit]
+    )
