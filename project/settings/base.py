@@ -254,6 +254,11 @@ JOBS_REAPER_INTERVAL_SECONDS = env.float("JOBS_REAPER_INTERVAL_SECONDS", default
 # eligible job that has no doorbell waiting in the broker, at most JOBS_RING_MAX_PER_QUEUE.
 JOBS_RING_INTERVAL_SECONDS = env.float("JOBS_RING_INTERVAL_SECONDS", default=2.0)
 JOBS_RING_MAX_PER_QUEUE = env.int("JOBS_RING_MAX_PER_QUEUE", default=1000)
+# A doorbell is a turn: its worker runs eligible jobs back to back for up to this long, then
+# rings again if work is left. With this many doorbells already waiting for a queue, a new
+# job gets none of its own (apps/jobs/services/dispatch.py): the waiting turns will reach it.
+JOBS_DOORBELL_TURN_SECONDS = env.float("JOBS_DOORBELL_TURN_SECONDS", default=1.0)
+JOBS_DOORBELLS_AHEAD = env.int("JOBS_DOORBELLS_AHEAD", default=16)
 # Fair share: an organization's recent cost on a queue (wall seconds of its attempts) halves
 # every this many seconds; the claim prefers whoever is furthest below their weighted share.
 JOBS_FAIR_SHARE_HALF_LIFE_SECONDS = env.float("JOBS_FAIR_SHARE_HALF_LIFE_SECONDS", default=300.0)

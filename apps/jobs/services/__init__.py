@@ -24,6 +24,7 @@ from apps.jobs.services.dispatch import (
     is_pulled,
     job_dispatch,
     jobs_publish_group,
+    ring_doorbells,
 )
 from apps.jobs.services.fanout import job_children_changed, job_children_submit
 from apps.jobs.services.hosts import (
@@ -88,6 +89,7 @@ __all__ = [
     "remote_run_output",
     "remote_run_started",
     "retry_backoff_s",
+    "ring_doorbells",
     "worker_host_heartbeat",
     "worker_host_register",
     "worker_host_report",

@@ -6,6 +6,8 @@ kinds get a doorbell for their queue (the worker claims the best eligible job); 
 """
 
 import logging
+import math
+import time
 import uuid
 from functools import partial
 
@@ -92,23 +94,70 @@ DOORBELL_HARD_LIMIT_MARGIN_S = 30
 
 
 def doorbell_time_limit_s() -> int:
+    """The longest any pulled kind may run, plus one doorbell turn (a job may start that late in a turn)."""
     from apps.jobs.kinds import all_kinds
 
-    return max((kind.time_limit_s for kind in all_kinds().values() if kind.message is None), default=3600)
+    longest = max((kind.time_limit_s for kind in all_kinds().values() if kind.message is None), default=3600)
+    return longest + math.ceil(settings.JOBS_DOORBELL_TURN_SECONDS)
 
 
 def publish_run(*, job: Job, countdown: float | None = None) -> bool:
-    """Send the run message: the one place that talks to the broker for a job."""
+    """Send the run message (the one place that talks to the broker for a job), unless doorbells enough wait."""
     from project.celery import app
 
     task_name, options = run_message(job, countdown=countdown)
+    coalesced = task_name == DOORBELL_TASK and countdown is None
+    if coalesced and _doorbells_waiting(job.queue) >= settings.JOBS_DOORBELLS_AHEAD:
+        return True
     try:
         app.send_task(task_name, **options)
     except Exception:
-        # The job is safe in PostgreSQL; the reaper publishes it again once the broker is back.
+        # The job is safe in PostgreSQL; the ring publishes a doorbell for it once the broker is back.
         logger.exception("job.dispatch_failed", extra={"job_id": str(job.id), "queue": job.queue})
         return False
+    if coalesced:
+        _doorbells_published(job.queue, 1)
     return True
+
+
+# Doorbells waiting in the broker per queue, as this process last counted them: (when, count).
+_doorbells_seen: dict[str, tuple[float, int]] = {}
+DOORBELL_COUNT_TTL_S = 0.25
+
+
+def _doorbells_waiting(queue: str) -> int:
+    """Ready doorbells of `queue` (a broker read at most every DOORBELL_COUNT_TTL_S, plus our publishes since).
+
+    A doorbell is a turn that runs eligible jobs back to back until none is left (one that
+    runs out of time rings again, apps.jobs.runner.run_next), so JOBS_DOORBELLS_AHEAD waiting
+    doorbells serve any backlog: a doorbell per job beyond them would cost a publish at
+    submit and a task that finds nothing. Counting too low only publishes more; the broker
+    down reads as none waiting, and the publish that follows fails as it would have.
+    """
+    seen = _doorbells_seen.get(queue)
+    now = time.monotonic()
+    if seen is None or now - seen[0] > DOORBELL_COUNT_TTL_S:
+        seen = (now, _broker_ready_count(queue))
+        _doorbells_seen[queue] = seen
+    return seen[1]
+
+
+def _doorbells_published(queue: str, count: int) -> None:
+    seen = _doorbells_seen.get(queue)
+    if seen is not None:
+        _doorbells_seen[queue] = (seen[0], seen[1] + count)
+
+
+def _broker_ready_count(queue: str) -> int:
+    from project.celery import app
+
+    declaration = next(q for q in queues.TASK_QUEUES if q.name == queue)
+    try:
+        with app.producer_or_acquire() as producer:
+            return declaration(producer.channel).queue_declare().message_count
+    except Exception:
+        logger.warning("jobs.doorbell_count_failed", extra={"queue": queue}, exc_info=True)
+        return 0
 
 
 def jobs_publish_group(jobs: list[Job]) -> bool:
@@ -143,6 +192,7 @@ def revoke_run(job: Job) -> None:
 
 
 def ring_doorbells(queue: str, doorbells: int) -> int:
+    """Publish `doorbells` doorbells for `queue`; how many were sent (0 when the broker refused)."""
     from project.celery import app
 
     limit = doorbell_time_limit_s()
@@ -160,6 +210,7 @@ def ring_doorbells(queue: str, doorbells: int) -> int:
     except Exception:
         logger.exception("jobs.ring_failed", extra={"queue": queue})
         return 0
+    _doorbells_published(queue, doorbells)
     return doorbells
 
 

@@ -207,7 +207,8 @@ WITH RECURSIVE active AS (
                 WHERE k.organization_id = job.organization_id AND k.concurrency_key = job.concurrency_key
                   AND k.running >= job.concurrency_limit
            )
-         ORDER BY job.priority DESC, job.created_at, job.id
+         -- The order of job_queued_by_organization: the head is the first eligible index entry.
+         ORDER BY job.priority DESC, job.created_at
          LIMIT 1
      ) AS head
      WHERE organizations.organization_id IS NOT NULL
