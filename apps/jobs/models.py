@@ -251,6 +251,21 @@ class QueueState(models.Model):
         return f"{self.name} ({'paused' if self.paused else 'running'})"
 
 
+class LeaderLease(models.Model):
+    """Who runs a one-at-a-time housekeeping task (reaper, ring) now: taken only once expired.
+
+    A row, not a session-level advisory lock: behind a transaction-mode connection pooler a
+    session lock can be left on a pooled connection (or released by someone else's session).
+    """
+
+    name = models.CharField(max_length=50, primary_key=True)
+    holder = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} (held by {self.holder} until {self.expires_at:%H:%M:%S})"
+
+
 class WorkerHost(models.Model):
     """A running Celery worker: what it consumes and can do, and when it was last heard from."""
 

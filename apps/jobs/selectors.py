@@ -108,6 +108,17 @@ def job_wait_reason(job: Job) -> dict | None:
     }
 
 
+def queue_get(*, name: str) -> dict:
+    """One queue of queue_list, or NotFound."""
+    found = next((queue for queue in queue_list() if queue["name"] == name), None)
+    if found is None:
+        from project import queues
+
+        choices = ", ".join(name for name in queues.QUEUE_NAMES if name != queues.CONTROL)
+        raise NotFound(f"No queue named '{name[:64]}'; the queues are {choices}.")
+    return found
+
+
 def queue_list() -> list[dict]:
     """Every job queue with its switch and how much waits in it (platform-wide, no job details)."""
     from apps.jobs.models import JobStatus, QueueState

@@ -258,7 +258,8 @@ JOBS_RING_MAX_PER_QUEUE = env.int("JOBS_RING_MAX_PER_QUEUE", default=1000)
 # rings again if work is left. With this many doorbells already waiting for a queue, a new
 # job gets none of its own (apps/jobs/services/dispatch.py): the waiting turns will reach it.
 JOBS_DOORBELL_TURN_SECONDS = env.float("JOBS_DOORBELL_TURN_SECONDS", default=1.0)
-JOBS_DOORBELLS_AHEAD = env.int("JOBS_DOORBELLS_AHEAD", default=16)
+# Keep it at least the number of worker processes that consume a queue, so every one gets a turn.
+JOBS_DOORBELLS_AHEAD = env.int("JOBS_DOORBELLS_AHEAD", default=64)
 # Fair share: an organization's recent cost on a queue (wall seconds of its attempts) halves
 # every this many seconds; the claim prefers whoever is furthest below their weighted share.
 JOBS_FAIR_SHARE_HALF_LIFE_SECONDS = env.float("JOBS_FAIR_SHARE_HALF_LIFE_SECONDS", default=300.0)

@@ -123,3 +123,71 @@ def test_queues_are_paused_and_resumed_from_the_admin(client, operator):
     client.post("/admin/jobs/queuestate/", {"action": "resume_queues", "_selected_action": ["cpu"]})
     assert not QueueState.objects.get(name="cpu").paused
     assert AuditEvent.objects.filter(action="queue.paused", actor=operator).exists()
+
+
+def test_operators_pause_and_resume_queues_through_rest(member, operator):
+    from rest_framework.test import APIClient
+
+    membership, member_client = member("owner")
+    job = submit(membership)
+    client = APIClient()
+    client.force_login(operator)
+
+    paused = client.patch("/api/v1/queues/cpu/", {"paused": True, "reason": "driver upgrade"}, format="json")
+    assert paused.status_code == 200
+    assert paused.json() == {"name": "cpu", "paused": True, "reason": "driver upgrade", "queued": 1}
+    assert services.job_claim_next(queue="cpu", worker="cpu@test") is None
+    assert member_client.get("/api/v1/queues/cpu/").json()["paused"] is True
+    assert reason(member_client, job)["code"] == "queue_paused"
+
+    resumed = client.patch("/api/v1/queues/cpu/", {"paused": False}, format="json")
+    assert resumed.status_code == 200 and resumed.json()["paused"] is False
+    assert services.job_claim_next(queue="cpu", worker="cpu@test").pk == job.pk
+    actions = list(AuditEvent.objects.filter(organization=None).values_list("action", flat=True))
+    assert "queue.paused" in actions and "queue.resumed" in actions
+
+
+def test_pausing_through_rest_is_refused_clearly(member, operator):
+    from rest_framework.test import APIClient
+
+    _, owner_client = member("owner")
+    refused = owner_client.patch("/api/v1/queues/cpu/", {"paused": True}, format="json")
+    assert refused.status_code == 403 and refused.json()["code"] == "permission_denied"
+    assert "platform operators" in refused.json()["detail"]
+
+    client = APIClient()
+    client.force_login(operator)
+    sandbox = client.patch("/api/v1/queues/sandbox/", {"paused": True}, format="json")
+    assert sandbox.status_code == 400 and "queue" in sandbox.json()["fields"]
+    unknown = client.patch("/api/v1/queues/nope/", {"paused": True}, format="json")
+    assert unknown.status_code == 404 and "cpu" in unknown.json()["detail"]
+    loose = client.patch("/api/v1/queues/cpu/", {"paused": "yes"}, format="json")
+    assert loose.status_code == 400 and "paused" in loose.json()["fields"]
+    from apps.jobs.models import QueueState
+
+    assert not QueueState.objects.filter(paused=True).exists()
+
+
+def test_behind_counts_only_the_jobs_the_claim_would_take_first(member, live_cpu_host):
+    """Jobs held by their organization's limit are not ahead; other organizations at the same priority share."""
+    from apps.accounts.services import organization_quota_set
+
+    mine, client = member("developer")
+    limited, _ = member("developer")
+    peer, _ = member("developer")
+    organization_quota_set(organization=limited.organization, actor=None, running_jobs={"cpu": 1})
+    running = submit(limited, priority=9)
+    services.job_claim_next(queue="cpu", worker="cpu@live")  # takes it: `limited` is at its limit now
+    assert Job.objects.get(pk=running.pk).status == "running"
+    held = [submit(limited, priority=9) for _ in range(3)]  # higher priority, but held by the limit
+    submit(mine, priority=5)
+    job = submit(mine, priority=5)
+    submit(peer, priority=5)
+    submit(peer, priority=7)
+
+    why = reason(client, job)
+    assert why["code"] == "behind"
+    assert why["ahead"] == 2  # peer's priority-7 job, and my own earlier job; not `held`
+    assert why["sharing"] == 1  # peer has work at my priority: fair share decides between us
+    assert "fair share" in why["message"]
+    assert all(Job.objects.get(pk=h.pk).status == "queued" for h in held)

@@ -5,6 +5,7 @@ from apps.jobs.api import views
 urlpatterns = [
     path("quota", views.QuotaApi.as_view(), name="quota"),
     path("queues/", views.QueueListApi.as_view(), name="queues"),
+    path("queues/<str:name>/", views.QueueDetailApi.as_view(), name="queue-detail"),
     path("jobs/", views.JobListCreateApi.as_view(), name="jobs"),
     path("jobs/kinds/", views.JobKindsApi.as_view(), name="job-kinds"),
     path("jobs/<uuid:job_id>/", views.JobDetailApi.as_view(), name="job-detail"),

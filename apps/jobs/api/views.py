@@ -171,6 +171,40 @@ class QueueListApi(APIView):
         return Response(QueueOutputSerializer(selectors.queue_list(), many=True).data)
 
 
+class QueueDetailApi(APIView):
+    """One queue; platform operators (superusers) pause and resume it."""
+
+    required_scopes = {"GET": "jobs:read", "PATCH": "jobs:write"}
+
+    class InputSerializer(serializers.Serializer):
+        paused = serializers.BooleanField(help_text="true: no job of the queue is claimed until false again.")
+        reason = serializers.CharField(
+            max_length=200, required=False, allow_blank=True, default="", help_text="Shown to users whose jobs wait."
+        )
+
+        class Meta:
+            ref_name = "QueuePatchInput"
+
+    @extend_schema(responses=QueueOutputSerializer, operation_id="queues_detail")
+    def get(self, request, name):
+        request_membership(request)
+        return Response(QueueOutputSerializer(selectors.queue_get(name=name)).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses=QueueOutputSerializer,
+        operation_id="queues_update",
+        description="Pause or resume the queue (platform operators only; audited). Claims stop or restart at "
+        "once; queued jobs wait and are not lost. Only `cpu` and `gpu` can be paused.",
+    )
+    def patch(self, request, name):
+        selectors.queue_get(name=name)  # 404 before 403 for a queue that does not exist
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.queue_set_paused(queue=name, actor=request.user, **data.validated_data)
+        return Response(QueueOutputSerializer(selectors.queue_get(name=name)).data)
+
+
 class JobCancelApi(APIView):
     required_scopes = {"POST": "jobs:write"}
 

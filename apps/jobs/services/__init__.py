@@ -33,7 +33,7 @@ from apps.jobs.services.hosts import (
     worker_host_report,
     worker_host_stopped,
 )
-from apps.jobs.services.housekeeping import REAPER_LOCK_ID, RING_LOCK_ID, jobs_reap, jobs_ring
+from apps.jobs.services.housekeeping import jobs_reap, jobs_ring, leader_turn
 from apps.jobs.services.lifecycle import (
     job_await_children,
     job_claim,
@@ -57,8 +57,6 @@ __all__ = [
     "DOORBELL_TASK",
     "PAUSABLE_QUEUES",
     "PULLED_QUEUES",
-    "REAPER_LOCK_ID",
-    "RING_LOCK_ID",
     "RUN_JOB_TASK",
     "RemoteOutputIncomplete",
     "artifact_upload",
@@ -84,6 +82,7 @@ __all__ = [
     "jobs_publish_group",
     "jobs_reap",
     "jobs_ring",
+    "leader_turn",
     "queue_set_paused",
     "remote_run_finished",
     "remote_run_output",

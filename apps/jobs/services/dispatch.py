@@ -107,7 +107,7 @@ def publish_run(*, job: Job, countdown: float | None = None) -> bool:
 
     task_name, options = run_message(job, countdown=countdown)
     coalesced = task_name == DOORBELL_TASK and countdown is None
-    if coalesced and _doorbells_waiting(job.queue) >= settings.JOBS_DOORBELLS_AHEAD:
+    if coalesced and _doorbells_enough(job.queue):
         return True
     try:
         app.send_task(task_name, **options)
@@ -125,21 +125,23 @@ _doorbells_seen: dict[str, tuple[float, int]] = {}
 DOORBELL_COUNT_TTL_S = 0.25
 
 
-def _doorbells_waiting(queue: str) -> int:
-    """Ready doorbells of `queue` (a broker read at most every DOORBELL_COUNT_TTL_S, plus our publishes since).
+def _doorbells_enough(queue: str) -> bool:
+    """Whether JOBS_DOORBELLS_AHEAD doorbells of `queue` wait in the broker now, so a new job needs none.
 
     A doorbell is a turn that runs eligible jobs back to back until none is left (one that
-    runs out of time rings again, apps.jobs.runner.run_next), so JOBS_DOORBELLS_AHEAD waiting
-    doorbells serve any backlog: a doorbell per job beyond them would cost a publish at
-    submit and a task that finds nothing. Counting too low only publishes more; the broker
-    down reads as none waiting, and the publish that follows fails as it would have.
+    runs out of time rings again, apps.jobs.runner.run_next), so the doorbells waiting
+    reach every job behind them; one per job beyond them would cost a publish at submit and
+    a task that finds nothing. "Enough" is only ever decided on a fresh count from the
+    broker; a count up to DOORBELL_COUNT_TTL_S old (plus this process's publishes since) is
+    only trusted to say "too few", which at worst publishes one doorbell more.
     """
     seen = _doorbells_seen.get(queue)
-    now = time.monotonic()
-    if seen is None or now - seen[0] > DOORBELL_COUNT_TTL_S:
-        seen = (now, _broker_ready_count(queue))
-        _doorbells_seen[queue] = seen
-    return seen[1]
+    recent = seen is not None and time.monotonic() - seen[0] < DOORBELL_COUNT_TTL_S
+    if recent and seen[1] < settings.JOBS_DOORBELLS_AHEAD:
+        return False
+    count = _broker_ready_count(queue)
+    _doorbells_seen[queue] = (time.monotonic(), count)
+    return count >= settings.JOBS_DOORBELLS_AHEAD
 
 
 def _doorbells_published(queue: str, count: int) -> None:
@@ -156,6 +158,7 @@ def _broker_ready_count(queue: str) -> int:
         with app.producer_or_acquire() as producer:
             return declaration(producer.channel).queue_declare().message_count
     except Exception:
+        # Read as none waiting: the publish that follows fails or succeeds as it would have.
         logger.warning("jobs.doorbell_count_failed", extra={"queue": queue}, exc_info=True)
         return 0
 

@@ -1,7 +1,13 @@
 """The control path's periodic work: the reaper (expired leases, lost pushed messages, waiting
-parents) and the ring (a doorbell per eligible job that has none waiting)."""
+parents) and the ring (doorbells where eligible work has too few waiting).
+
+Each runs one at a time however many beats run, under a LeaderLease row.
+"""
 
 import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,29 +28,55 @@ from apps.jobs.services.lifecycle import reap_expired_leases
 logger = logging.getLogger(__name__)
 
 
-REAPER_LOCK_ID = 0x5377_6A6F  # pg_try_advisory_lock key: one reaper at a time, however many beats run
+REAPER_LEASE, RING_LEASE = "reaper", "ring"
+# Longer than a run takes; a holder that died mid-run delays the next run by at most this.
+REAPER_LEASE_SECONDS, RING_LEASE_SECONDS = 120.0, 30.0
+
+_TAKE_LEASE_SQL = """
+INSERT INTO jobs_leaderlease AS lease (name, holder, expires_at)
+VALUES (%s, %s, now() + make_interval(secs => %s))
+    ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+ WHERE lease.expires_at < now()
+RETURNING holder
+"""
 
 
-RING_LOCK_ID = 0x5377_6A70  # one ringer at a time
+@contextmanager
+def leader_turn(name: str, *, seconds: float) -> Iterator[bool]:
+    """Take the lease `name` if nobody holds it (True), for at most `seconds`; give it back after.
+
+    Single statements in autocommit, judged by the database clock: safe behind a
+    transaction-mode pooler and across hosts whose clocks disagree.
+    """
+    holder = uuid.uuid4().hex
+    with connection.cursor() as cursor:
+        cursor.execute(_TAKE_LEASE_SQL, [name, holder, seconds])
+        taken = cursor.fetchone() is not None
+    try:
+        yield taken
+    finally:
+        if taken:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "UPDATE jobs_leaderlease SET expires_at = now() WHERE name = %s AND holder = %s", [name, holder]
+                    )
+            except Exception:
+                # The lease expires by itself; the next run waits for that at most.
+                logger.warning("jobs.lease_not_released", extra={"lease": name}, exc_info=True)
 
 
 def jobs_reap(*, limit: int = 1000) -> dict:
-    """Recover work the broker or a worker lost. Runs under an advisory lock: one reaper at a time."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [REAPER_LOCK_ID])
-        (locked,) = cursor.fetchone()
-    if not locked:
-        return {"skipped": True}
-    try:
+    """Recover work the broker or a worker lost; one reaper at a time (a LeaderLease)."""
+    with leader_turn(REAPER_LEASE, seconds=REAPER_LEASE_SECONDS) as mine:
+        if not mine:
+            return {"skipped": True}
         expired = reap_expired_leases(limit=limit)
         redispatched = _redispatch_stale_queued(limit=limit)
         rung = sum(jobs_ring().values())
         waiting_parents = _waiting_parents(limit=limit)
         for parent_id in waiting_parents:
             send_children_changed(str(parent_id))
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [REAPER_LOCK_ID])
     if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched:
         logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched})
     return {**expired, "redispatched": redispatched, "rung": rung, "waiting_parents": len(waiting_parents)}
@@ -70,22 +102,20 @@ def _redispatch_stale_queued(*, limit: int) -> int:
 
 
 def jobs_ring(*, limit: int | None = None) -> dict[str, int]:
-    """Ring each pulled queue once per eligible job that has no doorbell waiting for it.
+    """Ring each pulled queue up to min(eligible jobs, JOBS_DOORBELLS_AHEAD) waiting doorbells.
 
     Recovery by state, not elapsed time: after a flushed or restarted broker, a lost publish
-    or a delayed job coming due, the next ring (every JOBS_RING_INTERVAL_SECONDS) restores one
-    doorbell per eligible job; under a long backlog it publishes nothing, since the doorbells
-    already waiting cover it. Returns the doorbells published per queue.
+    or a delayed job coming due, the next ring (every JOBS_RING_INTERVAL_SECONDS) restores the
+    doorbells; each is a turn that runs eligible jobs back to back (apps.jobs.runner.run_next),
+    so under a long backlog the ring adds nothing while enough wait. One ringer at a time (a
+    LeaderLease). Returns the doorbells published per queue.
     """
     from apps.operations.selectors import broker_queue_depths
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [RING_LOCK_ID])
-        (locked,) = cursor.fetchone()
-    if not locked:
-        return {}
-    try:
-        limit = limit or settings.JOBS_RING_MAX_PER_QUEUE
+    with leader_turn(RING_LEASE, seconds=RING_LEASE_SECONDS) as mine:
+        if not mine:
+            return {}
+        limit = min(limit or settings.JOBS_RING_MAX_PER_QUEUE, settings.JOBS_DOORBELLS_AHEAD)
         eligible = _eligible_counts(limit=limit)
         if not eligible:
             return {}
@@ -97,9 +127,6 @@ def jobs_ring(*, limit: int | None = None) -> dict[str, int]:
             missing = count - waiting.get(queue, 0)
             if missing > 0:
                 published[queue] = ring_doorbells(queue, missing)
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [RING_LOCK_ID])
     if published:
         logger.info("jobs.rung", extra={"doorbells": published})
     return published
