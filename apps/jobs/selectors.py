@@ -1,7 +1,7 @@
 """Reads for jobs, always scoped to the caller's organization."""
 
 from django.db import connection
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, QuerySet
 
 from apps.accounts.models import Membership
 from apps.core.errors import NotFound
@@ -56,8 +56,6 @@ def job_wait_reason(job: Job) -> dict | None:
     {"code", "message"} with code one of: run_after, queue_paused, attempts_exhausted,
     organization_limit, key_limit, no_live_host, behind; None for a job that is not queued.
     """
-    from django.db.models import Q
-    from django.db.models.functions import Now
 
     from apps.jobs.models import ACTIVE_STATUSES, JobStatus, QueueState
     from apps.jobs.quotas import organization_quota
@@ -95,17 +93,53 @@ def job_wait_reason(job: Job) -> dict | None:
             }
     if not any(host.is_alive and job.queue in host.queues for host in WorkerHost.objects.filter(stopped_at=None)):
         return {"code": "no_live_host", "message": f"No live worker consumes queue '{job.queue}'."}
-    ahead = (
-        Job.objects.filter(queue=job.queue, status=JobStatus.QUEUED, attempt__lt=F("max_attempts"))
-        .filter(Q(run_after__isnull=True) | Q(run_after__lte=Now()))
-        .filter(Q(priority__gt=job.priority) | Q(priority=job.priority, created_at__lt=job.created_at))
-        .count()
+    ahead, sharing = _jobs_claimed_first(job)
+    message = f"Behind {ahead} eligible job(s) of '{job.queue}' that the claim takes first (higher priority, "
+    message += "or your organization's own jobs queued earlier)."
+    if sharing:
+        message += f" {sharing} other organization(s) have work at the same priority: fair share takes turns."
+    return {"code": "behind", "message": message, "ahead": ahead, "sharing": sharing}
+
+
+def _jobs_claimed_first(job: Job) -> tuple[int, int]:
+    """(eligible jobs the claim takes before `job`, other organizations with eligible work at its priority).
+
+    Eligible as the claim has it (apps.jobs.services.lifecycle): due, an attempt left, the
+    organization under its limit, the concurrency key under its own. Other organizations at
+    the same priority are not counted ahead: fair share orders them by recent cost.
+    """
+    from django.conf import settings
+
+    from apps.jobs.services.lifecycle import KEY_HELD_SQL, LIMITS_CTES
+
+    sql = (
+        "WITH"  # noqa: S608 - constant SQL fragments only, values are parameters
+        + LIMITS_CTES
+        + """
+SELECT count(*) FILTER (
+           WHERE job.priority > %(priority)s
+              OR (job.organization_id = %(organization)s AND (job.created_at, job.id) < (%(created)s, %(id)s))),
+       count(DISTINCT job.organization_id) FILTER (
+           WHERE job.priority = %(priority)s AND job.organization_id <> %(organization)s)
+  FROM jobs_job AS job
+ WHERE job.queue = %(queue)s AND job.status = 'queued' AND job.id <> %(id)s AND job.priority >= %(priority)s
+   AND job.attempt < job.max_attempts AND (job.run_after IS NULL OR job.run_after <= now())
+   AND job.organization_id NOT IN (SELECT organization_id FROM organization_full)
+   AND NOT """
+        + KEY_HELD_SQL
     )
-    return {
-        "code": "behind",
-        "message": f"Behind {ahead} eligible job(s) of '{job.queue}' with higher priority or queued earlier.",
-        "ahead": ahead,
+    params = {
+        "queue": job.queue,
+        "default_running": settings.ORGANIZATION_QUOTA_DEFAULTS.get("running_jobs", {}).get(job.queue),
+        "priority": job.priority,
+        "organization": job.organization_id,
+        "created": job.created_at,
+        "id": job.pk,
     }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ahead, sharing = cursor.fetchone()
+    return ahead, sharing
 
 
 def queue_get(*, name: str) -> dict:

@@ -79,8 +79,10 @@ def test_every_wait_rule_is_reported_as_the_reason(member, live_cpu_host):
     first, second = submit(membership, priority=9), submit(membership, priority=1)
     assert reason(client, first) == {
         "code": "behind",
-        "message": "Behind 0 eligible job(s) of 'cpu' with higher priority or queued earlier.",
+        "message": "Behind 0 eligible job(s) of 'cpu' that the claim takes first (higher priority, "
+        "or your organization's own jobs queued earlier).",
         "ahead": 0,
+        "sharing": 0,
     }
     assert reason(client, second)["ahead"] == 1  # `first` outranks it; `later` and `exhausted` are not eligible
 

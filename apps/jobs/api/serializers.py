@@ -66,6 +66,11 @@ class JobWaitReasonSerializer(serializers.Serializer):
     )
     message = serializers.CharField()
     ahead = serializers.IntegerField(required=False, help_text="eligible jobs claimed before this one ('behind')")
+    sharing = serializers.IntegerField(
+        required=False,
+        help_text="other organizations with eligible work at the same priority, served in turn by fair share "
+        "('behind')",
+    )
 
     class Meta:
         ref_name = "JobWaitReason"

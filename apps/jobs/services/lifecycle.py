@@ -166,8 +166,12 @@ SELECT count(*), max(parent_id::text) FROM finished
 # jobs, so claims of one queue take turns (job_claim_next holds a transaction-level advisory
 # lock per queue while it counts); SKIP LOCKED still keeps other work from waiting on a row.
 # apps.jobs.selectors.job_wait_reason explains a queued job by the same rules.
-_CLAIM_NEXT_SQL = """
-WITH RECURSIVE active AS (
+
+# The limits, as CTEs both the claim and the wait reason (apps.jobs.selectors) use: `active`
+# (running attempts), `organization_full` (organizations at their running limit on the queue)
+# and `key_running` (running jobs per concurrency key). Parameters: queue, default_running.
+LIMITS_CTES = """
+active AS (
     SELECT organization_id, queue, concurrency_key, started_at FROM jobs_job
      WHERE status IN ('running', 'cancelling')
 ), organization_full AS (
@@ -180,7 +184,18 @@ WITH RECURSIVE active AS (
     SELECT organization_id, concurrency_key, count(*) AS running FROM active
      WHERE concurrency_key IS NOT NULL
      GROUP BY organization_id, concurrency_key
-), running_cost AS (
+)"""
+# A queued job held by its concurrency key's limit (`job` is the jobs_job row).
+KEY_HELD_SQL = """EXISTS (
+    SELECT 1 FROM key_running AS k
+     WHERE k.organization_id = job.organization_id AND k.concurrency_key = job.concurrency_key
+       AND k.running >= job.concurrency_limit
+)"""
+
+_CLAIM_NEXT_SQL = (
+    "WITH RECURSIVE"  # noqa: S608 - constant SQL fragments only, values are parameters
+    + LIMITS_CTES
+    + """, running_cost AS (
     SELECT organization_id, sum(GREATEST(EXTRACT(EPOCH FROM now() - started_at)::float8, 0)) AS cost_s FROM active
      WHERE queue = %(queue)s AND started_at IS NOT NULL
      GROUP BY organization_id
@@ -202,11 +217,9 @@ WITH RECURSIVE active AS (
          WHERE job.queue = %(queue)s AND job.status = 'queued' AND job.organization_id = organizations.organization_id
            AND job.attempt < job.max_attempts
            AND (job.run_after IS NULL OR job.run_after <= now())
-           AND NOT EXISTS (
-               SELECT 1 FROM key_running AS k
-                WHERE k.organization_id = job.organization_id AND k.concurrency_key = job.concurrency_key
-                  AND k.running >= job.concurrency_limit
-           )
+           AND NOT """
+    + KEY_HELD_SQL
+    + """
          -- The order of job_queued_by_organization: the head is the first eligible index entry.
          ORDER BY job.priority DESC, job.created_at
          LIMIT 1
@@ -248,6 +261,7 @@ WITH RECURSIVE active AS (
 )
 SELECT * FROM claimed
 """
+)
 
 
 # pg_advisory_xact_lock(CLAIM_LOCK_CLASS, crc32(queue)): one claim of a queue counts at a time.
