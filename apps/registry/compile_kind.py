@@ -97,12 +97,9 @@ def _pick_queue(params: dict) -> str:
     # Only float16 needs a GPU to be judged fairly (its latency and kernels are the GPU's).
     if params["target"] != GPU_FP16:
         return queues.CPU
-    from apps.jobs.selectors import live_worker_hosts
+    from apps.jobs.routing import gpu_if_available
 
-    gpu_hosts = [
-        h for h in live_worker_hosts(queue=queues.GPU) if "CUDAExecutionProvider" in h.capabilities.get("providers", [])
-    ]
-    return queues.GPU if gpu_hosts else queues.CPU
+    return gpu_if_available()
 
 
 def _execute(context) -> dict:

@@ -130,16 +130,13 @@ def _check_inputs_artifact(membership, version, artifact_id) -> None:
 
 
 def _pick_queue(params: dict) -> str:
-    from apps.jobs.selectors import live_worker_hosts
+    from apps.jobs.routing import gpu_if_available
     from apps.registry.models import DevicePreference, ModelVersion
 
     preference = ModelVersion.objects.values_list("device_preference", flat=True).get(pk=params["model_version_id"])
     if preference == DevicePreference.CPU:
         return queues.CPU
-    gpu_hosts = [
-        h for h in live_worker_hosts(queue=queues.GPU) if "CUDAExecutionProvider" in h.capabilities.get("providers", [])
-    ]
-    return queues.GPU if gpu_hosts else queues.CPU
+    return gpu_if_available()
 
 
 def _execute(context) -> dict:

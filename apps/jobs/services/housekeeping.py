@@ -23,7 +23,8 @@ from apps.jobs.models import (
     QueueState,
 )
 from apps.jobs.services.dispatch import PULLED_QUEUES, is_pulled, job_dispatch, ring_doorbells, send_children_changed
-from apps.jobs.services.lifecycle import reap_expired_leases
+from apps.jobs.services.lifecycle import move_queue, reap_expired_leases
+from project import queues
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +73,38 @@ def jobs_reap(*, limit: int = 1000) -> dict:
         if not mine:
             return {"skipped": True}
         expired = reap_expired_leases(limit=limit)
+        moved = _move_jobs_stranded_on_gpu(limit=limit)
         redispatched = _redispatch_stale_queued(limit=limit)
         rung = sum(jobs_ring().values())
         waiting_parents = _waiting_parents(limit=limit)
         for parent_id in waiting_parents:
             send_children_changed(str(parent_id))
-    if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched:
-        logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched})
-    return {**expired, "redispatched": redispatched, "rung": rung, "waiting_parents": len(waiting_parents)}
+    if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched or moved:
+        logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched, "moved_to_cpu": moved})
+    return {
+        **expired,
+        "moved_to_cpu": moved,
+        "redispatched": redispatched,
+        "rung": rung,
+        "waiting_parents": len(waiting_parents),
+    }
+
+
+def _move_jobs_stranded_on_gpu(*, limit: int) -> int:
+    """With no live gpu host left, queued gpu jobs go to cpu where their kind's own routing allows it."""
+    from apps.jobs.kinds import get_kind
+    from apps.jobs.routing import gpu_available
+
+    stranded = Job.objects.filter(queue=queues.GPU, status=JobStatus.QUEUED).only("id", "kind", "params", "queue")
+    if not stranded.exists() or gpu_available():
+        return 0
+    moved = 0
+    for job in stranded.order_by("-priority", "created_at")[:limit]:
+        kind = get_kind(job.kind)
+        to_queue = kind.pick_queue(job.params) if kind else queues.GPU
+        if to_queue != queues.GPU and move_queue(job, to_queue=to_queue, why="no live gpu host is left"):
+            moved += 1
+    return moved
 
 
 def _redispatch_stale_queued(*, limit: int) -> int:

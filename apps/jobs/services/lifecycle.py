@@ -11,6 +11,7 @@ States and who moves a job between them (each arrow is one function here):
     cancelling -> cancelled                           job_finish   (fan-out parents, sandbox outcomes)
     running    -> queued | failed  job_retry_later   after a transient error: backoff, or attempts exhausted
     running    -> queued       job_snooze            the job asked to wait; no attempt is used
+    queued     -> queued       move_queue            the reaper, when the queue a job waits on has no host left
     queued     -> cancelled    cancel                a member, an operator, or a cancelled parent
     running    -> cancelling   cancel                the worker stops at its next check (or cancelled at
                                                      once for kinds whose run is terminated)
@@ -471,6 +472,21 @@ def _requeue_later(locked: Job, *, seconds: float, worker: str, message: str, **
     )
     record_event(locked, from_status=locked.status, to_status=JobStatus.QUEUED, worker=worker, message=message)
     transaction.on_commit(partial(job_dispatch, job_id=locked.id, countdown=seconds))
+
+
+def move_queue(job: Job, *, to_queue: str, why: str) -> bool:
+    """A queued job waits on `to_queue` from now on (only while it is still queued on its old queue)."""
+    with transaction.atomic():
+        moved = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED, queue=job.queue).update(queue=to_queue)
+        if moved:
+            record_event(
+                job,
+                from_status=JobStatus.QUEUED,
+                to_status=JobStatus.QUEUED,
+                worker="reaper",
+                message=f"moved from {job.queue} to {to_queue}: {why}",
+            )
+    return bool(moved)
 
 
 def job_snooze(*, job_id: uuid.UUID, attempt: int, seconds: float, worker: str = "") -> str:
