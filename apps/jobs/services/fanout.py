@@ -13,6 +13,7 @@ import uuid
 from functools import partial
 
 from django.db import transaction
+from django.db.models import Count, Q
 
 from apps.accounts.models import Membership
 from apps.core.errors import DomainError, PermissionDenied
@@ -84,14 +85,17 @@ def job_children_changed(*, parent_id: uuid.UUID | str, worker: str = "control")
         )
         if parent is None:
             return "not_waiting"  # still fanning out (it holds a lease), or already finished
-        children = list(parent.children.order_by("created_at", "id"))
-        ended = sum(1 for child in children if child.status in TERMINAL_STATUSES)
-        if ended < len(children) or not children:
+        # One indexed COUNT per notification; the children themselves are loaded once, for the
+        # aggregate (loading them on every notification made a sweep O(n^2) in Python objects).
+        counts = parent.children.aggregate(total=Count("id"), ended=Count("id", filter=Q(status__in=TERMINAL_STATUSES)))
+        total, ended = counts["total"], counts["ended"]
+        if ended < total or not total:
             Job.objects.filter(pk=parent.pk).update(
-                progress=ended / len(children) if children else 0.0,
-                progress_message=f"{ended}/{len(children)} children ended",
+                progress=ended / total if total else 0.0,
+                progress_message=f"{ended}/{total} children ended",
             )
             return "waiting"
+        children = list(parent.children.order_by("created_at", "id"))
         finish = {"job_id": parent.id, "attempt": parent.attempt, "worker": worker}
         if parent.status == JobStatus.CANCELLING:
             job_finish(**finish, status=JobStatus.CANCELLED)
