@@ -30,6 +30,13 @@ _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]", "*"}
 # Seconds a process gets to stop after SIGTERM before its process group is killed. Celery's
 # warm shutdown finishes running tasks within it or leaves them to the lease (docs/jobs.md).
 STOP_WAIT_SECONDS = 15
+# SIGTERM, unless a process stops cleanly only on another signal. celery beat's SIGTERM handler
+# closes its schedule file and raises SystemExit wherever beat is, which mid-publish ends in
+# "invalid operation on closed shelf" and exit 1; on SIGINT it finishes the tick and syncs.
+STOP_SIGNALS = {"beat": "INT"}
+# All programs in one group: supervisord stops a group's programs at once, but one group after
+# another, which would make Ctrl-C take the sum of every process's shutdown instead of the longest.
+GROUP = "stack"
 
 
 def runtime_dir() -> Path:
@@ -115,7 +122,7 @@ def supervisord_config(processes: dict[str, str], *, run_dir: Path, workdir: Pat
             # left FATAL (a configuration error, e.g. a sandbox host without cgroups), with the rest running.
             "startsecs=3",
             "startretries=3",
-            "stopsignal=TERM",
+            f"stopsignal={STOP_SIGNALS.get(name, 'TERM')}",
             f"stopwaitsecs={STOP_WAIT_SECONDS}",
             # A worker's pool children and gunicorn's workers stop (and die) with their main process,
             # as they did under honcho, which signalled each process group.
@@ -126,6 +133,7 @@ def supervisord_config(processes: dict[str, str], *, run_dir: Path, workdir: Pat
             "redirect_stderr=true",
             "",
         ]
+    sections += [f"[group:{GROUP}]", f"programs={','.join(processes)}", ""]
     return "\n".join(sections)
 
 
