@@ -22,7 +22,8 @@ from apps.core.stack import GROUP, read_procfile
 from apps.core.worker_process import current_database_url
 from apps.jobs.models import WorkerHost
 
-pytestmark = [pytest.mark.slow]
+# make run starts seven processes and a fresh PostgreSQL on a small, shared machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(settings.BASE_DIR)
 SUPERVISORCTL = str(Path(sys.executable).with_name("supervisorctl"))
@@ -241,6 +242,8 @@ def test_two_cpu_workers_started_from_the_procfile_on_one_host_are_two_worker_ho
     line = read_procfile(REPO / "Procfile")["worker-cpu"]
     env = {
         **os.environ,
+        # As the Makefile does: the venv's celery first.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DATABASE_URL": current_database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CPU_CONCURRENCY": "1",
