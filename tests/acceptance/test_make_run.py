@@ -206,9 +206,7 @@ def test_make_run_restarts_a_killed_worker_while_web_answers_and_ctrl_c_stops_ev
         second = _wait_for(
             lambda: (pid := stack.pid("worker-cpu")) not in (0, first) and pid, 120, "worker-cpu restarted", stack.log
         )
-        again = stack.manage(
-            "jobs", "submit", "sleep", "--params", '{"duration_s": 0.2}', "--wait", "--timeout", "180"
-        )
+        again = stack.manage("jobs", "submit", "sleep", "--params", '{"duration_s": 0.2}', "--wait", "--timeout", "180")
         assert again.returncode == 0, again.stdout + again.stderr + stack.output()[-3000:]
     finally:
         polling.clear()
@@ -229,9 +227,7 @@ def test_make_run_restarts_a_killed_worker_while_web_answers_and_ctrl_c_stops_ev
     for name, port in stack.ports.items():
         assert not _port_open(port), f"{name} still listening on {port}"
     output = stack.output()
-    assert "stopped: beat (exit status 0)" in output or "stopped: beat (terminated by SIGINT)" in output, output[
-        -3000:
-    ]
+    assert "stopped: beat (exit status 0)" in output or "stopped: beat (terminated by SIGINT)" in output, output[-3000:]
     # Runtime files of this stack under its data dir, none in a per-user place another stack would share.
     assert (stack.data_dir / "celerybeat-schedule.dat").exists() or (stack.data_dir / "celerybeat-schedule").exists()
     assert list(stack.data_dir.glob("flower.db*"))

@@ -185,7 +185,9 @@ class Command(MemberCommand):
         self.stdout.write(SIMILARITY_HEADING)
         self.stdout.write(f"{'SIMILARITY':>10}  {'ID':>6}  {'NAME':24} KIND")
         for other in selectors.agent_similar(membership=membership, agent=agent, k=options["k"]):
-            self.stdout.write(f"{cosine_similarity(other.distance):>10.4f}  {other.pk:>6}  {other.name:24} {other.kind}")
+            self.stdout.write(
+                f"{cosine_similarity(other.distance):>10.4f}  {other.pk:>6}  {other.name:24} {other.kind}"
+            )
 
     def _embedder(self, membership, options):
         version, created = services.embedding_model_install(membership=membership, name=options["name"])

@@ -90,7 +90,10 @@ class Command(MemberCommand):
         )
         download.add_argument("job_id", help="job id (a unique prefix of at least 4 characters is enough)")
         download.add_argument(
-            "--to", metavar="DIR", type=Path, help="folder to write into (created if missing; default ./job-<id prefix>)"
+            "--to",
+            metavar="DIR",
+            type=Path,
+            help="folder to write into (created if missing; default ./job-<id prefix>)",
         )
         download.add_argument(
             "--role",
