@@ -26,7 +26,7 @@ from apps.core import devservices
 
 REPO_ROOT = devservices.REPO_ROOT
 # Addresses that mean "every interface": a browser on this machine reaches them at loopback.
-_ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]", "*"}
+_ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]", "*"}  # noqa: S104 (recognised, not bound)
 # Seconds a process gets to stop after SIGTERM before its process group is killed. Celery's
 # warm shutdown finishes running tasks within it or leaves them to the lease (docs/jobs.md).
 STOP_WAIT_SECONDS = 15
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(banner(), flush=True)
     supervisord = shutil.which("supervisord") or str(Path(sys.executable).with_name("supervisord"))
     # exec: Ctrl-C and SIGTERM reach supervisord itself, which stops every program in order.
-    os.execv(supervisord, [supervisord, "-c", str(config_path)])
+    os.execv(supervisord, [supervisord, "-c", str(config_path)])  # noqa: S606 (no shell wanted)
     return 1  # not reached
 
 

@@ -1,6 +1,7 @@
 """`make run` as a person runs it (issues 21, 22): the URLs it prints, a killed worker restarted while web
 keeps answering, Ctrl-C stopping everything, and worker node names unique per process."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -48,7 +49,7 @@ def _wait_for(condition, timeout: float, what: str, log: Path | None = None):
 
 def _http_status(url: str) -> int | str:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (http URLs built here)
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -153,10 +154,8 @@ class Stack:
             self.process.wait(30)
         if self.process is not None:
             for pid in _session_processes(self.process.pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         # The embedded services detach (pg_ctl, daemonized Redis): stop them if Ctrl-C did not.
         subprocess.run(
             [sys.executable, "-m", "apps.core.devservices", "down"], cwd=REPO, env=self.env, capture_output=True

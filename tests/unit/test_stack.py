@@ -26,7 +26,7 @@ def test_urls_follow_web_bind_and_flower_address_and_port(monkeypatch):
     _env(monkeypatch, WEB_BIND="127.0.0.1:18000", FLOWER_ADDRESS="10.0.0.5", FLOWER_PORT="15555")
     assert stack.web_url() == "http://127.0.0.1:18000" and stack.flower_url() == "http://10.0.0.5:15555"
     # Every interface: a browser on this machine uses loopback.
-    _env(monkeypatch, WEB_BIND="0.0.0.0:9000", FLOWER_ADDRESS="0.0.0.0")
+    _env(monkeypatch, WEB_BIND="0.0.0.0:9000", FLOWER_ADDRESS="0.0.0.0")  # noqa: S104
     assert stack.web_url() == "http://127.0.0.1:9000" and stack.flower_url() == "http://127.0.0.1:5555"
     assert (
         stack.web_url("[::1]:8080") == "http://[::1]:8080" and stack.web_url("unix:/run/w.sock") == "unix:/run/w.sock"

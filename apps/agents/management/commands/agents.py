@@ -13,7 +13,6 @@ from apps.agents.models import AgentKind, MemoryKind
 from apps.jobs.cli import EXIT_CODES, print_outcome, wait_for_job
 from workers.memory_file import FORMATS
 
-
 # The selectors order by pgvector's cosine distance (1 - cosine similarity, 0..2). People read
 # a similarity better: 1 is the same direction, 0 unrelated, -1 opposite.
 SIMILARITY_HEADING = "cosine similarity: 1.0 same direction, 0 unrelated, higher is closer"
