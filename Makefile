@@ -28,16 +28,15 @@ $(STAMP): requirements/core.txt requirements/base.txt requirements/dev.txt
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	@touch $@
 
+# The Procfile under supervisord (apps/core/stack.py): a process that dies is restarted, Ctrl-C
+# stops them all, then devservices stops the embedded PostgreSQL and Redis it started.
 run: install
 	@$(SERVICES) exec -- sh -c '\
 		$(PY) manage.py preflight && \
 		$(PY) manage.py migrate --noinput && \
 		$(PY) manage.py collectstatic --noinput --verbosity 0 && \
 		$(PY) manage.py seed_demo && \
-		echo "web:    http://127.0.0.1:8000  (admin at /admin/, API at /api/v1/, docs at /api/docs/)" && \
-		echo "flower: http://127.0.0.1:5555  (same login)" && \
-		echo "Ctrl-C stops everything." && \
-		exec honcho start -f Procfile'
+		exec $(PY) -m apps.core.stack'
 
 test: install
 	@$(SERVICES) exec -- sh -c '$(PY) manage.py preflight && $(PY) -m pytest $(PYTEST_ARGS)'

@@ -18,7 +18,8 @@ if not basic_auth and not os.environ.get("FLOWER_AUTH"):
 
 # Task history survives a restart: saved to this file every minute and at shutdown.
 persistent = True
-db = os.environ.get("FLOWER_DB", ".data/flower.db")
+# Under the stack's data dir (as apps.core.devservices), so two stacks on one machine keep their own.
+db = os.environ.get("FLOWER_DB") or os.path.join(os.environ.get("SWITCHYARD_DATA_DIR") or ".data", "flower.db")
 state_save_interval = 60_000  # milliseconds
 # Bounded memory: Flower keeps this many tasks (the Job rows in PostgreSQL keep everything).
 max_tasks = int(os.environ.get("FLOWER_MAX_TASKS", "10000"))

@@ -1,5 +1,6 @@
 """How management commands act as a user (`--as`), in an organization (`--org`) or as platform staff."""
 
+import argparse
 import os
 
 from django.core.management.base import BaseCommand, CommandError
@@ -10,7 +11,24 @@ from apps.core.errors import DomainError
 USAGE_ERROR = 2
 
 
+def add_verbosity_argument(parser) -> None:
+    """`-v` after the action too (`jobs submit ... -v 2`), not only before it where Django puts it.
+
+    SUPPRESS: given here it overrides Django's value, absent it leaves that value alone. manage.py
+    reads the same option to pick the log level (0 errors, 1 warnings, 2 info, 3 debug).
+    """
+    parser.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        choices=[0, 1, 2, 3],
+        default=argparse.SUPPRESS,
+        help="0 errors only, 1 warnings (default), 2 info logs, 3 debug logs; logs go to stderr",
+    )
+
+
 def add_actor_arguments(parser) -> None:
+    add_verbosity_argument(parser)
     parser.add_argument(
         "--as",
         dest="as_user",
@@ -26,6 +44,7 @@ def add_actor_arguments(parser) -> None:
 
 def add_user_argument(parser) -> None:
     """`--as` alone: for commands that act for a user, who may belong to no organization yet."""
+    add_verbosity_argument(parser)
     parser.add_argument(
         "--as",
         dest="as_user",
@@ -77,8 +96,13 @@ def resolve_membership(options) -> Membership:
 
 
 def usage_error(exc: DomainError) -> CommandError:
-    """A refused request as the command's exit 2, with each field's reason on its own line."""
-    fields = "".join(f"\n  {name}: {'; '.join(map(str, errors))}" for name, errors in exc.fields.items())
+    """A refused request as the command's exit 2: each reason once, each field's on its own line.
+
+    The message already names one field ("params.duration_s: must be ..."): that field is not
+    listed again, only the others (the rest of a multi-field validation error).
+    """
+    others = {name: errors for name, errors in exc.fields.items() if not exc.message.startswith(f"{name}:")}
+    fields = "".join(f"\n  {name}: {'; '.join(map(str, errors))}" for name, errors in others.items())
     return CommandError(f"{exc.message}{fields}", returncode=USAGE_ERROR)
 
 

@@ -1,7 +1,9 @@
-"""What commands that submit jobs share: JSON arguments, waiting with a progress bar, the exit code."""
+"""What commands that submit jobs share: JSON arguments, waiting with a progress bar, the exit code, downloads."""
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -9,11 +11,14 @@ from django.core.management.base import CommandError
 from tqdm import tqdm
 
 from apps.accounts.cli import USAGE_ERROR
-from apps.jobs.models import Job, JobStatus
+from apps.jobs import selectors
+from apps.jobs.models import Artifact, Job, JobStatus
 
-# `--wait` exits with the job's outcome; 2 is a usage error, 4 a --timeout.
+# `--wait` and `jobs wait` exit with the job's outcome; 2 is a usage error, 4 a --timeout
+# (the job goes on: waiting again picks it up).
 EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 3}
 TIMEOUT_EXIT = 4
+EXIT_CODES_HELP = "exit code: 0 succeeded, 1 failed, 3 cancelled, 4 --timeout passed first, 2 usage error"
 
 
 def load_json_argument(raw: str, option: str):
@@ -53,9 +58,49 @@ def wait_for_job(job: Job, timeout: float | None) -> Job:
             time.sleep(0.25)
 
 
+def percent(progress: float) -> str:
+    """A job's progress (0..1) as people read it."""
+    return f"{round(progress * 100)}%"
+
+
 def print_outcome(command, job: Job, *, result: bool = True) -> None:
     command.stdout.write(f"{job.status} after {job.attempt} attempt(s)")
     if result and job.result is not None:
         command.stdout.write(json.dumps(job.result, indent=2))
     if job.error:
         command.stderr.write(f"error {job.error.get('code')}: {job.error.get('message')}")
+
+
+def download_artifacts(command, job: Job, directory: Path, *, roles: tuple[str, ...]) -> list[Path]:
+    """Copy the job's artifacts of `roles` (and its result as result.json) into `directory`.
+
+    The caller found `job` through the membership's selectors (as the REST artifact endpoints
+    do), so only its organization's files are reachable. Each file streams in 1 MiB chunks to
+    a temporary name and is renamed when complete: an interrupted download leaves no
+    half-written file under the artifact's name.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for artifact in selectors.job_artifacts(job=job).filter(role__in=roles):
+        # The stored name is ours, but a name is never a path: no writing outside DIR.
+        target = directory / Path(artifact.name).name
+        _stream_to(artifact, target)
+        command.stdout.write(f"wrote {target} ({artifact.size_bytes} bytes, sha256 {artifact.sha256[:12]})")
+        written.append(target)
+    if job.result is not None:
+        target = directory / "result.json"
+        target.write_text(json.dumps(job.result, indent=2) + "\n")
+        command.stdout.write(f"wrote {target} (the job's result)")
+        written.append(target)
+    return written
+
+
+def _stream_to(artifact: Artifact, target: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as out:
+        try:
+            with artifact.file.open("rb") as source:
+                shutil.copyfileobj(source, out, 1 << 20)
+        except BaseException:
+            Path(out.name).unlink(missing_ok=True)
+            raise
+    Path(out.name).replace(target)

@@ -6,6 +6,8 @@ from pathlib import Path
 import environ
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 
+from apps.core import devservices, stack
+
 BASE_DIR = Path(__file__).resolve().parents[2]
 env = environ.Env()
 
@@ -132,8 +134,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / ".data" / "static")
-MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / ".data" / "media")
+# Under the stack's data dir (`.data/` or SWITCHYARD_DATA_DIR), like everything else it writes.
+STATIC_ROOT = env.path("STATIC_ROOT", default=devservices.DATA_DIR / "static")
+MEDIA_ROOT = env.path("MEDIA_ROOT", default=devservices.DATA_DIR / "media")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
@@ -208,7 +211,9 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT",
 DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
-FLOWER_URL = env.str("FLOWER_URL", default="http://127.0.0.1:5555")
+# The admin's and root page's Flower links: where the Procfile starts Flower (FLOWER_ADDRESS,
+# FLOWER_PORT) unless FLOWER_URL says otherwise (a proxy, another host).
+FLOWER_URL = env.str("FLOWER_URL", default="") or stack.flower_url()
 
 # --- Operations (docs/operations.md) ------------------------------------------------------
 # /metrics answers a matching `Authorization: Bearer <METRICS_TOKEN>`, or a client whose

@@ -9,7 +9,14 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "project" / "flowerconfig.py"
 
 
 def load(monkeypatch, **env) -> dict:
-    for name in ("FLOWER_BASIC_AUTH", "FLOWER_AUTH", "FLOWER_DB", "FLOWER_BROKER_API", "CELERY_BROKER_URL"):
+    for name in (
+        "FLOWER_BASIC_AUTH",
+        "FLOWER_AUTH",
+        "FLOWER_DB",
+        "FLOWER_BROKER_API",
+        "CELERY_BROKER_URL",
+        "SWITCHYARD_DATA_DIR",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -13,6 +13,14 @@ from apps.agents.models import AgentKind, MemoryKind
 from apps.jobs.cli import EXIT_CODES, print_outcome, wait_for_job
 from workers.memory_file import FORMATS
 
+# The selectors order by pgvector's cosine distance (1 - cosine similarity, 0..2). People read
+# a similarity better: 1 is the same direction, 0 unrelated, -1 opposite.
+SIMILARITY_HEADING = "cosine similarity: 1.0 same direction, 0 unrelated, higher is closer"
+
+
+def cosine_similarity(distance: float) -> float:
+    return 1.0 - distance
+
 
 def _json_argument(name: str):
     def parse(raw: str):
@@ -60,7 +68,9 @@ class Command(MemberCommand):
         load.add_argument("--batch-size", type=int, default=64, help="rows per step (default 64)")
         load.add_argument("--wait", action="store_true", help="wait with a progress bar; exit with the outcome")
 
-        search = sub.add_parser("search", help="an agent's memories nearest to a text")
+        search = sub.add_parser(
+            "search", help="an agent's memories nearest to a text, by cosine similarity (higher is closer)"
+        )
         search.add_argument("agent", help="agent id or name")
         search.add_argument("query", help="text to search for")
         search.add_argument("-k", type=int, default=10, help="how many (1-100, default 10)")
@@ -69,7 +79,7 @@ class Command(MemberCommand):
         search.add_argument("--after", help="only memories created at or after this ISO date-time")
         search.add_argument("--before", help="only memories created before this ISO date-time")
 
-        similar = sub.add_parser("similar", help="agents nearest to this one")
+        similar = sub.add_parser("similar", help="agents nearest to this one, by cosine similarity (higher is closer)")
         similar.add_argument("agent", help="agent id or name")
         similar.add_argument("-k", type=int, default=10, help="how many (1-100, default 10)")
 
@@ -161,13 +171,22 @@ class Command(MemberCommand):
             min_importance=options["min_importance"],
             **bounds,
         )
+        self.stdout.write(SIMILARITY_HEADING)
+        self.stdout.write(f"{'SIMILARITY':>10}  {'KIND':12} {'IMPORTANCE':>10}  TEXT")
         for memory in results:
-            self.stdout.write(f"{memory.distance:.4f}  {memory.kind:12} {memory.importance:.2f}  {memory.text[:90]}")
+            self.stdout.write(
+                f"{cosine_similarity(memory.distance):>10.4f}  {memory.kind:12} {memory.importance:>10.2f}  "
+                f"{memory.text[:90]}"
+            )
 
     def _similar(self, membership, options):
         agent = self._agent(membership, options["agent"])
+        self.stdout.write(SIMILARITY_HEADING)
+        self.stdout.write(f"{'SIMILARITY':>10}  {'ID':>6}  {'NAME':24} KIND")
         for other in selectors.agent_similar(membership=membership, agent=agent, k=options["k"]):
-            self.stdout.write(f"{other.distance:.4f}  {other.pk:>6}  {other.name:24} {other.kind}")
+            self.stdout.write(
+                f"{cosine_similarity(other.distance):>10.4f}  {other.pk:>6}  {other.name:24} {other.kind}"
+            )
 
     def _embedder(self, membership, options):
         version, created = services.embedding_model_install(membership=membership, name=options["name"])

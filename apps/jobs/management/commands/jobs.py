@@ -1,7 +1,6 @@
-"""`manage.py jobs submit|list|show|cancel|retry`: the job contract from the command line."""
+"""`manage.py jobs submit|list|show|wait|download|cancel|retry`: the job contract from the command line."""
 
 import json
-import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -12,16 +11,27 @@ from django.utils import timezone
 from apps.accounts.cli import USAGE_ERROR, MemberCommand, add_actor_arguments
 from apps.jobs import selectors, services
 from apps.jobs.api.serializers import JobDetailOutputSerializer, JobEventOutputSerializer
-from apps.jobs.cli import EXIT_CODES, load_json_argument, print_outcome, wait_for_job
+from apps.jobs.cli import (
+    EXIT_CODES,
+    EXIT_CODES_HELP,
+    download_artifacts,
+    load_json_argument,
+    percent,
+    print_outcome,
+    wait_for_job,
+)
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import ArtifactRole, Job, JobStatus
+
+ARTIFACT_ROLES = {"output": (ArtifactRole.OUTPUT,), "input": (ArtifactRole.INPUT,), "all": tuple(ArtifactRole.values)}
 
 
 class Command(MemberCommand):
     help = (
-        "Submit, list, show, cancel and retry jobs as a user. With `submit --wait` the exit code is the job's "
-        "outcome: 0 succeeded, 1 failed, 3 cancelled; 2 means the command itself was used wrongly "
-        "(bad params, unknown job, no permission)."
+        "Submit, list, show, wait for, download, cancel and retry jobs as a user. With `submit --wait` and "
+        "`wait` the exit code is the job's outcome: 0 succeeded, 1 failed, 3 cancelled, 4 --timeout passed "
+        "first; 2 means the command itself was used wrongly (bad params, unknown job, no permission). "
+        "Logs go to stderr, warnings only unless -v 2."
     )
 
     def add_arguments(self, parser):
@@ -58,6 +68,39 @@ class Command(MemberCommand):
         show = sub.add_parser("show", help="show one job with its events")
         show.add_argument("job_id", help="job id (a unique prefix is enough)")
         show.add_argument("--json", action="store_true", help="print JSON")
+
+        wait = sub.add_parser(
+            "wait",
+            help="wait for a job with a progress bar on stderr; exit with its outcome",
+            description="Follow a job already submitted (by anyone in the organization) until it ends, with a "
+            f"progress bar on stderr fed by the job's progress, then print its outcome. {EXIT_CODES_HELP}.",
+        )
+        wait.add_argument("job_id", help="job id (a unique prefix of at least 4 characters is enough)")
+        wait.add_argument(
+            "--timeout", type=float, metavar="SECONDS", help="give up after SECONDS (exit 4; the job goes on)"
+        )
+        wait.add_argument("--no-result", action="store_true", help="do not print the job's result JSON")
+
+        download = sub.add_parser(
+            "download",
+            help="copy a job's artifacts (charts, results, outputs, sandbox output) into a folder",
+            description="Copy the files a job produced (simulation charts and results.npz, inference "
+            "outputs.npz, sandbox stdout/stderr, ...) and its result as result.json into DIR. The same "
+            "organization check as GET /api/v1/jobs/<id>/artifacts: another organization's job is 'no such job'.",
+        )
+        download.add_argument("job_id", help="job id (a unique prefix of at least 4 characters is enough)")
+        download.add_argument(
+            "--to",
+            metavar="DIR",
+            type=Path,
+            help="folder to write into (created if missing; default ./job-<id prefix>)",
+        )
+        download.add_argument(
+            "--role",
+            choices=sorted(ARTIFACT_ROLES),
+            default="output",
+            help="which artifacts: output (default: what the job produced), input (what it read) or all",
+        )
 
         for name, text in (("cancel", "cancel a job"), ("retry", "retry a failed or cancelled job")):
             action = sub.add_parser(name, help=text)
@@ -96,16 +139,20 @@ class Command(MemberCommand):
             job = wait_for_job(job, options["timeout"])
             print_outcome(self, job)
             if options["download"] and job.status == JobStatus.SUCCEEDED:
-                self._download(job, Path(options["download"]))
+                download_artifacts(self, job, Path(options["download"]), roles=ARTIFACT_ROLES["output"])
             sys.exit(EXIT_CODES.get(job.status, 1))
 
-    def _download(self, job: Job, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        for artifact in selectors.job_artifacts(job=job).filter(role=ArtifactRole.OUTPUT):
-            target = directory / Path(artifact.name).name
-            with artifact.file.open("rb") as source, target.open("wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
-            self.stdout.write(f"wrote {target} ({artifact.size_bytes} bytes, sha256 {artifact.sha256[:12]})")
+    def _wait(self, membership, options):
+        job = wait_for_job(_find(membership, options["job_id"]), options["timeout"])
+        print_outcome(self, job, result=not options["no_result"])
+        sys.exit(EXIT_CODES.get(job.status, 1))
+
+    def _download(self, membership, options):
+        job = _find(membership, options["job_id"])
+        directory = options["to"] or Path(f"job-{job.short_id}")
+        written = download_artifacts(self, job, directory, roles=ARTIFACT_ROLES[options["role"]])
+        if not written:
+            self.stderr.write(f"job {job.id} ({job.status}) has no {options['role']} artifacts and no result yet")
 
     def _list(self, membership, options):
         jobs = selectors.job_list(membership=membership)
@@ -143,7 +190,8 @@ class Command(MemberCommand):
             "finished_at",
             "duration_s",
         ):
-            self.stdout.write(f"{key:>13}: {data[key]}")
+            value = percent(data[key]) if key == "progress" else data[key]
+            self.stdout.write(f"{key:>13}: {value}")
         self.stdout.write(f"{'params':>13}: {json.dumps(data['params'])}")
         if data["result"] is not None:
             self.stdout.write(f"{'result':>13}: {json.dumps(data['result'])}")
