@@ -1,6 +1,7 @@
 """How management commands act as a user (`--as`), in an organization (`--org`) or as platform staff."""
 
 import argparse
+import contextlib
 import os
 
 from django.core.management.base import BaseCommand, CommandError
@@ -17,14 +18,16 @@ def add_verbosity_argument(parser) -> None:
     SUPPRESS: given here it overrides Django's value, absent it leaves that value alone. manage.py
     reads the same option to pick the log level (0 errors, 1 warnings, 2 info, 3 debug).
     """
-    parser.add_argument(
-        "-v",
-        "--verbosity",
-        type=int,
-        choices=[0, 1, 2, 3],
-        default=argparse.SUPPRESS,
-        help="0 errors only, 1 warnings (default), 2 info logs, 3 debug logs; logs go to stderr",
-    )
+    # A command without sub-actions has Django's own -v on this very parser already.
+    with contextlib.suppress(argparse.ArgumentError):
+        parser.add_argument(
+            "-v",
+            "--verbosity",
+            type=int,
+            choices=[0, 1, 2, 3],
+            default=argparse.SUPPRESS,
+            help="0 errors only, 1 warnings (default), 2 info logs, 3 debug logs; logs go to stderr",
+        )
 
 
 def add_actor_arguments(parser) -> None:

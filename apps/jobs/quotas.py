@@ -94,16 +94,27 @@ def quota_needs_transaction(*, quota: Quota, kind: str) -> bool:
 
 def quota_admit(*, quota: Quota, organization: Organization, kind: str, queue: str) -> None:
     """Usage quotas, checked inside the submit transaction so that racing submits cannot both pass."""
-    limit = quota.concurrent_jobs.get(kind)
-    if limit is not None:
+    quota_admit_many(quota=quota, organization=organization, counts={(kind, queue): 1})
+
+
+def quota_admit_many(*, quota: Quota, organization: Organization, counts: dict[tuple[str, str], int]) -> None:
+    """Usage quotas for `counts[(kind, queue)]` new jobs at once (a bulk submit), inside its transaction."""
+    per_kind: dict[str, int] = {}
+    for (kind, _), count in counts.items():
+        per_kind[kind] = per_kind.get(kind, 0) + count
+    for kind, adding in sorted(per_kind.items()):
+        limit = quota.concurrent_jobs.get(kind)
+        if limit is None:
+            continue
         # Serialises submits of one kind in one organization until commit; other kinds and
         # organizations are not held up.
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [organization.pk, _kind_key(kind)])
         active = Job.objects.filter(organization=organization, kind=kind, status__in=UNFINISHED_STATUSES).count()
-        if active >= limit:
+        if active + adding > limit:
+            asking = "" if adding == 1 else f"; this request adds {adding}"
             raise QuotaExceeded(
-                f"Quota concurrent_jobs.{kind}: {active} of {limit} {kind} jobs are active; "
+                f"Quota concurrent_jobs.{kind}: {active} of {limit} {kind} jobs are active{asking}; "
                 "wait for some to finish or ask for a higher quota.",
                 details={
                     "quota": f"concurrent_jobs.{kind}",
@@ -112,7 +123,7 @@ def quota_admit(*, quota: Quota, organization: Organization, kind: str, queue: s
                     "retry_after_s": QUOTA_RETRY_AFTER_S,
                 },
             )
-    if queue == queues.GPU and quota.gpu_seconds_per_day is not None:
+    if any(queue == queues.GPU for _, queue in counts) and quota.gpu_seconds_per_day is not None:
         used = gpu_seconds_today(organization)
         if used >= quota.gpu_seconds_per_day:
             raise QuotaExceeded(

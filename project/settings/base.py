@@ -262,6 +262,8 @@ JOBS_RING_MAX_PER_QUEUE = env.int("JOBS_RING_MAX_PER_QUEUE", default=1000)
 # A doorbell is a turn: its worker runs eligible jobs back to back for up to this long, then
 # rings again if work is left. With this many doorbells already waiting for a queue, a new
 # job gets none of its own (apps/jobs/services/dispatch.py): the waiting turns will reach it.
+# The most jobs one bulk submit may carry (POST /api/v1/jobs/bulk, `jobs submit --from-file`).
+JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 JOBS_DOORBELL_TURN_SECONDS = env.float("JOBS_DOORBELL_TURN_SECONDS", default=1.0)
 # Keep it at least the number of worker processes that consume a queue, so every one gets a turn.
 JOBS_DOORBELLS_AHEAD = env.int("JOBS_DOORBELLS_AHEAD", default=64)

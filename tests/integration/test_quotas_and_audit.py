@@ -1,6 +1,6 @@
 """Organization quotas at submit, member and token rules, and the audit trail."""
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.core.management import call_command
@@ -61,9 +61,11 @@ def test_gpu_seconds_per_day_counts_todays_gpu_jobs(member):
     developer, client = member("developer")
     organization_quota_set(organization=developer.organization, actor=None, gpu_seconds_per_day=600)
     earlier, _ = job_submit(membership=developer, kind="sleep", params={"queue": "gpu"})
-    now = timezone.now()
+    # 650 s from just after midnight (UTC): today's, whatever the time of day the test runs at.
+    midnight = timezone.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    started = midnight + timedelta(seconds=1)
     Job.objects.filter(pk=earlier.pk).update(
-        status=JobStatus.SUCCEEDED, started_at=now - timedelta(seconds=700), finished_at=now - timedelta(seconds=50)
+        status=JobStatus.SUCCEEDED, started_at=started, finished_at=started + timedelta(seconds=650)
     )
 
     refused = submit(client, queue="gpu")

@@ -142,3 +142,44 @@ class InputArtifactOutputSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         path = f"/api/v1/artifacts/{artifact.id}/download"
         return request.build_absolute_uri(path) if request else path
+
+
+class JobSubmitInputSerializer(serializers.Serializer):
+    """One job as POST /api/v1/jobs/ takes it (and each item of a bulk submit)."""
+
+    kind = serializers.CharField(max_length=64, help_text="One of the registered job kinds, e.g. `sleep`.")
+    params = serializers.JSONField(default=dict, help_text="Parameters for the kind; validated per kind.")
+    priority = serializers.IntegerField(min_value=0, max_value=9, default=5, help_text="9 is the most urgent.")
+    max_attempts = serializers.IntegerField(min_value=1, max_value=20, required=False)
+    run_after = serializers.DateTimeField(
+        required=False, help_text="Not started before this time (ISO 8601, at most 30 days ahead)."
+    )
+    concurrency_key = serializers.CharField(
+        max_length=100,
+        required=False,
+        help_text="Jobs of your organization with the same key run at most `concurrency_limit` at a time.",
+    )
+    concurrency_limit = serializers.IntegerField(
+        min_value=1, max_value=1000, required=False, help_text="Default 1; needs `concurrency_key`."
+    )
+
+    class Meta:
+        ref_name = "JobSubmitInput"
+
+
+def bulk_submit_requests(items: list) -> tuple[list[dict | None], dict]:
+    """Each item parsed as `POST /api/v1/jobs/` parses one: (requests, None where an item failed; problems by field).
+
+    The problems are named `jobs[i].field`; jobs_submit_bulk adds what the services find in
+    the other items and refuses the whole request once, naming all of them.
+    """
+    requests, problems = [], {}
+    for index, item in enumerate(items):
+        one = JobSubmitInputSerializer(data=item)
+        if one.is_valid():
+            requests.append(one.validated_data)
+            continue
+        requests.append(None)
+        for name, messages in one.errors.items():
+            problems[f"jobs[{index}].{name}"] = [str(message) for message in messages]
+    return requests, problems

@@ -8,6 +8,7 @@ urlpatterns = [
     path("queues/<str:name>/", views.QueueDetailApi.as_view(), name="queue-detail"),
     path("jobs/", views.JobListCreateApi.as_view(), name="jobs"),
     path("jobs/kinds/", views.JobKindsApi.as_view(), name="job-kinds"),
+    path("jobs/bulk", views.JobBulkSubmitApi.as_view(), name="jobs-bulk"),
     path("jobs/<uuid:job_id>/", views.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel", views.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/retry", views.JobRetryApi.as_view(), name="job-retry"),

@@ -22,8 +22,10 @@ from apps.jobs.api.serializers import (
     JobDetailOutputSerializer,
     JobEventOutputSerializer,
     JobOutputSerializer,
+    JobSubmitInputSerializer,
     JobSummaryOutputSerializer,
     QueueOutputSerializer,
+    bulk_submit_requests,
 )
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import Job, JobStatus
@@ -88,25 +90,7 @@ class JobListCreateApi(APIView):
 
     required_scopes = {"GET": "jobs:read", "POST": "jobs:write"}
 
-    class InputSerializer(serializers.Serializer):
-        kind = serializers.CharField(max_length=64, help_text="One of the registered job kinds, e.g. `sleep`.")
-        params = serializers.JSONField(default=dict, help_text="Parameters for the kind; validated per kind.")
-        priority = serializers.IntegerField(min_value=0, max_value=9, default=5, help_text="9 is the most urgent.")
-        max_attempts = serializers.IntegerField(min_value=1, max_value=20, required=False)
-        run_after = serializers.DateTimeField(
-            required=False, help_text="Not started before this time (ISO 8601, at most 30 days ahead)."
-        )
-        concurrency_key = serializers.CharField(
-            max_length=100,
-            required=False,
-            help_text="Jobs of your organization with the same key run at most `concurrency_limit` at a time.",
-        )
-        concurrency_limit = serializers.IntegerField(
-            min_value=1, max_value=1000, required=False, help_text="Default 1; needs `concurrency_key`."
-        )
-
-        class Meta:
-            ref_name = "JobSubmitInput"
+    InputSerializer = JobSubmitInputSerializer
 
     @extend_schema(
         parameters=[*JOB_FILTER_PARAMETERS, *PAGE_PARAMETERS],
@@ -148,6 +132,49 @@ class JobListCreateApi(APIView):
         )
         return Response(
             JobOutputSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class JobBulkSubmitApi(APIView):
+    """Submit many jobs in one request: all of them, or none."""
+
+    required_scopes = {"POST": "jobs:write"}
+
+    class InputSerializer(serializers.Serializer):
+        jobs = serializers.ListField(
+            child=serializers.JSONField(),
+            min_length=1,
+            max_length=settings.JOBS_BULK_MAX,
+            help_text=f"1 to {settings.JOBS_BULK_MAX} jobs, each as for `POST /api/v1/jobs/`.",
+        )
+
+        class Meta:
+            ref_name = "JobBulkSubmitInput"
+
+    class OutputSerializer(serializers.Serializer):
+        jobs = JobOutputSerializer(many=True)
+
+        class Meta:
+            ref_name = "JobBulkSubmitOutput"
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: OutputSerializer},
+        operation_id="jobs_submit_bulk",
+        description="Every job is validated first; one bad item refuses the whole request with each problem "
+        "named by index and field (`jobs[3].params.duration_s`). Quotas and backlog caps are checked once for "
+        "the batch, the jobs are recorded in one transaction, and their order in the response is the request's. "
+        "No Idempotency-Key.",
+    )
+    def post(self, request):
+        membership = request_membership(request)
+        envelope = self.InputSerializer(data=request.data)
+        envelope.is_valid(raise_exception=True)
+        requests, problems = bulk_submit_requests(envelope.validated_data["jobs"])
+        jobs = services.jobs_submit_bulk(membership=membership, requests=requests, problems=problems)
+        return Response(
+            self.OutputSerializer({"jobs": jobs}).data,
+            status=status.HTTP_201_CREATED,
         )
 
 

@@ -51,7 +51,7 @@ from apps.jobs.services.sandbox_runs import (
     remote_run_output,
     remote_run_started,
 )
-from apps.jobs.services.submit import job_submit
+from apps.jobs.services.submit import job_submit, jobs_submit_bulk
 
 __all__ = [
     "DOORBELL_TASK",
@@ -82,6 +82,7 @@ __all__ = [
     "jobs_publish_group",
     "jobs_reap",
     "jobs_ring",
+    "jobs_submit_bulk",
     "leader_turn",
     "queue_set_paused",
     "remote_run_finished",

@@ -120,6 +120,21 @@ def publish_run(*, job: Job, countdown: float | None = None) -> bool:
     return True
 
 
+def publish_runs(jobs: list[Job]) -> None:
+    """Publish many jobs' run messages (a bulk submit): each queue's missing doorbells, delayed and pushed ones each."""
+    doorbells: dict[str, int] = {}
+    for job in jobs:
+        if is_pulled(job.kind) and job.run_after is None:
+            doorbells[job.queue] = doorbells.get(job.queue, 0) + 1
+        else:
+            delay = (job.run_after - timezone.now()).total_seconds() if job.run_after else None
+            publish_run(job=job, countdown=delay if delay and delay > 0 else None)
+    for queue, count in doorbells.items():
+        waiting = _broker_ready_count(queue)
+        _doorbells_seen[queue] = (time.monotonic(), waiting)
+        ring_doorbells(queue, max(0, min(count, settings.JOBS_DOORBELLS_AHEAD - waiting)))
+
+
 # Doorbells waiting in the broker per queue, as this process last counted them: (when, count).
 _doorbells_seen: dict[str, tuple[float, int]] = {}
 DOORBELL_COUNT_TTL_S = 0.25

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -18,12 +19,15 @@ from apps.accounts.models import Membership
 from apps.accounts.permissions import SUBMIT_JOBS, may_submit_kind
 from apps.core.errors import DomainError, IdempotencyConflict, PermissionDenied, ServiceUnavailable
 from apps.jobs.kinds import get_kind
-from apps.jobs.models import (
-    Job,
-    JobStatus,
+from apps.jobs.models import Job, JobEvent, JobStatus
+from apps.jobs.quotas import (
+    organization_quota,
+    quota_admit,
+    quota_admit_many,
+    quota_check_params,
+    quota_needs_transaction,
 )
-from apps.jobs.quotas import organization_quota, quota_admit, quota_check_params, quota_needs_transaction
-from apps.jobs.services.dispatch import publish_run
+from apps.jobs.services.dispatch import publish_run, publish_runs
 from apps.jobs.services.lifecycle import insert_submitted
 from project import queues
 
@@ -55,6 +59,60 @@ def _validate_params(kind_name: str, params, membership: Membership) -> tuple:
     return kind, serializers.Serializer.to_representation(serializer, serializer.validated_data)
 
 
+def _prepared_job(
+    membership: Membership,
+    *,
+    kind: str,
+    params,
+    priority: int = 5,
+    max_attempts: int | None = None,
+    run_after: datetime | None = None,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
+    idempotency_key: str | None = None,
+    fingerprint: str = "",
+    parent: Job | None = None,
+) -> Job:
+    """Everything about one job that can be checked without writing (after `_check_may_submit`): a Job to insert."""
+    job_kind, clean_params = _validate_params(kind, params, membership)
+    if max_attempts is not None and not (
+        isinstance(max_attempts, int) and not isinstance(max_attempts, bool) and 1 <= max_attempts <= 20
+    ):
+        raise DomainError("max_attempts: must be an integer from 1 to 20.", fields={"max_attempts": ["Must be 1-20."]})
+    _check_schedule(run_after=run_after, concurrency_key=concurrency_key, concurrency_limit=concurrency_limit)
+    if concurrency_key is not None and concurrency_limit is None:
+        concurrency_limit = 1
+    quota_check_params(quota=organization_quota(membership.organization), kind=kind, params=clean_params)
+    # Recorded as dispatched with the insert: if the publish after it fails, the ring (or,
+    # for pushed kinds, the reaper) publishes again like for a lost message.
+    return Job(
+        organization=membership.organization,
+        owner=membership.user,
+        kind=kind,
+        params=clean_params,
+        priority=priority,
+        queue=job_kind.pick_queue(clean_params),
+        max_attempts=max_attempts or job_kind.default_max_attempts,
+        idempotency_key=idempotency_key,
+        idempotency_fingerprint=fingerprint,
+        parent=parent,
+        task_id=str(uuid.uuid4()),
+        dispatched_at=timezone.now(),
+        run_after=run_after,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
+    )
+
+
+def _check_may_submit(membership: Membership, *, kind: str, priority) -> None:
+    if not may_submit_kind(membership, kind):
+        raise PermissionDenied(
+            f"Role '{membership.role}' may not submit {kind} jobs.", details={"action": SUBMIT_JOBS, "kind": kind}
+        )
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= queues.MAX_PRIORITY:
+        raise DomainError("priority: must be an integer from 0 to 9.", fields={"priority": ["Must be 0-9."]})
+
+
 def job_submit(
     *,
     membership: Membership,
@@ -78,12 +136,7 @@ def job_submit(
     The children of a fan-out count against their parent's concurrency quota, not their
     own kind's: the parent was admitted for all of them.
     """
-    if not may_submit_kind(membership, kind):
-        raise PermissionDenied(
-            f"Role '{membership.role}' may not submit {kind} jobs.", details={"action": SUBMIT_JOBS, "kind": kind}
-        )
-    if not isinstance(priority, int) or not 0 <= priority <= queues.MAX_PRIORITY:
-        raise DomainError("priority: must be an integer from 0 to 9.", fields={"priority": ["Must be 0-9."]})
+    _check_may_submit(membership, kind=kind, priority=priority)
     fingerprint = ""
     if idempotency_key is not None:
         fingerprint = _request_fingerprint(
@@ -98,36 +151,22 @@ def job_submit(
         existing = _idempotent_job(membership, idempotency_key, fingerprint, expires=parent is None)
         if existing is not None:
             return existing, False
-    job_kind, clean_params = _validate_params(kind, params, membership)
-    if max_attempts is not None and not (isinstance(max_attempts, int) and 1 <= max_attempts <= 20):
-        raise DomainError("max_attempts: must be an integer from 1 to 20.", fields={"max_attempts": ["Must be 1-20."]})
-    _check_schedule(run_after=run_after, concurrency_key=concurrency_key, concurrency_limit=concurrency_limit)
-    if concurrency_key is not None and concurrency_limit is None:
-        concurrency_limit = 1
-    quota = organization_quota(membership.organization)
-    quota_check_params(quota=quota, kind=kind, params=clean_params)
-    queue = job_kind.pick_queue(clean_params)
-    _admit(queue, organization_id=membership.organization_id)
-
-    # Recorded as dispatched with the insert: if the publish after it fails, the reaper
-    # publishes again like for a lost message.
-    job = Job(
-        organization=membership.organization,
-        owner=membership.user,
+    job = _prepared_job(
+        membership,
         kind=kind,
-        params=clean_params,
+        params=params,
         priority=priority,
-        queue=queue,
-        max_attempts=max_attempts or job_kind.default_max_attempts,
-        idempotency_key=idempotency_key,
-        idempotency_fingerprint=fingerprint,
-        parent=parent,
-        task_id=str(uuid.uuid4()),
-        dispatched_at=timezone.now(),
+        max_attempts=max_attempts,
         run_after=run_after,
         concurrency_key=concurrency_key,
         concurrency_limit=concurrency_limit,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+        parent=parent,
     )
+    queue = job.queue
+    _admit(queue, organization_id=membership.organization_id)
+    quota = organization_quota(membership.organization)
     admit_quota = parent is None
     try:
         if (admit_quota and quota_needs_transaction(quota=quota, kind=kind)) or connection.in_atomic_block:
@@ -158,6 +197,68 @@ def job_submit(
         extra={"job_id": str(job.id), "organization_id": membership.organization_id, "kind": kind, "queue": queue},
     )
     return job, True
+
+
+def jobs_submit_bulk(*, membership: Membership, requests: list[dict | None], problems: dict | None = None) -> list[Job]:
+    """Submit up to JOBS_BULK_MAX jobs at once: all of them or none.
+
+    Every request is validated first (one refusal lists every bad item by index and field,
+    e.g. `jobs[3].params.duration_s`); then the backlog caps and quotas are checked once for
+    the whole batch and the jobs and their first events are inserted in one transaction;
+    after commit each queue gets the doorbells it lacks through one producer, not one
+    broker round trip per job. `requests` items take job_submit's arguments (no
+    idempotency key: a bulk request is not repeatable by key); None stands for an item the
+    caller could not parse, whose reasons come in `problems` (by `jobs[i].field`).
+    """
+    limit = settings.JOBS_BULK_MAX
+    if not isinstance(requests, list) or not 1 <= len(requests) <= limit:
+        raise DomainError(f"jobs: give 1 to {limit} jobs.", fields={"jobs": [f"Give 1 to {limit} jobs."]})
+    jobs, problems = [], dict(problems or {})
+    for index, request in enumerate(requests):
+        if request is None:
+            continue
+        try:
+            _check_may_submit(membership, kind=request.get("kind"), priority=request.get("priority", 5))
+            jobs.append(_prepared_job(membership, **request))
+        except PermissionDenied as exc:
+            raise PermissionDenied(f"jobs[{index}]: {exc.message}", details=exc.details) from exc
+        except DomainError as exc:
+            for name, messages in (exc.fields or {"non_field_errors": [exc.message]}).items():
+                problems[f"jobs[{index}].{name}"] = messages
+    if problems:
+        first, messages = next(iter(problems.items()))
+        raise DomainError(
+            f"{first}: {messages[0]} ({len(problems)} problem(s) in all; nothing was submitted)",
+            fields=dict(sorted(problems.items(), key=lambda item: _item_index(item[0]))),
+            details={"invalid": sorted({_item_index(name) for name in problems})},
+        )
+    per_queue = Counter(job.queue for job in jobs)
+    for queue, count in per_queue.items():
+        _admit(queue, organization_id=membership.organization_id, adding=count)
+    quota = organization_quota(membership.organization)
+    events = [
+        JobEvent(
+            job=job, from_status="", to_status=JobStatus.QUEUED, attempt=0, actor=membership.user, message="submitted"
+        )
+        for job in jobs
+    ]
+    with transaction.atomic():
+        quota_admit_many(
+            quota=quota, organization=membership.organization, counts=Counter((job.kind, job.queue) for job in jobs)
+        )
+        Job.objects.bulk_create(jobs, batch_size=500)
+        JobEvent.objects.bulk_create(events, batch_size=500)
+        transaction.on_commit(partial(publish_runs, jobs))
+    logger.info(
+        "jobs.submitted_bulk",
+        extra={"organization_id": membership.organization_id, "jobs": len(jobs), "queues": dict(per_queue)},
+    )
+    return jobs
+
+
+def _item_index(field: str) -> int:
+    """3 for "jobs[3].params.x"."""
+    return int(field[len("jobs[") : field.index("]")])
 
 
 MAX_RUN_AFTER = timedelta(days=30)
@@ -251,17 +352,17 @@ def _queued_count(queue: str, organization_id: int | None = None) -> int:
     return cached[1]
 
 
-def _admit(queue: str, *, organization_id: int) -> None:
+def _admit(queue: str, *, organization_id: int, adding: int = 1) -> None:
     """Bounded backlogs: one organization's flood meets its own cap long before the queue's, which everyone shares."""
     mine = _queued_count(queue, organization_id)
-    if mine >= settings.JOBS_ORGANIZATION_MAX_BACKLOG:
+    if mine + adding > settings.JOBS_ORGANIZATION_MAX_BACKLOG:
         raise ServiceUnavailable(
             f"Your organization has {mine} jobs queued on '{queue}' (maximum "
             f"{settings.JOBS_ORGANIZATION_MAX_BACKLOG} per organization); retry later.",
             details={"cap": "organization_backlog", "queue": queue, "queued": mine, "retry_after_s": 30},
         )
     backlog = _queued_count(queue)
-    if backlog >= settings.JOBS_QUEUE_MAX_BACKLOG:
+    if backlog + adding > settings.JOBS_QUEUE_MAX_BACKLOG:
         raise ServiceUnavailable(
             f"Queue '{queue}' holds {backlog} queued jobs (maximum {settings.JOBS_QUEUE_MAX_BACKLOG}); retry later.",
             details={"cap": "queue_backlog", "queue": queue, "queued": backlog, "retry_after_s": 30},

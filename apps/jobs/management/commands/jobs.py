@@ -2,6 +2,7 @@
 
 import json
 import sys
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from django.utils import timezone
 
 from apps.accounts.cli import USAGE_ERROR, MemberCommand, add_actor_arguments
 from apps.jobs import selectors, services
-from apps.jobs.api.serializers import JobDetailOutputSerializer, JobEventOutputSerializer
+from apps.jobs.api.serializers import JobDetailOutputSerializer, JobEventOutputSerializer, bulk_submit_requests
 from apps.jobs.cli import (
     EXIT_CODES,
     EXIT_CODES_HELP,
@@ -37,8 +38,16 @@ class Command(MemberCommand):
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-        submit = sub.add_parser("submit", help="submit a job")
-        submit.add_argument("kind", help=f"job kind: {', '.join(sorted(all_kinds())) or 'see /api/v1/jobs/kinds/'}")
+        submit = sub.add_parser("submit", help="submit a job, or many with --from-file")
+        submit.add_argument(
+            "kind", nargs="?", help=f"job kind: {', '.join(sorted(all_kinds())) or 'see /api/v1/jobs/kinds/'}"
+        )
+        submit.add_argument(
+            "--from-file",
+            metavar="PATH",
+            help="submit many jobs at once, all or none: a JSON array, or one JSON object per line, each like "
+            'the REST body ({"kind": ..., "params": {...}, "priority": ...}); at most JOBS_BULK_MAX (1000)',
+        )
         submit.add_argument("--params", default="{}", help="parameters as JSON, or @path/to/file.json")
         submit.add_argument(
             "--inputs-file",
@@ -112,6 +121,10 @@ class Command(MemberCommand):
     # -- actions --
 
     def _submit(self, membership, options):
+        if options["from_file"]:
+            return self._submit_many(membership, options)
+        if not options["kind"]:
+            raise CommandError("give a job kind, or --from-file PATH", returncode=USAGE_ERROR)
         params = load_json_argument(options["params"], "--params")
         if options["inputs_file"]:
             if not isinstance(params, dict):
@@ -141,6 +154,31 @@ class Command(MemberCommand):
             if options["download"] and job.status == JobStatus.SUCCEEDED:
                 download_artifacts(self, job, Path(options["download"]), roles=ARTIFACT_ROLES["output"])
             sys.exit(EXIT_CODES.get(job.status, 1))
+
+    def _submit_many(self, membership, options):
+        path = Path(options["from_file"])
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CommandError(f"--from-file: {exc.strerror}: {path}", returncode=USAGE_ERROR) from exc
+        stripped = text.lstrip()
+        try:
+            if stripped.startswith("["):
+                items = json.loads(text)
+            else:
+                items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--from-file: not JSON (line {exc.lineno}: {exc.msg})", returncode=USAGE_ERROR) from exc
+        if not isinstance(items, list):
+            raise CommandError("--from-file: give a JSON array or JSON lines of jobs", returncode=USAGE_ERROR)
+        requests, problems = bulk_submit_requests(items)
+        jobs = services.jobs_submit_bulk(membership=membership, requests=requests, problems=problems)
+        per_queue = Counter(job.queue for job in jobs)
+        self.stdout.write(
+            f"submitted {len(jobs)} jobs ({', '.join(f'{n} on {queue}' for queue, n in sorted(per_queue.items()))})"
+        )
+        for job in jobs:
+            self.stdout.write(f"{job.id} {job.kind}")
 
     def _wait(self, membership, options):
         job = wait_for_job(_find(membership, options["job_id"]), options["timeout"])
