@@ -8,6 +8,7 @@ from django.db.migrations.executor import MigrationExecutor
 
 BENCHMARKS = {
     "jobs": ("apps.jobs.bench", "the job path vs a raw Celery no-op task on the same broker"),
+    "bulk": ("apps.jobs.bench_bulk", "one bulk submit of N jobs vs N single submits"),
     "fairness": (
         "apps.jobs.bench_fairness",
         "a latecomer's queue wait behind another organization's flood vs first-in-first-out; shares by weight",
