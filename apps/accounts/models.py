@@ -98,6 +98,8 @@ class OrganizationQuota(models.Model):
     # Weighted fair share: under contention an organization gets throughput in proportion to
     # its weight (the claim prefers whoever is furthest below their share of recent cost).
     share_weight = models.FloatField(default=1.0)
+    # kind -> most jobs of that kind started (claimed) in any 60 s; the rest wait queued.
+    starts_per_minute = models.JSONField(default=dict, blank=True)
     # sandbox limit name (cpu_seconds, wall_seconds, memory_mb, ...) -> the most a run may ask for.
     sandbox_limits = models.JSONField(default=dict, blank=True)
     gpu_seconds_per_day = models.PositiveIntegerField(null=True, blank=True)

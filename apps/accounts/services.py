@@ -514,7 +514,14 @@ def _lock_answerable(user: User, invitation: Invitation) -> Invitation:
 # --- quotas ------------------------------------------------------------------------------
 
 
-QUOTA_FIELDS = ("concurrent_jobs", "running_jobs", "share_weight", "sandbox_limits", "gpu_seconds_per_day")
+QUOTA_FIELDS = (
+    "concurrent_jobs",
+    "running_jobs",
+    "starts_per_minute",
+    "share_weight",
+    "sandbox_limits",
+    "gpu_seconds_per_day",
+)
 
 
 def organization_quota_errors(values: dict) -> dict[str, list[str]]:
@@ -541,6 +548,15 @@ def organization_quota_errors(values: dict) -> dict[str, list[str]]:
             errors[f"running_jobs.{queue}"] = ["Not a queue whose jobs are claimed; choose cpu or gpu."]
         elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             errors[f"running_jobs.{queue}"] = ["Must be a whole number >= 1 (remove it for no limit)."]
+    starts = values.get("starts_per_minute") or {}
+    if not isinstance(starts, dict):
+        errors["starts_per_minute"] = ["Must be an object: job kind -> most jobs started in any minute."]
+        starts = {}
+    for kind, limit in starts.items():
+        if kind not in all_kinds():
+            errors[f"starts_per_minute.{kind}"] = ["Not a job kind."]
+        elif not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
+            errors[f"starts_per_minute.{kind}"] = ["Must be a whole number from 1 to 100000 (remove it for no limit)."]
     weight = values.get("share_weight", 1.0)
     if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= 1000:
         errors["share_weight"] = ["Must be a number > 0 and at most 1000 (1 is everyone's default)."]

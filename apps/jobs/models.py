@@ -101,6 +101,12 @@ class Job(models.Model):
                 condition=models.Q(status__in=["running", "cancelling"]),
                 name="job_active_by_lease",
             ),
+            # Starts per organization and kind in the last minute (OrganizationQuota.starts_per_minute).
+            models.Index(
+                fields=["organization", "kind", "started_at"],
+                condition=models.Q(started_at__isnull=False),
+                name="job_org_kind_started",
+            ),
             # The claim's walk over the organizations with queued work (fair share), one
             # index probe per organization rather than a scan of the backlog.
             models.Index(

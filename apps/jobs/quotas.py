@@ -7,7 +7,7 @@ wait for or whom to ask.
 import time as monotonic_time
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import connection, models
@@ -27,6 +27,7 @@ QUOTA_RETRY_AFTER_S = 30
 class Quota:
     concurrent_jobs: dict[str, int] = field(default_factory=dict)
     running_jobs: dict[str, int] = field(default_factory=dict)
+    starts_per_minute: dict[str, int] = field(default_factory=dict)
     sandbox_limits: dict[str, float] = field(default_factory=dict)
     gpu_seconds_per_day: int | None = None
 
@@ -60,12 +61,14 @@ def _load_quota(organization: Organization) -> Quota:
         return Quota(
             concurrent_jobs=dict(defaults["concurrent_jobs"]),
             running_jobs=dict(defaults["running_jobs"]),
+            starts_per_minute=dict(defaults.get("starts_per_minute", {})),
             sandbox_limits=dict(defaults["sandbox_limits"]),
             gpu_seconds_per_day=defaults["gpu_seconds_per_day"],
         )
     return Quota(
         concurrent_jobs={**defaults["concurrent_jobs"], **own.concurrent_jobs},
         running_jobs={**defaults["running_jobs"], **own.running_jobs},
+        starts_per_minute={**defaults.get("starts_per_minute", {}), **own.starts_per_minute},
         sandbox_limits={**defaults["sandbox_limits"], **own.sandbox_limits},
         gpu_seconds_per_day=(
             own.gpu_seconds_per_day if own.gpu_seconds_per_day is not None else defaults["gpu_seconds_per_day"]
@@ -157,6 +160,12 @@ def _seconds_until_utc_midnight() -> int:
     return max(1, int(tomorrow - now.timestamp()))
 
 
+def _started_last_minute(organization: Organization, kind: str) -> int:
+    return Job.objects.filter(
+        organization=organization, kind=kind, started_at__gt=Now() - timedelta(seconds=60)
+    ).count()
+
+
 def _share_weight(organization: Organization) -> float:
     own = OrganizationQuota.objects.filter(organization=organization).values_list("share_weight", flat=True).first()
     return own if own is not None else 1.0
@@ -187,6 +196,10 @@ def quota_usage(organization: Organization) -> dict:
         "running_jobs": {
             queue: {"limit": quota.running_jobs.get(queue), "used": running.get(queue, 0)}
             for queue in (queues.CPU, queues.GPU)
+        },
+        "starts_per_minute": {
+            kind: {"limit": limit, "used": _started_last_minute(organization, kind)}
+            for kind, limit in sorted(quota.starts_per_minute.items())
         },
         "share_weight": _share_weight(organization),
         "sandbox_limits": quota.sandbox_limits,

@@ -54,8 +54,12 @@ def job_wait_reason(job: Job) -> dict | None:
     """Why a queued job is not running yet, by the rules the claim uses (apps.jobs.services.job_claim_next).
 
     {"code", "message"} with code one of: run_after, queue_paused, attempts_exhausted,
-    organization_limit, key_limit, no_live_host, behind; None for a job that is not queued.
+    organization_limit, key_limit, rate_limited, no_live_host, behind; None for a job that is not queued.
     """
+
+    from datetime import timedelta
+
+    from django.db.models.functions import Now
 
     from apps.jobs.models import ACTIVE_STATUSES, JobStatus, QueueState
     from apps.jobs.quotas import organization_quota
@@ -90,6 +94,17 @@ def job_wait_reason(job: Job) -> dict | None:
                 "code": "key_limit",
                 "message": f"{used} of at most {job.concurrency_limit} jobs with concurrency key "
                 f"'{job.concurrency_key}' are running.",
+            }
+    per_minute = organization_quota(job.organization).starts_per_minute.get(job.kind)
+    if per_minute is not None:
+        started = Job.objects.filter(
+            organization_id=job.organization_id, kind=job.kind, started_at__gt=Now() - timedelta(seconds=60)
+        )
+        if started.count() >= per_minute:
+            return {
+                "code": "rate_limited",
+                "message": f"Your organization started {started.count()} {job.kind} jobs in the last minute, "
+                f"at most {per_minute} (quota starts_per_minute.{job.kind}).",
             }
     if not any(host.is_alive and job.queue in host.queues for host in WorkerHost.objects.filter(stopped_at=None)):
         return {"code": "no_live_host", "message": f"No live worker consumes queue '{job.queue}'."}

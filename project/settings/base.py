@@ -288,6 +288,8 @@ ORGANIZATION_QUOTA_DEFAULTS = {
     "concurrent_jobs": {"sandbox": 32, "inference": 200, "compile": 8, "simulation": 32},
     # Jobs running at once per queue (cpu, gpu), enforced by the claim; unset: no limit.
     "running_jobs": {},
+    # Jobs of a kind started (claimed) in any 60 s, enforced by the claim; unset: no limit.
+    "starts_per_minute": {},
     # Caps on what a sandbox run may ask for; unset caps are the system maxima.
     "sandbox_limits": {},
     # Wall-clock seconds of gpu-queue jobs started per UTC day; None is unlimited.

@@ -223,3 +223,37 @@ def test_bench_fairness_reports_waits_and_shares_and_cleans_up(broker):
     # Twice the weight gets clearly more (the figures for the docs come from longer runs).
     assert float(summary["share_ratio_2_1"]) > 1.2 * float(summary["share_ratio_1_1"])
     assert not Job.objects.exists()
+
+
+def _a_start_rate_holds(start_worker, member, tmp_path, *, per_minute: int, starts: int) -> None:
+    from apps.accounts.services import organization_quota_set
+
+    membership, _ = member("developer")
+    organization_quota_set(organization=membership.organization, actor=None, starts_per_minute={"sleep": per_minute})
+    jobs = [sleep_job(membership, duration_s=0.01) for _ in range(starts + per_minute)]
+    start_worker(
+        "cpu,control",
+        concurrency=2,
+        env={**FAST_CONTRACT, "JOBS_RING_INTERVAL_SECONDS": "1"},
+        extra_args=["--beat", f"--schedule={tmp_path / 'beat-schedule'}"],
+    )
+    started = Job.objects.filter(pk__in=[j.pk for j in jobs], started_at__isnull=False)
+    minutes = (starts - 1) // per_minute
+    wait_for(lambda: started.count() >= starts, 60 * minutes + 60, "the rate let too few jobs start")
+    times = sorted(started.values_list("started_at", flat=True))
+    # Any per_minute + 1 consecutive starts span a minute (less a second for claims that waited on each other).
+    for first, last in zip(times, times[per_minute:], strict=False):
+        assert last - first >= timedelta(seconds=59), f"{per_minute + 1} starts within {last - first}"
+    assert Job.objects.filter(pk__in=[j.pk for j in jobs], status="queued").exists()
+
+
+def test_a_start_rate_holds_with_real_workers(start_worker, member, tmp_path):
+    """starts_per_minute 3, enough jobs for 2 minutes: never 4 starts in 60 s, and the 4th starts once allowed."""
+    _a_start_rate_holds(start_worker, member, tmp_path, per_minute=3, starts=4)
+
+
+@pytest.mark.skipif(
+    not __import__("os").environ.get("SWITCHYARD_LONG_TESTS"), reason="3 minutes: set SWITCHYARD_LONG_TESTS=1"
+)
+def test_a_start_rate_holds_for_three_minutes(start_worker, member, tmp_path):
+    _a_start_rate_holds(start_worker, member, tmp_path, per_minute=10, starts=31)

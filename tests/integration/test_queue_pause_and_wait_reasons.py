@@ -193,3 +193,39 @@ def test_behind_counts_only_the_jobs_the_claim_would_take_first(member, live_cpu
     assert why["sharing"] == 1  # peer has work at my priority: fair share decides between us
     assert "fair share" in why["message"]
     assert all(Job.objects.get(pk=h.pk).status == "queued" for h in held)
+
+
+def test_a_start_rate_holds_jobs_queued_and_says_so(member, live_cpu_host):
+    """starts_per_minute: the claim passes over a kind that started its quota in the last 60 s (database clock)."""
+    from apps.accounts.services import organization_quota_set
+
+    limited, client = member("developer")
+    other, _ = member("developer")
+    organization_quota_set(organization=limited.organization, actor=None, starts_per_minute={"sleep": 2})
+    mine = [submit(limited, priority=9) for _ in range(3)]
+    theirs = submit(other, priority=0)
+
+    taken = [services.job_claim_next(queue="cpu", worker="cpu@live") for _ in range(3)]
+    assert [job.pk for job in taken] == [mine[0].pk, mine[1].pk, theirs.pk]  # the third of mine waits
+    assert services.job_claim_next(queue="cpu", worker="cpu@live") is None
+    why = reason(client, mine[2])
+    assert why["code"] == "rate_limited" and "started 2 sleep jobs in the last minute, at most 2" in why["message"]
+    assert client.get("/api/v1/quota").json()["starts_per_minute"] == {"sleep": {"limit": 2, "used": 2}}
+
+    # The window slides: once the starts are older than 60 s, the next one may start.
+    Job.objects.filter(pk__in=[mine[0].pk, mine[1].pk]).update(started_at=timezone.now() - timedelta(seconds=61))
+    assert services.job_claim_next(queue="cpu", worker="cpu@live").pk == mine[2].pk
+
+
+def test_the_ring_rings_for_nothing_a_limit_holds(member, queue_depth):
+    from apps.accounts.services import organization_quota_set
+
+    limited, _ = member("developer")
+    organization_quota_set(organization=limited.organization, actor=None, starts_per_minute={"sleep": 1})
+    for _ in range(3):
+        submit(limited)
+    Job.objects.filter(organization=limited.organization).update(status="queued")
+    first = Job.objects.filter(organization=limited.organization).first()
+    Job.objects.filter(pk=first.pk).update(status="succeeded", started_at=timezone.now())
+    assert services.jobs_ring() == {}  # both remaining jobs are held by the rate
+    assert queue_depth("cpu") == 0

@@ -60,6 +60,7 @@ class JobWaitReasonSerializer(serializers.Serializer):
             "attempts_exhausted",
             "organization_limit",
             "key_limit",
+            "rate_limited",
             "no_live_host",
             "behind",
         ]

@@ -13,7 +13,6 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q
-from django.db.models.functions import Now
 from django.utils import timezone
 
 from apps.jobs.models import (
@@ -23,7 +22,7 @@ from apps.jobs.models import (
     QueueState,
 )
 from apps.jobs.services.dispatch import PULLED_QUEUES, is_pulled, job_dispatch, ring_doorbells, send_children_changed
-from apps.jobs.services.lifecycle import move_queue, reap_expired_leases
+from apps.jobs.services.lifecycle import KEY_HELD_SQL, LIMITS_CTES, move_queue, reap_expired_leases
 from project import queues
 
 logger = logging.getLogger(__name__)
@@ -157,22 +156,45 @@ def jobs_ring(*, limit: int | None = None) -> dict[str, int]:
     return published
 
 
+_ELIGIBLE_SQL = (
+    "WITH"  # noqa: S608 - constant SQL fragments only, values are parameters
+    + LIMITS_CTES
+    + """
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs_job AS job
+     WHERE job.queue = %(queue)s AND job.status = 'queued' AND job.kind = ANY(%(kinds)s)
+       AND job.attempt < job.max_attempts AND (job.run_after IS NULL OR job.run_after <= now())
+       AND job.organization_id NOT IN (SELECT organization_id FROM organization_full)
+       AND NOT """
+    + KEY_HELD_SQL
+    + """
+     LIMIT %(limit)s
+) AS eligible
+"""
+)
+
+
 def _eligible_counts(*, limit: int) -> dict[str, int]:
-    """Eligible queued jobs of the pulled kinds per queue (each count capped at `limit`)."""
+    """Jobs of the pulled kinds per queue that a claim could take now, by its own limits (each capped at `limit`).
+
+    Jobs held by a limit get no doorbell: one would only find nothing, and the next ring,
+    once the limit frees, rings for them.
+    """
     from apps.jobs.kinds import all_kinds
 
     pulled = [name for name in all_kinds() if is_pulled(name)]
     paused = set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
+    default_running = settings.ORGANIZATION_QUOTA_DEFAULTS.get("running_jobs", {})
     counts = {}
-    for queue in PULLED_QUEUES:
-        if queue in paused:
-            continue
-        eligible = Job.objects.filter(queue=queue, status=JobStatus.QUEUED, kind__in=pulled).filter(
-            Q(run_after__isnull=True) | Q(run_after__lte=Now())
-        )
-        count = eligible.values("pk")[:limit].count()
-        if count:
-            counts[queue] = count
+    with connection.cursor() as cursor:
+        for queue in PULLED_QUEUES:
+            if queue in paused:
+                continue
+            params = {"queue": queue, "kinds": pulled, "limit": limit, "default_running": default_running.get(queue)}
+            cursor.execute(_ELIGIBLE_SQL, params)
+            (count,) = cursor.fetchone()
+            if count:
+                counts[queue] = count
     return counts
 
 

@@ -169,8 +169,9 @@ SELECT count(*), max(parent_id::text) FROM finished
 # apps.jobs.selectors.job_wait_reason explains a queued job by the same rules.
 
 # The limits, as CTEs both the claim and the wait reason (apps.jobs.selectors) use: `active`
-# (running attempts), `organization_full` (organizations at their running limit on the queue)
-# and `key_running` (running jobs per concurrency key). Parameters: queue, default_running.
+# (running attempts), `organization_full` (organizations at their running limit on the queue),
+# `key_running` (running jobs per concurrency key) and `kind_rate_full` (kinds at their start
+# rate, OrganizationQuota.starts_per_minute). Parameters: queue, default_running.
 LIMITS_CTES = """
 active AS (
     SELECT organization_id, queue, concurrency_key, started_at FROM jobs_job
@@ -185,13 +186,22 @@ active AS (
     SELECT organization_id, concurrency_key, count(*) AS running FROM active
      WHERE concurrency_key IS NOT NULL
      GROUP BY organization_id, concurrency_key
+), kind_rate_full AS (
+    -- (organization, kind) pairs that started their `starts_per_minute` in the last 60 s.
+    SELECT quota.organization_id, limits.kind FROM accounts_organizationquota AS quota
+     CROSS JOIN LATERAL jsonb_each_text(quota.starts_per_minute) AS limits(kind, per_minute)
+     WHERE (SELECT count(*) FROM jobs_job AS started
+             WHERE started.organization_id = quota.organization_id AND started.kind = limits.kind
+               AND started.started_at > now() - interval '60 seconds') >= limits.per_minute::int
 )"""
-# A queued job held by its concurrency key's limit (`job` is the jobs_job row).
-KEY_HELD_SQL = """EXISTS (
+# A queued job held by its concurrency key's limit or its kind's start rate (`job` is the row).
+KEY_HELD_SQL = """(EXISTS (
     SELECT 1 FROM key_running AS k
      WHERE k.organization_id = job.organization_id AND k.concurrency_key = job.concurrency_key
        AND k.running >= job.concurrency_limit
-)"""
+) OR EXISTS (
+    SELECT 1 FROM kind_rate_full AS r WHERE r.organization_id = job.organization_id AND r.kind = job.kind
+))"""
 
 _CLAIM_NEXT_SQL = (
     "WITH RECURSIVE"  # noqa: S608 - constant SQL fragments only, values are parameters

@@ -41,6 +41,13 @@ class Command(BaseCommand):
             help="most jobs running at once in a queue (cpu, gpu); the rest wait queued; N=0 removes the limit",
         )
         change.add_argument(
+            "--starts-per-minute",
+            action="append",
+            default=[],
+            metavar="KIND=N",
+            help="most jobs of a kind started in any 60 s (e.g. inference=30); the rest wait queued; N=0 removes it",
+        )
+        change.add_argument(
             "--sandbox-limit", action="append", default=[], metavar="NAME=MAX", help="cap, e.g. memory_mb=256"
         )
         change.add_argument(
@@ -60,6 +67,7 @@ class Command(BaseCommand):
                 concurrent = dict(_pair(text) for text in options["concurrent"])
                 caps = dict(_pair(text) for text in options["sandbox_limit"])
                 running = dict(_pair(text) for text in options["running"])
+                starts = dict(_pair(text) for text in options["starts_per_minute"])
             except ValueError as exc:
                 raise CommandError(str(exc), returncode=USAGE_ERROR) from exc
             values = {
@@ -68,6 +76,11 @@ class Command(BaseCommand):
                 "running_jobs": {
                     queue: limit
                     for queue, limit in {**(current.running_jobs if current else {}), **running}.items()
+                    if limit != 0
+                },
+                "starts_per_minute": {
+                    kind: limit
+                    for kind, limit in {**(current.starts_per_minute if current else {}), **starts}.items()
                     if limit != 0
                 },
             }
