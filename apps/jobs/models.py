@@ -19,6 +19,23 @@ class JobStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class FailureOrigin(models.TextChoices):
+    """Who a failed job's failure belongs to: what operations must look at, and what the user must fix."""
+
+    SYSTEM = "system", "The system (dead letter: attempts exhausted, a crash, no sandbox)"
+    USER = "user", "The job's own input or program"
+
+
+# Error codes of failures the system caused; every other code is the job's own (its input, its
+# program's verdict, its time limit).
+SYSTEM_FAILURE_CODES = frozenset({"attempts_exhausted", "internal_error", "sandbox_unavailable", "unknown_kind"})
+
+
+def failure_origin(error: dict | None) -> str:
+    code = (error or {}).get("code")
+    return FailureOrigin.SYSTEM if code in SYSTEM_FAILURE_CODES or code is None else FailureOrigin.USER
+
+
 TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 ACTIVE_STATUSES = (JobStatus.RUNNING, JobStatus.CANCELLING)
 UNFINISHED_STATUSES = (JobStatus.QUEUED, *ACTIVE_STATUSES)
@@ -68,6 +85,8 @@ class Job(models.Model):
     queued_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Set when the job ends failed: `system` jobs are the dead letters operators retry in bulk.
+    failure = models.CharField(max_length=8, choices=FailureOrigin.choices, blank=True, default="")
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -73,6 +73,16 @@ class SwitchyardCollector(Collector):
         yield finished
         yield current
 
+        failed = GaugeMetricFamily(
+            f"{PREFIX}_jobs_failed",
+            "Failed jobs by kind and whose failure it was: system (dead letters: attempts exhausted, crashes, "
+            "no sandbox) or user (the job's own input or program).",
+            labels=["kind", "failure"],
+        )
+        for kind, origin, n in sorted(selectors.job_failure_counts()):
+            failed.add_metric([kind, origin], n)
+        yield failed
+
         yield _histogram(
             f"{PREFIX}_job_duration",
             "Run time of finished jobs (started to finished), by kind.",

@@ -61,6 +61,12 @@ def jobs_for_staff(*, user: User) -> QuerySet[Job]:
 # --- counts and histograms over every job (the /metrics collector) ----------------------
 
 
+def job_failure_counts() -> list[tuple[str, str, int]]:
+    """(kind, failure origin, failed jobs): the system's failures (dead letters) apart from the jobs' own."""
+    rows = Job.objects.filter(status=JobStatus.FAILED).order_by().values("kind", "failure").annotate(n=Count("id"))
+    return [(row["kind"], row["failure"] or "system", row["n"]) for row in rows]
+
+
 def job_counts() -> list[tuple[str, str, int]]:
     """(kind, status, jobs) for every kind and status present."""
     rows = Job.objects.order_by().values("kind", "status").annotate(n=Count("id"))

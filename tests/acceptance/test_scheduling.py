@@ -1,5 +1,6 @@
 """PostgreSQL schedules, the broker rings: real workers, a real broker (both brokers with -m broker)."""
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -252,8 +253,6 @@ def test_a_start_rate_holds_with_real_workers(start_worker, member, tmp_path):
     _a_start_rate_holds(start_worker, member, tmp_path, per_minute=3, starts=4)
 
 
-@pytest.mark.skipif(
-    not __import__("os").environ.get("SWITCHYARD_LONG_TESTS"), reason="3 minutes: set SWITCHYARD_LONG_TESTS=1"
-)
+@pytest.mark.skipif(not os.environ.get("SWITCHYARD_LONG_TESTS"), reason="3 minutes: set SWITCHYARD_LONG_TESTS=1")
 def test_a_start_rate_holds_for_three_minutes(start_worker, member, tmp_path):
     _a_start_rate_holds(start_worker, member, tmp_path, per_minute=10, starts=31)

@@ -21,6 +21,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "params",
             "result",
             "error",
+            "failure",
             "progress",
             "progress_message",
             "attempt",

@@ -28,13 +28,14 @@ from apps.jobs.api.serializers import (
     bulk_submit_requests,
 )
 from apps.jobs.kinds import all_kinds
-from apps.jobs.models import Job, JobStatus
+from apps.jobs.models import FailureOrigin, Job, JobStatus
 from apps.jobs.quotas import quota_usage
 
 
 class JobFilter(django_filters.FilterSet):
     kind = django_filters.CharFilter()
     status = django_filters.MultipleChoiceFilter(choices=JobStatus.choices)
+    failure = django_filters.ChoiceFilter(choices=FailureOrigin.choices)
     queue = django_filters.CharFilter()
     owner = django_filters.CharFilter(field_name="owner__username")
     parent = django_filters.UUIDFilter(field_name="parent_id")
@@ -43,13 +44,20 @@ class JobFilter(django_filters.FilterSet):
 
     class Meta:
         model = Job
-        fields = ["kind", "status", "queue", "owner", "parent", "created_after", "created_before"]
+        fields = ["kind", "status", "failure", "queue", "owner", "parent", "created_after", "created_before"]
 
 
 JOB_FILTER_PARAMETERS = [
     OpenApiParameter("kind", str),
     OpenApiParameter("status", str, enum=JobStatus.values, many=True, explode=True, description="Repeatable."),
     OpenApiParameter("queue", str),
+    OpenApiParameter(
+        "failure",
+        str,
+        enum=FailureOrigin.values,
+        description="Failed jobs by whose failure it was: `system` (dead letters: attempts exhausted, crashes) "
+        "or `user` (the job's own input or program).",
+    ),
     OpenApiParameter("owner", str, description="A username."),
     OpenApiParameter("parent", OpenApiTypes.UUID, description="The jobs a sweep fanned out into."),
     OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="ISO 8601, inclusive."),

@@ -13,7 +13,7 @@
 Callers use the names below (`from apps.jobs import services; services.job_submit(...)`).
 """
 
-from apps.jobs.services.actions import job_cancel, job_requeue, job_retry, queue_set_paused
+from apps.jobs.services.actions import job_cancel, job_requeue, job_retry, jobs_retry_many, queue_set_paused
 from apps.jobs.services.artifacts import artifact_upload, job_artifact_add, job_output_dir
 from apps.jobs.services.dispatch import (
     DOORBELL_TASK,
@@ -81,6 +81,7 @@ __all__ = [
     "job_submit",
     "jobs_publish_group",
     "jobs_reap",
+    "jobs_retry_many",
     "jobs_ring",
     "jobs_submit_bulk",
     "leader_turn",

@@ -63,6 +63,12 @@ def job_retry(*, job: Job, actor: Actor) -> Job:
     return locked
 
 
+def jobs_retry_many(*, jobs: list[Job], actor: Actor) -> list[Job]:
+    """Retry each job (failed or cancelled), each checked and audited like a single retry; all or none."""
+    with transaction.atomic():
+        return [job_retry(job=job, actor=actor) for job in jobs]
+
+
 def job_requeue(*, job: Job, actor: Actor) -> Job:
     """Publish a queued job's message again (e.g. after the broker lost it); harmless if it was not lost."""
     _check_may_manage(job, actor)

@@ -59,9 +59,11 @@ from apps.jobs.kinds import get_kind
 from apps.jobs.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    FailureOrigin,
     Job,
     JobEvent,
     JobStatus,
+    failure_origin,
 )
 from apps.jobs.services.dispatch import job_dispatch, notify_parent, revoke_run
 
@@ -134,6 +136,7 @@ WITH previous AS (
 ), finished AS (
     UPDATE jobs_job AS job
        SET status = %(status)s::text, result = %(result)s::jsonb, error = %(error)s::jsonb, finished_at = now(),
+           failure = %(failure)s::text,
            lease_expires_at = NULL, updated_at = now(),
            progress = CASE WHEN %(status)s::text = 'succeeded' THEN 1 ELSE job.progress END,
            progress_message = CASE WHEN %(status)s::text = 'succeeded' THEN '' ELSE job.progress_message END
@@ -420,6 +423,7 @@ def job_finish(
         "result": _jsonb(result),
         "error": _jsonb(error),
         "message": error["message"] if error else "",
+        "failure": failure_origin(error) if status == JobStatus.FAILED else "",
         "half_life": settings.JOBS_FAIR_SHARE_HALF_LIFE_SECONDS,
     }
     with connection.cursor() as cursor:
@@ -574,6 +578,7 @@ def requeue_ended(locked: Job, *, actor: User | None, message: str) -> None:
     locked.queued_at = timezone.now()
     locked.finished_at = None
     locked.error = None
+    locked.failure = ""
     locked.result = None
     locked.progress = 0.0
     locked.progress_message = ""
@@ -603,7 +608,7 @@ def reap_expired_leases(*, limit: int) -> dict:
                 job.status, job.finished_at = JobStatus.CANCELLED, now
                 counts["cancelled"] += 1
             elif job.attempt >= job.max_attempts:
-                job.status, job.finished_at = JobStatus.FAILED, now
+                job.status, job.finished_at, job.failure = JobStatus.FAILED, now, FailureOrigin.SYSTEM
                 job.error = {
                     "code": "attempts_exhausted",
                     "message": f"Attempts exhausted: {lost}.",

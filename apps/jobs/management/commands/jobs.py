@@ -22,7 +22,7 @@ from apps.jobs.cli import (
     wait_for_job,
 )
 from apps.jobs.kinds import all_kinds
-from apps.jobs.models import ArtifactRole, Job, JobStatus
+from apps.jobs.models import ArtifactRole, FailureOrigin, Job, JobStatus
 
 ARTIFACT_ROLES = {"output": (ArtifactRole.OUTPUT,), "input": (ArtifactRole.INPUT,), "all": tuple(ArtifactRole.values)}
 
@@ -72,6 +72,11 @@ class Command(MemberCommand):
         listing = sub.add_parser("list", help="list recent jobs of the organization")
         listing.add_argument("--status", choices=JobStatus.values, help="only jobs in this status")
         listing.add_argument("--kind", help="only jobs of this kind")
+        listing.add_argument(
+            "--failure",
+            choices=FailureOrigin.values,
+            help="only failed jobs whose failure was the system's (dead letters) or the job's own (user)",
+        )
         listing.add_argument("--limit", type=int, default=20, help="how many (default 20)")
 
         show = sub.add_parser("show", help="show one job with its events")
@@ -111,9 +116,18 @@ class Command(MemberCommand):
             help="which artifacts: output (default: what the job produced), input (what it read) or all",
         )
 
-        for name, text in (("cancel", "cancel a job"), ("retry", "retry a failed or cancelled job")):
-            action = sub.add_parser(name, help=text)
-            action.add_argument("job_id", help="job id (a unique prefix is enough)")
+        cancel = sub.add_parser("cancel", help="cancel a job")
+        cancel.add_argument("job_id", help="job id (a unique prefix is enough)")
+        retry = sub.add_parser(
+            "retry",
+            help="retry a failed or cancelled job, or every dead letter with --dead-letters",
+            description="Retry one failed or cancelled job, or (--dead-letters) every job of the organization whose "
+            "failure was the system's (attempts exhausted, a crash), newest first, up to --limit.",
+        )
+        retry.add_argument("job_id", nargs="?", help="job id (a unique prefix is enough)")
+        retry.add_argument("--dead-letters", action="store_true", help="retry every job the system failed")
+        retry.add_argument("--kind", help="with --dead-letters: only this kind")
+        retry.add_argument("--limit", type=int, default=100, help="with --dead-letters: at most this many (100)")
 
         for action in sub.choices.values():
             add_actor_arguments(action)
@@ -198,6 +212,8 @@ class Command(MemberCommand):
             jobs = jobs.filter(status=options["status"])
         if options["kind"]:
             jobs = jobs.filter(kind=options["kind"])
+        if options["failure"]:
+            jobs = jobs.filter(status=JobStatus.FAILED, failure=options["failure"])
         self.stdout.write(f"{'ID':36}  {'KIND':10} {'STATUS':10} {'QUEUE':7} {'PRI':>3} {'PROG':>5}  CREATED")
         for job in jobs[: options["limit"]]:
             self.stdout.write(
@@ -249,6 +265,19 @@ class Command(MemberCommand):
         self.stdout.write(f"{job.id} {job.status}")
 
     def _retry(self, membership, options):
+        if options["dead_letters"]:
+            dead = selectors.job_list(membership=membership).filter(
+                status=JobStatus.FAILED, failure=FailureOrigin.SYSTEM
+            )
+            if options["kind"]:
+                dead = dead.filter(kind=options["kind"])
+            retried = services.jobs_retry_many(jobs=list(dead[: max(options["limit"], 0)]), actor=membership)
+            self.stdout.write(f"retried {len(retried)} dead-letter job(s)")
+            for job in retried:
+                self.stdout.write(f"{job.id} {job.kind} {job.status}")
+            return
+        if not options["job_id"]:
+            raise CommandError("give a job id, or --dead-letters", returncode=USAGE_ERROR)
         job = services.job_retry(job=_find(membership, options["job_id"]), actor=membership)
         self.stdout.write(f"{job.id} {job.status}")
 
