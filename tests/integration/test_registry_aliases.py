@@ -154,7 +154,7 @@ def test_a_new_models_first_version_is_production_from_its_upload_and_the_move_i
 
 
 def test_later_versions_are_drafts_usable_by_number_and_leave_production_where_it_is(member, tmp_path):
-    membership, client = member("operator")
+    _, client = member("operator")
     for seed in (1, 2):
         path = build_test_model("multi_io", tmp_path / f"m{seed}.onnx", seed=seed)
         with path.open("rb") as handle:
