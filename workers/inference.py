@@ -750,6 +750,13 @@ class _NpzWriter:
         self.shapes = dict(shapes)
         self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self.shapes}
         self._pending_bytes = 0  # of the member being written: what a wake-up is worth
+        # Rows the batch loop has produced but not yet handed over: handed over a chunk at a
+        # time, so the loop takes the lock once per chunk instead of once per batch (the writer
+        # wakes up once per chunk anyway). Only the first output is written while batches run,
+        # so its bytes decide when a chunk is worth handing over.
+        self._staged: dict[str, list[np.ndarray]] = {name: [] for name in self.shapes}
+        self._staged_bytes = 0
+        self._first = next(iter(self.shapes), None)
         self._current = next(iter(self.shapes), None)
         self._complete = False
         self._aborted = False
@@ -765,14 +772,21 @@ class _NpzWriter:
 
     def add(self, arrays: Mapping[str, np.ndarray], *, last: bool) -> None:
         """The next rows of every output (called by the batch loop, in row order)."""
+        for name, array in arrays.items():
+            self._staged[name].append(array)
+        if self._first in arrays:
+            self._staged_bytes += arrays[self._first].nbytes
+        if not last and self._staged_bytes < self.CHUNK_BYTES:
+            return
         with self._condition:
-            for name, array in arrays.items():
-                self._pending[name].append(array)
-            if self._current in arrays:
-                self._pending_bytes += arrays[self._current].nbytes
+            for name, staged in self._staged.items():
+                self._pending[name].extend(staged)
+                if name == self._current:
+                    self._pending_bytes += sum(array.nbytes for array in staged)
+                staged.clear()
+            self._staged_bytes = 0
             self._complete = last
-            if last or self._pending_bytes >= self.CHUNK_BYTES:
-                self._condition.notify()
+            self._condition.notify()
 
     def finish(self) -> tuple[str, int]:
         """Wait for the last bytes, put the file under its final name; return its sha256 and size."""
