@@ -572,6 +572,7 @@ def run_inference(
     step = min(batch_size, rows) if batchable else rows
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     outputs, batches, writer = _run_batches(
         session, feeds, output_names, rows, step, batchable, on_progress, should_cancel, Path(output_path)
     )
@@ -580,6 +581,7 @@ def run_inference(
     write_started = time.perf_counter()
     output_sha256, output_size = writer.finish()
     write_seconds = time.perf_counter() - write_started
+    cpu_seconds = time.process_time() - cpu_started
     summary = {
         "rows": rows,
         "batches": batches,
@@ -591,6 +593,9 @@ def run_inference(
         # What writing and hashing the .npz took after the last batch: the first output is
         # written while batches run, so this is its last chunk plus any further outputs.
         "write_seconds": round(write_seconds, 6),
+        # CPU time of this process (onnxruntime's threads and the writer's included) over the
+        # batch loop and the write: unlike wall time, other processes' load barely moves it.
+        "cpu_seconds": round(cpu_seconds, 6),
         "provider": session.get_providers()[0],
         "providers_requested": providers,
         "device_preference": device_preference,
