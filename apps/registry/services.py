@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
+# The alias history's reason for a production alias set by the upload of a model's first version.
+FIRST_VERSION_REASON = "first version"
+
 
 def _validate_choice(value: str, choices, field: str) -> None:
     if value not in choices.values:
@@ -104,10 +107,6 @@ def model_version_upload(
                     membership=membership, version=version, stage=Stage.PRODUCTION, reason=FIRST_VERSION_REASON
                 )
             return version, created
-
-
-# The alias history's reason for a production alias set by the upload of a model's first version.
-FIRST_VERSION_REASON = "first version"
 
 
 def _stage(source, target: Path) -> None:
