@@ -102,15 +102,15 @@ def _run(stdout, *, batch_sizes: str, seconds: float, rounds: int, model: str, *
                 _job_seconds(membership, {**params, "inputs_artifact": _small_upload(
                     membership, input_specs, batch_size * 4, rng, workdir, uploads
                 )})  # fmt: skip
-                bare_runs, job_runs, job_results = [], [], []
+                bare_runs, job_runs, job_results, bare_cpu = [], [], [], []
                 for round_number in range(rounds):
                     # Back to back, in alternating order: both sides of a round see the same
                     # load from the rest of the host, and neither always goes first.
                     if round_number % 2:
                         job_runs.append(_job_seconds(membership, params, job_results))
-                        bare_runs.append(_bare_seconds(session, inputs, batch_size, rows))
+                        bare_runs.append(_bare_seconds(session, inputs, batch_size, rows, bare_cpu))
                     else:
-                        bare_runs.append(_bare_seconds(session, inputs, batch_size, rows))
+                        bare_runs.append(_bare_seconds(session, inputs, batch_size, rows, bare_cpu))
                         job_runs.append(_job_seconds(membership, params, job_results))
                 round_ratios = [bare / job for bare, job in zip(bare_runs, job_runs, strict=True)]
                 ratios[batch_size] = statistics.median(round_ratios)
@@ -127,6 +127,14 @@ def _run(stdout, *, batch_sizes: str, seconds: float, rounds: int, model: str, *
                     f"{min(job_runs) - best['seconds'] - best['write_seconds']:.3f} s; best bare loop "
                     f"{min(bare_runs):.3f} s"
                 )
+                # CPU seconds (all threads) of the bare loop in this process and of the job's batch
+                # loop plus output write in the worker: the executor's own cost, which other
+                # processes' load moves far less than it moves wall time.
+                job_cpu = statistics.median(result["cpu_seconds"] for result in job_results)
+                stdout.write(
+                    f"            CPU time (median of rounds): bare loop {statistics.median(bare_cpu):.3f} s, job "
+                    f"loop + write {job_cpu:.3f} s; ratio {statistics.median(bare_cpu) / job_cpu:.3f}"
+                )
         finally:
             worker.stop()
             _clean_up(membership, uploads)
@@ -134,10 +142,12 @@ def _run(stdout, *, batch_sizes: str, seconds: float, rounds: int, model: str, *
     stdout.write(" ".join(f"ratio_b{size}={ratios[size]:.2f}" for size in sorted(ratios, reverse=True)))
 
 
-def _bare_seconds(session, inputs: dict[str, np.ndarray], batch_size: int, rows: int) -> float:
-    started = time.perf_counter()
+def _bare_seconds(session, inputs: dict[str, np.ndarray], batch_size: int, rows: int, cpu: list | None = None) -> float:
+    started, cpu_started = time.perf_counter(), time.process_time()
     for start in range(0, rows, batch_size):
         session.run(None, {name: array[start : start + batch_size] for name, array in inputs.items()})
+    if cpu is not None:
+        cpu.append(time.process_time() - cpu_started)
     return time.perf_counter() - started
 
 

@@ -50,7 +50,11 @@ class ModelVersion(models.Model):
     size_bytes = models.BigIntegerField()
     signature = models.JSONField(help_text="{inputs: [{name, dtype, shape}], outputs: [...]}")
     ir_version = models.PositiveIntegerField()
-    opset = models.PositiveIntegerField()
+    opset = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Of the default (ai.onnx) domain; empty for a model that imports only other domains (ai.onnx.ml).",
+    )
     producer = models.CharField(max_length=200, blank=True)
     stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.DRAFT)
     device_preference = models.CharField(max_length=8, choices=DevicePreference.choices, default=DevicePreference.AUTO)

@@ -16,6 +16,7 @@ from apps.accounts.models import Membership
 from apps.accounts.permissions import (
     COMPILE_MODELS,
     OVERRIDE_PROMOTION,
+    PERMISSIONS,
     PROMOTE_MODELS,
     ROLLBACK_MODELS,
     UPLOAD_MODELS,
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
+# The alias history's reason for a production alias set by the upload of a model's first version.
+FIRST_VERSION_REASON = "first version"
+
 
 def _validate_choice(value: str, choices, field: str) -> None:
     if value not in choices.values:
@@ -61,7 +65,10 @@ def model_version_upload(
 
     `source` is a path or a readable binary file. Returns (version, created); the same
     bytes uploaded again return the existing version. A refused upload leaves no row
-    and no file behind.
+    and no file behind. Every version can be named by number (`name@N`) once this commits.
+    A new model's first version becomes its production version in the same transaction
+    when the uploader may promote (decision 0037), so `name` alone works at once; later
+    versions are drafts until promoted.
     """
     if not has_permission(membership, UPLOAD_MODELS):
         raise PermissionDenied(f"Role '{membership.role}' may not upload models.")
@@ -82,16 +89,24 @@ def model_version_upload(
             raise DomainError(
                 f"file: {exc.message}", fields={"file": [exc.message]}, details={"code": exc.code, **exc.details}
             ) from exc
-        return _register(
-            organization=membership.organization,
-            user=membership.user,
-            name=name,
-            staged=staged,
-            info=info,
-            task=task,
-            description=description,
-            device_preference=device_preference,
-        )
+        with transaction.atomic():
+            version, created = _register(
+                organization=membership.organization,
+                user=membership.user,
+                name=name,
+                staged=staged,
+                info=info,
+                task=task,
+                description=description,
+                device_preference=device_preference,
+            )
+            if created and version.number == 1 and has_permission(membership, PROMOTE_MODELS):
+                # Nothing serves under the model's name yet, so there is no traffic for the gate to
+                # protect (an upload has no failed report); the move is the ordinary, audited one.
+                version = model_version_promote(
+                    membership=membership, version=version, stage=Stage.PRODUCTION, reason=FIRST_VERSION_REASON
+                )
+            return version, created
 
 
 def _stage(source, target: Path) -> None:
@@ -215,9 +230,12 @@ def _no_such_version(model: MLModel, selector: str) -> str:
     if selector == AliasName.CANARY:
         body = '{"stage": "staging", "canary_weight": W}'
         return f"Model '{model.name}' has no canary. {exists} Set one with {promote} {body}."
+    # Actions first, the list last: API answers bound a message to 400 characters.
+    roles = ", ".join(sorted(PERMISSIONS[PROMOTE_MODELS]))
     return (
-        f"Model '{model.name}' has no production version yet: a new version is a draft until it is promoted. {exists} "
-        f'Name a version by number ({model.name}@N), or promote one with {promote} {{"stage": "production"}}.'
+        f"Model '{model.name}' has no production version. Name a version by number ({model.name}@N), or promote "
+        f'one ({roles}): {promote} {{"stage": "production"}} or manage.py models promote {model.name}@N '
+        f"--stage production. {exists}"
     )
 
 

@@ -29,8 +29,9 @@ def scorer(member, tmp_path):
     _, client = member("operator")
     path = build_test_model("multi_io", tmp_path / "multi_io.onnx")
     with path.open("rb") as handle:
-        assert client.post("/api/v1/models/", {"file": handle, "name": "scorer"}, format="multipart").status_code == 201
-    client.post("/api/v1/models/scorer/versions/1/promote", {"stage": "production"}, format="json")
+        uploaded = client.post("/api/v1/models/", {"file": handle, "name": "scorer"}, format="multipart")
+    # A new model's first version is production from its upload: jobs name it "scorer" (finding 10).
+    assert uploaded.status_code == 201 and uploaded.json()["stage"] == "production", uploaded.json()
     return client, path
 
 
@@ -156,6 +157,40 @@ def test_cli_uploads_a_npy_for_a_single_input_model_and_downloads_the_outputs(st
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     expected = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(outputs[session.get_outputs()[0].name], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_readme_example_uploads_a_model_and_runs_it_by_name_from_the_command_line(start_worker, tmp_path):
+    # Finding 10 of issue 20: the README's `models upload ... --name scorer`, then a job with
+    # "model": "scorer", failed with "has no such version". As written there, by an admin.
+    from tests.acceptance.test_cli import manage
+    from tests.factories import MembershipFactory
+
+    MembershipFactory(role="admin", user__username="readme-admin")
+    model = build_test_model("multi_io", tmp_path / "model.onnx")
+    rng = np.random.default_rng(11)
+    inputs = {
+        "x": rng.standard_normal((600, 4)).astype(np.float32),
+        "ids": rng.integers(-5, 5, size=(600, 3)).astype(np.int64),
+    }
+    np.savez(tmp_path / "batch.npz", **inputs)
+    start_worker("cpu")
+
+    uploaded = manage("models", "upload", str(model), "--name", "scorer", "--as", "readme-admin")
+    result = manage(
+        "jobs", "submit", "inference", "--params", '{"model": "scorer", "batch_size": 256}',
+        "--inputs-file", str(tmp_path / "batch.npz"), "--wait", "--download", str(tmp_path / "out"),
+        "--as", "readme-admin",
+    )  # fmt: skip
+
+    assert uploaded.returncode == 0, uploaded.stdout + uploaded.stderr
+    assert "registered scorer@1" in uploaded.stdout and "is production" in uploaded.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = Job.objects.get()
+    assert job.params["model"] == "scorer@1" and job.result["batches"] == 3
+    outputs = np.load(tmp_path / "out" / "outputs.npz", allow_pickle=False)
+    expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, inputs)
+    np.testing.assert_allclose(outputs["y"], expected[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(outputs["ids_sum"], expected[1])
 
 
 def test_cli_refuses_an_upload_that_does_not_fit_the_model_with_exit_2(scorer, tmp_path):

@@ -100,6 +100,45 @@ def test_external_data_refusal_names_the_tensor_and_where_it_points(member, tmp_
     assert "'w'" in body["detail"] and "../../outside.bin" in body["detail"]
 
 
+def _single_node_model(path: Path, *, op: str, domain: str, version: int, **attributes) -> Path:
+    """A model whose only opset import is `domain` (no ai.onnx opset at all)."""
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"], domain=domain, **attributes)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)], ir_version=8)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_model_importing_only_ai_onnx_ml_is_registered_with_no_default_opset(member, tmp_path):
+    # ModelVersion.opset was NOT NULL while inspect_model reads None for a model with no
+    # ai.onnx import: the upload ended in a 500.
+    _, client = member("developer")
+    path = _single_node_model(tmp_path / "ml.onnx", op="Binarizer", domain="ai.onnx.ml", version=3, threshold=0.5)
+
+    response = upload(client, path, name="binarizer")
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["opset"] is None
+    assert ModelVersion.objects.get().opset is None
+    assert client.get("/api/v1/models/binarizer/").json()["versions"][0]["opset"] is None
+
+
+def test_a_model_importing_only_an_unknown_custom_domain_is_refused_with_the_reason(member, tmp_path):
+    _, client = member("developer")
+    path = _single_node_model(tmp_path / "custom.onnx", op="Frobnicate", domain="com.example", version=1)
+    before = stored_model_files()
+
+    response = upload(client, path, name="custom")
+
+    assert response.status_code == 400, response.json()
+    assert "com.example:Frobnicate" in response.json()["detail"]
+    assert ModelVersion.objects.count() == 0 and stored_model_files() == before
+
+
 def test_promote_moves_the_production_alias_and_archives_the_previous(member, tmp_path):
     membership, client = member("operator")
     one = build_test_model("multi_io", tmp_path / "a.onnx", seed=1)

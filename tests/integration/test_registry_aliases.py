@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def scorer(member, tmp_path):
-    """scorer@1 and scorer@2 (different weights), both drafts; an owner's client."""
+    """scorer@1 (production since its upload: the model's first version) and scorer@2 (a draft); an owner's client."""
     membership, client = member("owner")
     for seed in (1, 2):
         path = build_test_model("multi_io", tmp_path / f"m{seed}.onnx", seed=seed)
@@ -88,7 +88,6 @@ def test_demoting_the_production_version_is_refused_rather_than_leaving_the_alia
 
 def test_alias_history_says_who_moved_which_alias_where_when_and_why(scorer):
     membership, client, _ = scorer
-    promote(client, 1, reason="first release")
     between = timezone.now()
     promote(client, 2, reason="retrained")
     client.post(
@@ -108,6 +107,7 @@ def test_alias_history_says_who_moved_which_alias_where_when_and_why(scorer):
     ]
     assert events[0]["weight"] == 20 and events[1]["reason"] == "retrained"
     assert events[2]["actor"] == membership.user.username and events[2]["at"]
+    assert events[2]["reason"] == "first version"
 
     at_between = client.get("/api/v1/models/scorer/aliases/at", {"time": between.isoformat()}).json()
     assert at_between == {"at": between.isoformat(), "aliases": {"production": {"version": 1, "weight": 100}}}
@@ -127,9 +127,62 @@ def test_alias_history_of_another_organizations_model_is_not_found(scorer, membe
     assert stranger.get("/api/v1/models/scorer/aliases/history").status_code == 404
 
 
-def test_naming_a_model_with_nothing_in_production_says_what_exists_and_what_to_do(scorer):
+def test_a_new_models_first_version_is_production_from_its_upload_and_the_move_is_audited(member, tmp_path):
+    # Finding 10 of issue 20: `models upload --name scorer`, then a job naming "scorer", as the README shows.
+    membership, client = member("admin")
+    path = build_test_model("multi_io", tmp_path / "m.onnx", seed=1)
+    with path.open("rb") as handle:
+        uploaded = client.post("/api/v1/models/", {"file": handle, "name": "scorer"}, format="multipart")
+
+    job = client.post(
+        "/api/v1/jobs/",
+        {"kind": "inference", "params": {"model": "scorer", "inputs": {"x": [[1, 2, 3, 4]], "ids": [[1, 2, 3]]}}},
+        format="json",
+    )
+
+    assert uploaded.status_code == 201, uploaded.json()
+    assert uploaded.json()["stage"] == "production" and uploaded.json()["aliases"] == ["production"]
+    assert job.status_code == 201, job.json()
+    assert job.json()["params"]["model"] == "scorer@1"
+    history = client.get("/api/v1/models/scorer/aliases/history").json()["results"]
+    assert [(e["alias"], e["version"], e["previous_version"], e["reason"], e["actor"]) for e in history] == [
+        ("production", 1, None, "first version", membership.user.username)
+    ]
+    promoted = AuditEvent.objects.get(action="model.promoted")
+    assert promoted.actor == membership.user and promoted.details["reason"] == "first version"
+    assert promoted.details["from"] == "draft" and promoted.details["to"] == "production"
+
+
+def test_later_versions_are_drafts_usable_by_number_and_leave_production_where_it_is(member, tmp_path):
+    _, client = member("operator")
+    for seed in (1, 2):
+        path = build_test_model("multi_io", tmp_path / f"m{seed}.onnx", seed=seed)
+        with path.open("rb") as handle:
+            client.post("/api/v1/models/", {"file": handle, "name": "scorer"}, format="multipart")
+    inputs = {"x": [[1, 2, 3, 4]], "ids": [[1, 2, 3]]}
+
+    by_name = client.post(
+        "/api/v1/jobs/", {"kind": "inference", "params": {"model": "scorer", "inputs": inputs}}, format="json"
+    )
+    by_number = client.post(
+        "/api/v1/jobs/", {"kind": "inference", "params": {"model": "scorer@2", "inputs": inputs}}, format="json"
+    )
+
+    assert dict(ModelVersion.objects.values_list("number", "stage")) == {1: "production", 2: "draft"}
+    assert by_name.status_code == 201 and by_name.json()["params"]["model"] == "scorer@1"
+    assert by_number.status_code == 201 and by_number.json()["params"]["model"] == "scorer@2"
+    assert AuditEvent.objects.filter(action="model.promoted").count() == 1
+
+
+def test_naming_a_model_with_nothing_in_production_says_what_exists_and_what_to_do(member, tmp_path):
     # Finding 10 of issue 20: the README's own example failed with "has no such version".
-    _, client, _ = scorer
+    # A developer may upload but not promote, so its first version stays a draft.
+    _, client = member("developer")
+    for seed in (1, 2):
+        path = build_test_model("multi_io", tmp_path / f"m{seed}.onnx", seed=seed)
+        with path.open("rb") as handle:
+            uploaded = client.post("/api/v1/models/", {"file": handle, "name": "scorer"}, format="multipart")
+        assert uploaded.status_code == 201 and uploaded.json()["stage"] == "draft", uploaded.json()
 
     response = client.post(
         "/api/v1/jobs/",
@@ -141,6 +194,7 @@ def test_naming_a_model_with_nothing_in_production_says_what_exists_and_what_to_
     message = " ".join(response.json()["fields"]["params.model"])
     assert "scorer@1 (draft)" in message and "scorer@2 (draft)" in message
     assert "no production version" in message and "promote" in message
+    assert "admin, operator, owner" in message and "manage.py models promote scorer@N" in message
 
 
 def test_a_new_version_is_usable_by_number_at_once_and_a_missing_number_names_what_exists(scorer):
@@ -156,7 +210,8 @@ def test_a_new_version_is_usable_by_number_at_once_and_a_missing_number_names_wh
 
     assert by_number.status_code == 201, by_number.json()
     message = " ".join(missing.json()["fields"]["params.model"])
-    assert "no version 9" in message and "scorer@1 (draft)" in message
+    assert "no version 9" in message and "scorer@1 (production)" in message and "scorer@2 (draft)" in message
+    assert "production -> 1" in message
 
 
 def test_a_named_alias_picks_a_version_for_jobs_and_its_moves_are_in_the_history(scorer):
@@ -193,7 +248,7 @@ def test_reserved_and_malformed_alias_names_are_refused(scorer, alias):
     response = client.put(f"/api/v1/models/scorer/aliases/{alias}", {"version": 1}, format="json")
 
     assert response.status_code in (400, 404, 405), response.content
-    assert not ModelAlias.objects.exists()
+    assert list(ModelAlias.objects.values_list("name", "version__number")) == [("production", 1)]
 
 
 def test_a_named_alias_is_moved_by_promoters_only(scorer, member):

@@ -62,8 +62,11 @@ def test_each_target_compiles_and_the_report_matches_a_direct_onnxruntime_compar
     assert report["size_bytes_before"] == source.stat().st_size
     assert report["size_bytes_after"] == output.stat().st_size
     assert report["latency_p50_ms_before"] > 0 and report["latency_p50_ms_after"] > 0
-    ratio = report["latency_p50_ms_before"] / report["latency_p50_ms_after"]
-    assert report["speedup"] == pytest.approx(ratio, rel=1e-2)
+    # The p50s are rounded to 0.0001 ms and the speedup comes from the unrounded ones: at a
+    # few microseconds (multi_io) the rounding alone moves their ratio by more than a percent.
+    before, after = report["latency_p50_ms_before"], report["latency_p50_ms_after"]
+    low, high = (before - 5e-5) / (after + 5e-5), (before + 5e-5) / max(after - 5e-5, 1e-9)
+    assert low - 5e-4 <= report["speedup"] <= high + 5e-4
     assert report["samples"] == {"kind": "generated", "rows": 24, "seed": 3}
     assert report["tolerance"] == DEFAULT_TOLERANCES[target]
     assert report["passed"] is True and report["failures"] == []

@@ -674,3 +674,15 @@ def test_string_outputs_are_stored_as_fixed_width_unicode_after_the_numeric_ones
         assert written["label"].dtype.kind == "U"
         np.testing.assert_array_equal(written["label"], expected["label"].astype(str))
         np.testing.assert_array_equal(written["y"], -x)
+
+
+def test_the_executor_benchmark_runs_the_executor_in_batches_as_a_job_does(tmp_path):
+    # `python -m workers.inference_bench` compared a batched bare loop with one whole call
+    # once the executor stopped splitting rows by default: its "loop ratio" measured nothing.
+    from workers.inference_bench import bench_bare_vs_executor
+
+    model = build_test_model("multi_io", tmp_path / "m.onnx")
+
+    result = bench_bare_vs_executor(model, batch_size=8, rows=64, repeats=1)
+
+    assert result["batches"] == 8

@@ -105,7 +105,9 @@ class ModelListUploadApi(APIView):
     @extend_schema(
         request={"multipart/form-data": InputSerializer},
         responses={201: VersionOutputSerializer, 200: VersionOutputSerializer},
-        description="201 with a new version; 200 with the existing one when the same file was uploaded before.",
+        description="201 with a new version; 200 with the existing one when the same file was uploaded before. "
+        "A new model's first version is its production version at once when the caller may promote (so jobs may "
+        "name the model alone); later versions are drafts. Every version can be named `name@N` at once.",
         operation_id="models_upload",
     )
     def post(self, request):

@@ -30,7 +30,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-        upload = sub.add_parser("upload", help="validate an ONNX file and register it as the model's next version")
+        upload = sub.add_parser(
+            "upload",
+            help="validate an ONNX file and register it as the model's next version (a new model's first version "
+            "becomes production when you may promote; later ones are drafts, usable as NAME@N at once)",
+        )
         upload.add_argument("path", type=Path, help="the .onnx file")
         upload.add_argument("--name", required=True, help="model name (lowercase letters, digits, '-', '_')")
         upload.add_argument("--task", choices=ModelTask.values, default=ModelTask.GENERIC, help="default: generic")
@@ -95,6 +99,14 @@ class Command(BaseCommand):
         )
         verb = "registered" if created else "already registered as"
         self.stdout.write(f"{verb} {version} sha256={version.sha256[:12]} size={version.size_bytes}")
+        name = version.model.name
+        if version.stage == Stage.PRODUCTION:
+            self.stdout.write(f"  {version} is production: jobs naming '{name}' run it")
+        else:
+            self.stdout.write(
+                f"  {version} is {version.stage}: jobs name it '{version}'; "
+                f"'{name}' alone needs a production version (models promote {version} --stage production)"
+            )
         for direction in ("inputs", "outputs"):
             for tensor in version.signature[direction]:
                 self.stdout.write(f"  {direction[:-1]:6} {tensor['name']:20} {tensor['dtype']:8} {tensor['shape']}")
