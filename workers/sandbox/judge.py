@@ -109,7 +109,9 @@ class JudgeRequest:
                             f"at most the submission's {limit.name} ({getattr(self.limits, limit.name)})",
                         )
         if total > MAX_CASES_TEXT_BYTES:
-            raise SandboxRequestError("test_cases", f"stdin and expected output together at most {MAX_CASES_TEXT_BYTES}")
+            raise SandboxRequestError(
+                "test_cases", f"stdin and expected output together at most {MAX_CASES_TEXT_BYTES}"
+            )
         if judge_wall_seconds(self) > SYSTEM_MAXIMUM["wall_seconds"]:
             raise SandboxRequestError(
                 "test_cases",
@@ -121,7 +123,9 @@ class JudgeRequest:
 
 def judge_wall_seconds(request: JudgeRequest) -> float:
     """The longest a submission can run: the compile step and every case at its wall limit."""
-    return request.limits.wall_seconds + sum((case.limits or request.limits).wall_seconds for case in request.test_cases)
+    return request.limits.wall_seconds + sum(
+        (case.limits or request.limits).wall_seconds for case in request.test_cases
+    )
 
 
 def outputs_match(actual: bytes, expected: bytes, rule: str = "lines") -> bool:
