@@ -115,7 +115,8 @@ class JudgeRequest:
         if judge_wall_seconds(self) > SYSTEM_MAXIMUM["wall_seconds"]:
             raise SandboxRequestError(
                 "test_cases",
-                f"the cases' wall limits and the compile step add up to more than {SYSTEM_MAXIMUM['wall_seconds']} s",
+                f"cases and compile step may take more than {SYSTEM_MAXIMUM['wall_seconds']} s: "
+                "lower limits.wall_seconds (default 30) or a case's own",
             )
         # The source and files must fit the sandbox as in a single run.
         SandboxRequest(source=self.source, files=self.files, limits=self.limits)
