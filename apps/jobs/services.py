@@ -1386,7 +1386,7 @@ def remote_run_finished(
     if verdict in SUCCESS_VERDICTS:
         return job_finish(job_id=job.id, attempt=job.attempt, status=JobStatus.SUCCEEDED, result=outcome, worker=worker)
     message = outcome.get("message") or f"verdict {verdict}"
-    if verdict == "runtime_error":
+    if verdict == "runtime_error" and outcome.get("mode") != "judge":
         message = f"program exited with code {outcome.get('exit_code')}"
     error = {"code": verdict, "message": message, "details": {"verdict": verdict}}
     return job_finish(

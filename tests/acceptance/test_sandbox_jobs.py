@@ -335,6 +335,7 @@ def test_a_judge_submission_runs_every_case_and_returns_verdicts_usage_and_files
     ]
     job = run(client, JUDGE_SOURCE, test_cases=cases, output_dir="out", limits={"cpu_seconds": 2, "wall_seconds": 20})
     assert job.status == "failed" and job.error["code"] == "wrong_answer", job.error
+    assert job.error["message"] == "test case 1: wrong_answer"
     result = job.result
     assert (result["mode"], result["verdict"], result["passed"], result["total"]) == ("judge", "wrong_answer", 2, 3)
     assert [case["verdict"] for case in result["cases"]] == ["accepted", "wrong_answer", "accepted"]
@@ -368,6 +369,7 @@ def test_a_judge_submission_with_a_syntax_error_is_a_compile_error(sandbox_host,
     job = run(client, "print(1", test_cases=[{"expected_output": "1"}] * 3)
     assert job.status == "failed" and job.error["code"] == "compile_error"
     assert job.result["cases"] == [] and "never closed" in job.result["compile"]["stderr"]
+    assert job.error["message"].startswith("the program does not compile: ")
 
 
 def test_bad_test_cases_are_refused_with_the_field_named(member):
@@ -412,3 +414,24 @@ def test_cli_sandbox_judge_prints_a_table_and_a_verdict_program_output_cannot_im
     assert [line.split()[2] for line in lines[1:3]] == ["accepted", "wrong_answer"]
     verdicts = [line for line in lines if line.startswith("[sandbox] verdict:")]
     assert verdicts == [lines[-1]] and lines[-1].startswith("[sandbox] verdict: wrong_answer passed=1/2")
+
+
+def test_a_submission_that_writes_huge_and_many_files_returns_only_its_caps(sandbox_host, member):
+    from workers.sandbox.judge import MAX_FILES_PER_CASE, MAX_FILES_PER_SUBMISSION
+
+    _, client = member("developer")
+    source = (
+        "open('out/0-huge.bin', 'wb').write(b'h' * 3_000_000)\n"
+        "for i in range(40): open(f'out/f{i:02d}.txt', 'w').write(str(i) * 1000)\n"
+    )
+    cases = [{"expected_output": ""}] * 5
+    job = run(client, source, test_cases=cases, output_dir="out", limits={"wall_seconds": 20})
+    assert job.status == "succeeded", job.error
+    files = [file for case in job.result["cases"] for file in case["files"]]
+    assert [len(case["files"]) for case in job.result["cases"]] == [16, 16, 16, 16, 0]
+    assert all(case["files_truncated"] for case in job.result["cases"])
+    assert len(files) == MAX_FILES_PER_SUBMISSION == 4 * MAX_FILES_PER_CASE
+    assert all(file["path"] != "0-huge.bin" and file["artifact"] for file in files)
+    artifacts = client.get(f"/api/v1/jobs/{job.id}/artifacts?page_size=100").json()["results"]
+    assert len(artifacts) == MAX_FILES_PER_SUBMISSION
+    assert {a["name"] for a in artifacts} == {f"case-{c}/f{i:02d}.txt" for c in range(4) for i in range(16)}
