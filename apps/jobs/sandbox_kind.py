@@ -200,9 +200,9 @@ def _storable(value: object) -> object:
 
 
 # A judge case's output file, relative to its output folder (workers/sandbox/harness.py).
-OUTPUT_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}){0,7}$")
+OUTPUT_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}){0,7}")
 # What a sandbox host may send in chunks before its outcome: a long stream, or a judge case's file.
-REMOTE_STREAM = re.compile(r"^(stdout|stderr|file-\d{1,2}-\d{1,3})$")
+REMOTE_STREAM = re.compile(r"stdout|stderr|file-[0-9]{1,2}-[0-9]{1,3}")
 # A run's `ok` and a judge submission's `accepted` succeed the job; any other verdict fails it.
 SUCCESS_VERDICTS = ("ok", "accepted")
 
@@ -230,8 +230,8 @@ def sandbox_announced_artifacts(outcome: dict) -> list[tuple[str, str, object, d
         for entry in case.get("files") or [] if isinstance(case, dict) else []:
             stream, path = entry.get("stream"), entry.get("path")
             chunks = entry.pop("chunks", None)
-            named = isinstance(stream, str) and REMOTE_STREAM.match(stream) and stream.startswith("file-")
-            if named and isinstance(path, str) and OUTPUT_PATH.match(path):
+            named = isinstance(stream, str) and REMOTE_STREAM.fullmatch(stream) and stream.startswith("file-")
+            if named and isinstance(path, str) and OUTPUT_PATH.fullmatch(path) and ".." not in path:
                 announced.append((stream, f"case-{case.get('index')}/{path}", chunks, entry, "artifact"))
     return announced
 

@@ -1319,7 +1319,12 @@ def _remote_output_staging(job_id, task_id: str) -> Path:
 
 def remote_run_output(*, job_id: str, task_id: str, stream: str, index: int, chunk: str) -> bool:
     """Stage one chunk of a long output stream of the dispatch that holds the job."""
-    if not REMOTE_STREAM.match(stream) or not 0 <= index < MAX_OUTPUT_CHUNKS or len(chunk) > MAX_OUTPUT_CHUNK_B64:
+    if (
+        not isinstance(stream, str)
+        or not REMOTE_STREAM.fullmatch(stream)
+        or not 0 <= index < MAX_OUTPUT_CHUNKS
+        or len(chunk) > MAX_OUTPUT_CHUNK_B64
+    ):
         return False
     if not Job.objects.filter(pk=job_id, task_id=task_id, status__in=[JobStatus.QUEUED, *ACTIVE_STATUSES]).exists():
         return False

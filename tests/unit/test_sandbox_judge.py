@@ -184,6 +184,7 @@ def test_the_harness_report_is_checked_again_outside_the_sandbox():
         b'{"path": "ok.txt", "size": 2}\nok'
         b'{"path": "../escape", "size": 1}\nx'
         b'{"path": "/abs", "size": 1}\nx'
+        b'{"path": "trailing\\n", "size": 1}\nx'
         b'{"path": "link", "skipped": "symlink"}\n'
         b'{"path": "big", "size": 20}\n' + b"b" * 20 + b'{"end": true, "truncated": false}\n'
     )
@@ -204,6 +205,7 @@ def test_the_harness_report_is_checked_again_outside_the_sandbox():
         ({"compare": "fuzzy"}, "compare"),
         ({"output_dir": "../up"}, "output_dir"),
         ({"output_dir": "/abs"}, "output_dir"),
+        ({"output_dir": "out\n"}, "output_dir"),
         ({"test_cases": (JudgeCase("1"), JudgeCase("x" * 1_000_001))}, "test_cases[1].expected_output"),
         (
             {"test_cases": (JudgeCase("1", limits=SandboxLimits(cpu_seconds=20)),)},

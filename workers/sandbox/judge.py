@@ -92,7 +92,7 @@ class JudgeRequest:
             raise SandboxRequestError("test_cases", f"at most {MAX_TEST_CASES} test cases")
         if self.compare not in COMPARE_RULES:
             raise SandboxRequestError("compare", f"one of {', '.join(COMPARE_RULES)}")
-        if self.output_dir is not None and (not OUTPUT_FOLDER.match(self.output_dir) or ".." in self.output_dir):
+        if self.output_dir is not None and (not OUTPUT_FOLDER.fullmatch(self.output_dir) or ".." in self.output_dir):
             raise SandboxRequestError("output_dir", "a relative folder of plain names, e.g. 'out' or 'out/run'")
         total = 0
         for index, case in enumerate(self.test_cases):

@@ -215,7 +215,7 @@ class SandboxRequest:
         for name, content in self.files.items():
             # Plain names only: no directories, no `..`, no hidden files that could shadow
             # what the sandbox itself puts in /work (such as .shm).
-            if not isinstance(name, str) or not FILE_NAME.match(name) or ".." in name:
+            if not isinstance(name, str) or not FILE_NAME.fullmatch(name) or ".." in name:
                 raise SandboxRequestError("files", f"invalid file name {name!r}")
             if not isinstance(content, str):
                 raise SandboxRequestError("files", f"content of {name!r} must be a string")
@@ -552,7 +552,7 @@ def parse_collected_files(data: bytes, folder: OutputFolder) -> tuple[list[tuple
 def _plain_relative_path(path: object) -> bool:
     if not isinstance(path, str) or not path or len(path) > 1024:
         return False
-    return all(FILE_NAME.match(part) and ".." not in part for part in path.split("/"))
+    return all(FILE_NAME.fullmatch(part) and ".." not in part for part in path.split("/"))
 
 
 def _memfd(name: str, data: bytes) -> int:
