@@ -148,6 +148,18 @@ def test_many_and_huge_files_are_capped_per_case():
 
 
 @needs_bwrap
+def test_a_folder_of_many_links_and_empty_folders_is_walked_within_its_entry_cap():
+    source = (
+        "import os\nfor i in range(20000): os.symlink('/dev/zero', f'out/l{i:05d}')\n"
+        "for i in range(50): os.mkdir(f'out/d{i:02d}')\nopen('out/zz.txt', 'w').write('z')\n"
+    )
+    limits = SandboxLimits(cpu_seconds=10, wall_seconds=60, memory_mb=256, tmpfs_mb=64)
+    result = judge(source, [("", "")], output_dir="out", limits=limits)
+    assert result.verdict == "accepted", result.to_message()
+    assert files_of(result) == {} and result.cases[0].run.files_truncated
+
+
+@needs_bwrap
 def test_the_submission_returns_at_most_its_file_cap():
     source = "for i in range(16): open(f'out/{i}', 'w').write('x')\n"
     result = judge(source, [("", "")] * 5, output_dir="out")

@@ -12,10 +12,11 @@ The program is hostile and shares this sandbox, so:
 - nothing is followed: the folder is opened one component at a time with O_NOFOLLOW, entries are
   lstat'ed, symlinks, devices, FIFOs and sockets are reported as skipped and never opened, and a
   file is read through an O_NOFOLLOW|O_NONBLOCK descriptor checked again with fstat;
-- the count, the total size and the depth are capped while walking, not after.
+- the count, the total size, the depth and the entries looked at are capped while walking, not after.
 """
 
 import ctypes
+import itertools
 import json
 import os
 import signal
@@ -24,6 +25,9 @@ import sys
 
 PR_SET_DUMPABLE = 4
 MAX_DEPTH = 8
+# Entries looked at in all (files, folders, links): a folder of a million empty files or links
+# must not keep the case running until its wall limit.
+MAX_ENTRIES = 4096
 READ_CHUNK = 65536
 
 
@@ -80,15 +84,20 @@ def collect(out: int, folder: str, max_files: int, max_bytes: int) -> None:
     if folder_fd is None:
         _write(out, json.dumps({"end": True, "missing": True}).encode() + b"\n")
         return
-    files = used = 0
+    files = used = seen = 0
     truncated = False
     stack = [("", folder_fd, 0)]
     while stack:
         prefix, dir_fd, depth = stack.pop()
         try:
             with os.scandir(dir_fd) as entries:
-                names = sorted(entry.name for entry in entries)
+                # Never more names than the budget left, however large the folder.
+                names = sorted(itertools.islice((entry.name for entry in entries), MAX_ENTRIES - seen + 1))
             for name in names:
+                seen += 1
+                if seen > MAX_ENTRIES:
+                    truncated = True
+                    break
                 path = prefix + name
                 try:
                     mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
