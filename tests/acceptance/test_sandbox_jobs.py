@@ -435,3 +435,40 @@ def test_a_submission_that_writes_huge_and_many_files_returns_only_its_caps(sand
     artifacts = client.get(f"/api/v1/jobs/{job.id}/artifacts?page_size=100").json()["results"]
     assert len(artifacts) == MAX_FILES_PER_SUBMISSION
     assert {a["name"] for a in artifacts} == {f"case-{c}/f{i:02d}.txt" for c in range(4) for i in range(16)}
+
+
+def test_cancel_stops_a_judge_submission_before_its_next_case(sandbox_host, member):
+    import psutil
+
+    from workers.sandbox.runner import BASE_UID, MAX_SLOTS
+
+    _, client = member("developer")
+    cases = [{"expected_output": ""}] * 10
+    response = client.post(
+        "/api/v1/jobs/",
+        {
+            "kind": "sandbox",
+            "params": {"source": "import time\ntime.sleep(50)", "test_cases": cases, "limits": {"wall_seconds": 55}},
+        },
+        format="json",
+    )
+    job_id = response.json()["id"]
+    host = psutil.Process(sandbox_host[1].process.pid)
+
+    def sleeping_cases():
+        found = []
+        for process in host.children(recursive=True):
+            try:
+                if BASE_UID <= process.uids().real < BASE_UID + MAX_SLOTS and "/code/main.pyc" in process.cmdline():
+                    found.append(process.pid)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    wait_for(sleeping_cases, 60, "the first case did not start")
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    wait_for(lambda: not sleeping_cases(), 10, "the case survived the cancel")
+    # Nine cases of 50 s were left: the host runs none of them and takes the next job at once.
+    job = run(client, "print(2)")
+    assert job.status == "succeeded" and Job.objects.get(pk=job_id).status == "cancelled"
+    assert not sleeping_cases()

@@ -87,6 +87,20 @@ def test_a_syntax_error_is_a_compile_error_and_no_case_runs():
 
 
 @needs_bwrap
+def test_a_cancelled_submission_runs_no_further_case():
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        return len(asked) > 2
+
+    request = JudgeRequest(source="print(1)", test_cases=(JudgeCase("1"),) * 5, limits=LIMITS)
+    result = run_judge(request, SLOT, cancelled=cancelled)
+    assert [case.verdict for case in result.cases] == ["accepted", "accepted"]
+    assert result.verdict == "killed" and result.message == "cancelled before test case 2"
+
+
+@needs_bwrap
 def test_runtime_tracebacks_show_the_source_lines():
     result = judge("x = 1\nraise ValueError('boom')\n", [("", "")])
     stderr = result.cases[0].run.stderr

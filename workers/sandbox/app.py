@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 from functools import partial
 
 import celery
@@ -70,10 +71,11 @@ def execute(self, job_id: str, request: dict) -> str:
             logger.exception("sandbox.slot_unavailable")
             outcome = {"verdict": "internal_error", "message": f"no sandbox slot: {exc}", "infrastructure_error": True}
         else:
-            previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
+            cancelled = threading.Event()
+            previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot, cancelled))
             try:
                 if isinstance(sandbox_request, JudgeRequest):
-                    judged = run_judge(sandbox_request, slot=slot)
+                    judged = run_judge(sandbox_request, slot=slot, cancelled=cancelled.is_set)
                 else:
                     result = run_sandbox(sandbox_request, slot=slot)
             finally:
@@ -147,13 +149,15 @@ def _send_long_streams(job_id: str, task_id: str, result: SandboxResult, outcome
         outcome[f"{stream}_artifact_chunks"] = len(chunks)
 
 
-def _kill_slot(slot: int, signum, frame) -> None:
+def _kill_slot(slot: int, cancelled: threading.Event, signum, frame) -> None:
     """Cancel (revoke with SIGTERM): kill the run, keep the pool process.
 
     Killing the pool process instead would orphan the sandbox: bwrap's outer process has
     already exited, so die-with-parent no longer ties the run to anything. The run then
-    ends `killed` and its late report is fenced out (the job is already cancelled).
+    ends `killed` and its late report is fenced out (the job is already cancelled); a judge
+    submission runs no further case.
     """
+    cancelled.set()
     kill_uid_processes(sandbox_uid(slot))
 
 

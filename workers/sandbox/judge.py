@@ -10,6 +10,7 @@ program leaves there come back per case (harness.py), capped in count and size.
 import dataclasses
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workers.sandbox.runner import (
@@ -217,8 +218,13 @@ def compile_program(request: JudgeRequest, slot: int | None = None) -> tuple[byt
     return (result.stdout_raw if result.verdict == "ok" else None), result
 
 
-def run_judge(request: JudgeRequest, slot: int | None = None) -> JudgeResult:
-    """Compile once, run every case in a fresh sandbox, judge each; the first case not accepted names the verdict."""
+def run_judge(
+    request: JudgeRequest, slot: int | None = None, *, cancelled: Callable[[], bool] = lambda: False
+) -> JudgeResult:
+    """Compile once, run every case in a fresh sandbox, judge each; the first case not accepted names the verdict.
+
+    `cancelled` is asked before each case: a cancelled submission runs no further case.
+    """
     total = len(request.test_cases)
     bytecode, compiled = compile_program(request, slot)
     if compiled.infrastructure_error:
@@ -239,6 +245,9 @@ def run_judge(request: JudgeRequest, slot: int | None = None) -> JudgeResult:
     result = JudgeResult(verdict="accepted", compile_wall_seconds=compiled.wall_seconds, total=total)
     files_left = MAX_FILES_PER_SUBMISSION
     for index, case in enumerate(request.test_cases):
+        if cancelled():
+            result.verdict, result.message = "killed", f"cancelled before test case {index}"
+            return result
         case_request = SandboxRequest(
             source=request.source, files=request.files, stdin=case.stdin, limits=case.limits or request.limits
         )
