@@ -448,10 +448,11 @@ def test_cancel_stops_a_judge_submission_before_its_next_case(sandbox_host, memb
         "/api/v1/jobs/",
         {
             "kind": "sandbox",
-            "params": {"source": "import time\ntime.sleep(50)", "test_cases": cases, "limits": {"wall_seconds": 55}},
+            "params": {"source": "import time\ntime.sleep(45)", "test_cases": cases, "limits": {"wall_seconds": 50}},
         },
         format="json",
     )
+    assert response.status_code == 201, response.json()
     job_id = response.json()["id"]
     host = psutil.Process(sandbox_host[1].process.pid)
 
@@ -468,7 +469,7 @@ def test_cancel_stops_a_judge_submission_before_its_next_case(sandbox_host, memb
     wait_for(sleeping_cases, 60, "the first case did not start")
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     wait_for(lambda: not sleeping_cases(), 10, "the case survived the cancel")
-    # Nine cases of 50 s were left: the host runs none of them and takes the next job at once.
+    # Nine cases of 45 s were left: the host runs none of them and takes the next job at once.
     job = run(client, "print(2)")
     assert job.status == "succeeded" and Job.objects.get(pk=job_id).status == "cancelled"
     assert not sleeping_cases()
