@@ -456,17 +456,20 @@ def test_cancel_stops_a_judge_submission_before_its_next_case(sandbox_host, memb
     job_id = response.json()["id"]
     host = psutil.Process(sandbox_host[1].process.pid)
 
-    def sleeping_cases():
+    def sleeping_cases(older_than_s: float = 0.0):
         found = []
         for process in host.children(recursive=True):
             try:
-                if BASE_UID <= process.uids().real < BASE_UID + MAX_SLOTS and "/code/main.pyc" in process.cmdline():
+                in_slot = BASE_UID <= process.uids().real < BASE_UID + MAX_SLOTS
+                old_enough = time.time() - process.create_time() >= older_than_s
+                if in_slot and old_enough and "/code/main.pyc" in process.cmdline():
                     found.append(process.pid)
             except psutil.NoSuchProcess:
                 continue
         return found
 
-    wait_for(sleeping_cases, 60, "the first case did not start")
+    # Well into its sleep, not still being set up (a kill there is an infrastructure failure).
+    wait_for(lambda: sleeping_cases(older_than_s=2), 60, "the first case did not start")
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     wait_for(lambda: not sleeping_cases(), 10, "the case survived the cancel")
     # Nine cases of 45 s were left: the host runs none of them and takes the next job at once.

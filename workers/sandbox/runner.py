@@ -51,6 +51,7 @@ import stat
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1103,6 +1104,10 @@ def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | 
     return result
 
 
+# The rusage of a process someone else reaped: nothing known.
+_NO_USAGE = types.SimpleNamespace(ru_utime=0.0, ru_stime=0.0, ru_maxrss=0)
+
+
 def _supervise(
     process: subprocess.Popen, *, run: _Run, status_read: int, started: float, collect_read: int | None = None
 ) -> SandboxResult:
@@ -1167,7 +1172,14 @@ def _supervise(
         if not exited and run.kill_stage == 0:
             # An exception while reading: never leave a sandbox running.
             _escalate(run, process.pid)
-        _, wait_status, monitor_usage = os.wait4(process.pid, 0)
+        try:
+            _, wait_status, monitor_usage = os.wait4(process.pid, 0)
+        except ChildProcessError:
+            # Killed and reaped under us by a sweep of the slot's uid (a cancel's SIGTERM handler
+            # kills every process of the slot, bwrap's monitor included): the run was killed from
+            # outside, never a set-up failure of bwrap to retry.
+            wait_status, monitor_usage = signal.SIGKILL, _NO_USAGE
+            run.kill_stage = max(run.kill_stage, 1)
         process.returncode = os.waitstatus_to_exitcode(wait_status)
         init_usage = _reap_init(run)
         run.init_reaped = init_usage is not None
