@@ -127,6 +127,7 @@ class JobAdmin(OrganizationScopedAdmin):
         "queue",
         "params",
         "result",
+        "test_cases",
         "error",
         "progress_bar",
         "progress_message",
@@ -176,6 +177,51 @@ class JobAdmin(OrganizationScopedAdmin):
             "",
             '<div><img src="{}" alt="{}" style="max-width:100%;height:auto;border:1px solid #ddd"></div>',
             ((reverse("admin:jobs_job_artifact", args=[job.pk, image.pk]), image.name) for image in images),
+        )
+
+    @admin.display(description="test cases")
+    def test_cases(self, job):
+        """A judge submission's verdict per case, with its resource use and returned files."""
+        result = job.result or {}
+        if result.get("mode") != "judge":
+            return "-"
+        artifacts = {str(a.pk): a for a in job.artifacts.all()}
+        rows = []
+        for case in result.get("cases") or []:
+            links = format_html_join(
+                ", ",
+                '<a href="{}">{}</a>',
+                (
+                    (reverse("admin:jobs_job_artifact", args=[job.pk, file["artifact"]]), file.get("path", ""))
+                    for file in case.get("files") or []
+                    if file.get("artifact") in artifacts
+                ),
+            )
+            rows.append(
+                (
+                    case.get("index"),
+                    case.get("verdict"),
+                    case.get("cpu_seconds"),
+                    case.get("wall_seconds"),
+                    case.get("peak_memory_mb"),
+                    case.get("tree_peak_memory_mb"),
+                    case.get("message") or "",
+                    links,
+                )
+            )
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            rows,
+        )
+        return format_html(
+            "<p>verdict <b>{}</b>, {} of {} accepted</p><table><thead><tr><th>case</th><th>verdict</th>"
+            "<th>CPU s</th><th>wall s</th><th>peak MB</th><th>tree peak MB</th><th>message</th><th>files</th>"
+            "</tr></thead><tbody>{}</tbody></table>",
+            result.get("verdict"),
+            result.get("passed", 0),
+            result.get("total", 0),
+            body,
         )
 
     @admin.display(description="waiting because")

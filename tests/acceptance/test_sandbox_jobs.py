@@ -313,3 +313,166 @@ def test_an_outcome_that_overtakes_its_output_chunks_waits_for_them(member):
     artifact = Artifact.objects.get(job=job, name="stdout")
     assert job.status == "succeeded" and job.result["stdout_artifact"] == str(artifact.id)
     assert artifact.file.open("rb").read() == b"\x00firstsecond"
+
+
+# --- judge-style submissions (many test cases, one program) -------------------------------------
+
+JUDGE_SOURCE = (
+    "import os, sys\n"
+    "numbers = [int(x) for x in sys.stdin.read().split()]\n"
+    "open('out/sum.txt', 'w').write(str(sum(numbers)))\n"
+    "os.symlink('/code/main.py', 'out/source')\n"
+    "print(sum(numbers))\n"
+)
+
+
+def test_a_judge_submission_runs_every_case_and_returns_verdicts_usage_and_files(sandbox_host, member):
+    _, client = member("developer")
+    cases = [
+        {"stdin": "1 2", "expected_output": "3\n"},
+        {"stdin": "2 2", "expected_output": "5"},
+        {"stdin": "5 5", "expected_output": "10   \n\n", "limits": {"cpu_seconds": 1}},
+    ]
+    job = run(client, JUDGE_SOURCE, test_cases=cases, output_dir="out", limits={"cpu_seconds": 2, "wall_seconds": 20})
+    assert job.status == "failed" and job.error["code"] == "wrong_answer", job.error
+    assert job.error["message"] == "test case 1: wrong_answer"
+    result = job.result
+    assert (result["mode"], result["verdict"], result["passed"], result["total"]) == ("judge", "wrong_answer", 2, 3)
+    assert [case["verdict"] for case in result["cases"]] == ["accepted", "wrong_answer", "accepted"]
+    assert all(case["cpu_seconds"] > 0 and case["wall_seconds"] > 0 for case in result["cases"])
+    # Each case's file comes back as an artifact; the symlink out of the folder does not.
+    artifacts = {a["name"]: a for a in client.get(f"/api/v1/jobs/{job.id}/artifacts").json()["results"]}
+    assert set(artifacts) == {"case-0/sum.txt", "case-1/sum.txt", "case-2/sum.txt"}
+    entry = result["cases"][2]["files"][0]
+    assert entry["path"] == "sum.txt" and entry["artifact"] == artifacts["case-2/sum.txt"]["id"]
+    download = client.get(f"/api/v1/jobs/{job.id}/artifacts/{entry['artifact']}/download")
+    assert b"".join(download.streaming_content) == b"10"
+    # The lease covered the compile step and every case.
+    assert JobEvent.objects.filter(job=job, to_status="failed").exists()
+
+
+def test_an_accepted_submission_succeeds_and_the_admin_shows_its_cases(sandbox_host, member, admin_client):
+    _, client = member("developer")
+    job = run(
+        client,
+        "print(int(input()) ** 2)",
+        test_cases=[{"stdin": str(n), "expected_output": str(n * n)} for n in range(4)],
+    )
+    assert job.status == "succeeded", job.error
+    assert job.result["verdict"] == "accepted" and job.result["passed"] == 4
+    page = admin_client.get(f"/admin/jobs/job/{job.id}/change/").content.decode()
+    assert "4 of 4 accepted" in page and page.count("<b>accepted</b>") == 5
+
+
+def test_a_judge_submission_with_a_syntax_error_is_a_compile_error(sandbox_host, member):
+    _, client = member("developer")
+    job = run(client, "print(1", test_cases=[{"expected_output": "1"}] * 3)
+    assert job.status == "failed" and job.error["code"] == "compile_error"
+    assert job.result["cases"] == [] and "never closed" in job.result["compile"]["stderr"]
+    assert job.error["message"].startswith("the program does not compile: ")
+
+
+def test_bad_test_cases_are_refused_with_the_field_named(member):
+    _, client = member("developer")
+    cases = [{"stdin": "1", "expected_output": "1"}] * 3 + [{"stdin": "1"}]
+    response = client.post(
+        "/api/v1/jobs/",
+        {"kind": "sandbox", "params": {"source": "print(1)", "test_cases": cases}},
+        format="json",
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid" and list(body["fields"]) == ["params.test_cases[3].expected_output"]
+    too_much = [{"expected_output": "1", "limits": {"cpu_seconds": 50}}]
+    response = client.post(
+        "/api/v1/jobs/",
+        {"kind": "sandbox", "params": {"source": "print(1)", "limits": {"cpu_seconds": 5}, "test_cases": too_much}},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert list(response.json()["fields"]) == ["params.test_cases[0].limits.cpu_seconds"]
+
+
+def test_cli_sandbox_judge_prints_a_table_and_a_verdict_program_output_cannot_imitate(sandbox_host, tmp_path):
+    from apps.accounts.models import Role
+    from tests.acceptance.test_cli import manage
+    from tests.factories import MembershipFactory
+
+    MembershipFactory(role=Role.DEVELOPER, user__username="dev")
+    program = tmp_path / "prog.py"
+    program.write_text("n = int(input())\nprint(n + 1)\nprint('\\n[sandbox] verdict: accepted\\x1b[2J')\n")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name, given, expected in (("a", "1", "2\n\n[sandbox] verdict: accepted\x1b[2J"), ("b", "5", "7")):
+        (cases / f"{name}.in").write_text(given)
+        (cases / f"{name}.out").write_text(expected)
+    result = manage("sandbox", "judge", str(program), str(cases), "--as", "dev")
+    assert result.returncode == 1, result.stderr
+    assert "\x1b" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert all(line.startswith("[sandbox] ") for line in lines), lines
+    assert [line.split()[2] for line in lines[1:3]] == ["accepted", "wrong_answer"]
+    verdicts = [line for line in lines if line.startswith("[sandbox] verdict:")]
+    assert verdicts == [lines[-1]] and lines[-1].startswith("[sandbox] verdict: wrong_answer passed=1/2")
+
+
+def test_a_submission_that_writes_huge_and_many_files_returns_only_its_caps(sandbox_host, member):
+    from workers.sandbox.judge import MAX_FILES_PER_CASE, MAX_FILES_PER_SUBMISSION
+
+    _, client = member("developer")
+    source = (
+        "open('out/0-huge.bin', 'wb').write(b'h' * 3_000_000)\n"
+        "for i in range(40): open(f'out/f{i:02d}.txt', 'w').write(str(i) * 1000)\n"
+    )
+    cases = [{"expected_output": ""}] * 5
+    job = run(client, source, test_cases=cases, output_dir="out", limits={"wall_seconds": 20})
+    assert job.status == "succeeded", job.error
+    files = [file for case in job.result["cases"] for file in case["files"]]
+    assert [len(case["files"]) for case in job.result["cases"]] == [16, 16, 16, 16, 0]
+    assert all(case["files_truncated"] for case in job.result["cases"])
+    assert len(files) == MAX_FILES_PER_SUBMISSION == 4 * MAX_FILES_PER_CASE
+    assert all(file["path"] != "0-huge.bin" and file["artifact"] for file in files)
+    artifacts = client.get(f"/api/v1/jobs/{job.id}/artifacts?page_size=100").json()["results"]
+    assert len(artifacts) == MAX_FILES_PER_SUBMISSION
+    assert {a["name"] for a in artifacts} == {f"case-{c}/f{i:02d}.txt" for c in range(4) for i in range(16)}
+
+
+def test_cancel_stops_a_judge_submission_before_its_next_case(sandbox_host, member):
+    import psutil
+
+    from workers.sandbox.runner import BASE_UID, MAX_SLOTS
+
+    _, client = member("developer")
+    cases = [{"expected_output": ""}] * 10
+    response = client.post(
+        "/api/v1/jobs/",
+        {
+            "kind": "sandbox",
+            "params": {"source": "import time\ntime.sleep(45)", "test_cases": cases, "limits": {"wall_seconds": 50}},
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    job_id = response.json()["id"]
+    host = psutil.Process(sandbox_host[1].process.pid)
+
+    def sleeping_cases(older_than_s: float = 0.0):
+        found = []
+        for process in host.children(recursive=True):
+            try:
+                in_slot = BASE_UID <= process.uids().real < BASE_UID + MAX_SLOTS
+                old_enough = time.time() - process.create_time() >= older_than_s
+                if in_slot and old_enough and "/code/main.pyc" in process.cmdline():
+                    found.append(process.pid)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    # Well into its sleep, not still being set up (a kill there is an infrastructure failure).
+    wait_for(lambda: sleeping_cases(older_than_s=2), 60, "the first case did not start")
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    wait_for(lambda: not sleeping_cases(), 10, "the case survived the cancel")
+    # Nine cases of 45 s were left: the host runs none of them and takes the next job at once.
+    job = run(client, "print(2)")
+    assert job.status == "succeeded" and Job.objects.get(pk=job_id).status == "cancelled"
+    assert not sleeping_cases()

@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 from functools import partial
 
 import celery
@@ -19,6 +20,7 @@ from celery.signals import heartbeat_sent, worker_init, worker_ready, worker_shu
 
 from project import queues
 from workers.sandbox import cgroups
+from workers.sandbox.judge import JudgeCase, JudgeRequest, JudgeResult, run_judge
 from workers.sandbox.runner import (
     EXIT_NO_WHOLE_RUN_LIMITS,
     INLINE_OUTPUT_BYTES,
@@ -57,11 +59,8 @@ def execute(self, job_id: str, request: dict) -> str:
     task_id, worker = self.request.id, self.request.hostname
     _report("jobs.sandbox_started", job_id, task_id, worker)
     try:
-        limits = SandboxLimits(**request.get("limits", {}))
-        sandbox_request = SandboxRequest(
-            source=request["source"], files=request.get("files", {}), stdin=request.get("stdin", ""), limits=limits
-        )
-    except (SandboxRequestError, TypeError, KeyError) as exc:
+        sandbox_request = _request(request)
+    except (SandboxRequestError, TypeError, KeyError, AttributeError) as exc:
         outcome = {"verdict": "internal_error", "message": f"invalid request: {exc}"}
     else:
         # Each pool process holds one slot of the host (and so one uid) for its lifetime, claimed
@@ -72,15 +71,65 @@ def execute(self, job_id: str, request: dict) -> str:
             logger.exception("sandbox.slot_unavailable")
             outcome = {"verdict": "internal_error", "message": f"no sandbox slot: {exc}", "infrastructure_error": True}
         else:
-            previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot))
+            cancelled = threading.Event()
+            previous = signal.signal(signal.SIGTERM, partial(_kill_slot, slot, cancelled))
             try:
-                result = run_sandbox(sandbox_request, slot=slot)
+                if isinstance(sandbox_request, JudgeRequest):
+                    judged = run_judge(sandbox_request, slot=slot, cancelled=cancelled.is_set)
+                else:
+                    result = run_sandbox(sandbox_request, slot=slot)
             finally:
                 signal.signal(signal.SIGTERM, previous)
-            outcome = result.to_message()
-            _send_long_streams(job_id, task_id, result, outcome)
+            if isinstance(sandbox_request, JudgeRequest):
+                outcome = judged.to_message()
+                _send_output_files(job_id, task_id, judged, outcome)
+            else:
+                outcome = result.to_message()
+                _send_long_streams(job_id, task_id, result, outcome)
     _report("jobs.sandbox_finished", job_id, task_id, worker, outcome)
     return outcome["verdict"]
+
+
+def _request(request: dict) -> SandboxRequest | JudgeRequest:
+    """The message's request: one run, or a judge submission when it carries test cases."""
+    limits = SandboxLimits(**request.get("limits", {}))
+    if "test_cases" not in request:
+        return SandboxRequest(
+            source=request["source"], files=request.get("files", {}), stdin=request.get("stdin", ""), limits=limits
+        )
+    cases = tuple(
+        JudgeCase(
+            stdin=case.get("stdin", ""),
+            expected_output=case["expected_output"],
+            limits=SandboxLimits(**{**request.get("limits", {}), **case["limits"]}) if case.get("limits") else None,
+        )
+        for case in request["test_cases"]
+    )
+    return JudgeRequest(
+        source=request["source"],
+        test_cases=cases,
+        files=request.get("files", {}),
+        limits=limits,
+        compare=request.get("compare", "lines"),
+        output_dir=request.get("output_dir"),
+    )
+
+
+def _send_output_files(job_id: str, task_id: str, judged: JudgeResult, outcome: dict) -> None:
+    """Each file a case left in its output folder goes to `control` in chunks, before the outcome.
+
+    The outcome names each file's stream (`file-<case>-<n>`) and chunk count; `control` keeps it as
+    the artifact `case-<case>/<path>`.
+    """
+    for case, message in zip(judged.cases, outcome["cases"], strict=True):
+        for number, ((_, data), entry) in enumerate(zip(case.run.files, message["files"], strict=True)):
+            stream = f"file-{case.index}-{number}"
+            # An empty file is one empty chunk: the artifact exists.
+            starts = range(0, max(len(data), 1), OUTPUT_CHUNK_BYTES)
+            for index, start in enumerate(starts):
+                chunk = base64.b64encode(data[start : start + OUTPUT_CHUNK_BYTES]).decode()
+                _report("jobs.sandbox_output", job_id, task_id, stream, index, chunk)
+            entry["stream"], entry["chunks"] = stream, len(starts)
 
 
 def _send_long_streams(job_id: str, task_id: str, result: SandboxResult, outcome: dict) -> None:
@@ -100,13 +149,15 @@ def _send_long_streams(job_id: str, task_id: str, result: SandboxResult, outcome
         outcome[f"{stream}_artifact_chunks"] = len(chunks)
 
 
-def _kill_slot(slot: int, signum, frame) -> None:
+def _kill_slot(slot: int, cancelled: threading.Event, signum, frame) -> None:
     """Cancel (revoke with SIGTERM): kill the run, keep the pool process.
 
     Killing the pool process instead would orphan the sandbox: bwrap's outer process has
     already exited, so die-with-parent no longer ties the run to anything. The run then
-    ends `killed` and its late report is fenced out (the job is already cancelled).
+    ends `killed` and its late report is fenced out (the job is already cancelled); a judge
+    submission runs no further case.
     """
+    cancelled.set()
     kill_uid_processes(sandbox_uid(slot))
 
 

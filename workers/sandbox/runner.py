@@ -51,7 +51,9 @@ import stat
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from workers.sandbox import cgroups, seccomp_filter, slots
 from workers.sandbox.cgroups import SlotCgroup
@@ -123,6 +125,30 @@ OUTPUT_CHUNK_BYTES = 256 * 1024
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
+# Judge mode: the bytecode compiled once and the harness that returns the output folder's files.
+SANDBOX_BYTECODE = "/code/main.pyc"
+SANDBOX_HARNESS = "/code/harness.py"
+HARNESS_SOURCE = (Path(__file__).parent / "harness.py").read_bytes()
+# Room for the harness's header lines on top of the files' own bytes.
+FILES_HEADER_ROOM = 64 * 1024
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """A folder under /work whose files a judge case returns, and the caps on them (per case)."""
+
+    path: str
+    max_files: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class PreparedProgram:
+    """How a judge case runs the program: its bytecode, compiled once, and an optional output folder."""
+
+    bytecode: bytes
+    output_folder: OutputFolder | None = None
+
 
 class SandboxRequestError(ValueError):
     """The sandbox request is invalid."""
@@ -190,7 +216,7 @@ class SandboxRequest:
         for name, content in self.files.items():
             # Plain names only: no directories, no `..`, no hidden files that could shadow
             # what the sandbox itself puts in /work (such as .shm).
-            if not isinstance(name, str) or not FILE_NAME.match(name) or ".." in name:
+            if not isinstance(name, str) or not FILE_NAME.fullmatch(name) or ".." in name:
                 raise SandboxRequestError("files", f"invalid file name {name!r}")
             if not isinstance(content, str):
                 raise SandboxRequestError("files", f"content of {name!r} must be a string")
@@ -228,6 +254,10 @@ class SandboxResult:
     # above are their display text (see display_text).
     stdout_raw: bytes = field(default=b"", repr=False)
     stderr_raw: bytes = field(default=b"", repr=False)
+    # Judge cases with an output folder: the files the program left there (path relative to the
+    # folder, bytes), collected by the in-sandbox harness within OutputFolder's caps.
+    files: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
+    files_truncated: bool = False
 
     def to_message(self, inline_bytes: int = INLINE_OUTPUT_BYTES) -> dict:
         """Plain JSON for the control message and the job row, each stream's head only.
@@ -237,7 +267,11 @@ class SandboxResult:
         UTF-8; None otherwise), `<stream>_bytes` the whole stream's size and
         `<stream>_inline_truncated` whether the inline head is less than the stream.
         """
-        message = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.endswith("_raw")}
+        message = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if not f.name.endswith("_raw") and f.name not in ("files", "files_truncated")
+        }
         for stream in ("stdout", "stderr"):
             raw = getattr(self, f"{stream}_raw") or getattr(self, stream).encode()
             head = raw[:inline_bytes]
@@ -384,6 +418,8 @@ def bwrap_command(
     file_fds: dict[str, int],
     status_fd: int,
     seccomp_fd: int | None = None,
+    bound_fds: dict[str, int] | None = None,
+    command: list[str] | None = None,
 ) -> list[str]:
     argv = [
         bwrap,
@@ -440,6 +476,8 @@ def bwrap_command(
     argv += ["--size", str(limits.tmpfs_mb * 1024 * 1024), "--perms", "0700", "--tmpfs", SANDBOX_HOME]
     argv += ["--dir", SANDBOX_SHM]
     argv += ["--ro-bind-data", str(source_fd), SANDBOX_SOURCE]
+    for path, fd in (bound_fds or {}).items():
+        argv += ["--ro-bind-data", str(fd), path]
     for name, fd in file_fds.items():
         argv += ["--file", str(fd), f"{SANDBOX_HOME}/{name}"]
     # Last: the root tmpfs bwrap builds (/, /etc, /code, /dev) would otherwise be writable
@@ -451,8 +489,71 @@ def bwrap_command(
     argv += ["--json-status-fd", str(status_fd), "--chdir", SANDBOX_HOME]
     # -I -S: no PYTHON* variables, user site or site-packages for the program itself (the PYTHON*
     # variables above are for Pythons it starts); -u: its output reaches us even when it is killed.
-    argv += ["--", interpreter.executable, "-I", "-S", "-u", SANDBOX_SOURCE]
+    argv += ["--", *(command or [interpreter.executable, "-I", "-S", "-u", SANDBOX_SOURCE])]
     return argv
+
+
+def _program_command(
+    interpreter: SandboxInterpreter, program: PreparedProgram | None, collect_fd: int | None
+) -> list[str]:
+    """What bwrap starts: the source, or a judge case's bytecode (under the harness with an output folder)."""
+    python = [interpreter.executable, "-I", "-S", "-u"]
+    if program is None:
+        return [*python, SANDBOX_SOURCE]
+    if program.output_folder is None or collect_fd is None:
+        return [*python, SANDBOX_BYTECODE]
+    folder = program.output_folder
+    return [
+        *python,
+        SANDBOX_HARNESS,
+        str(collect_fd),
+        folder.path,
+        str(folder.max_files),
+        str(folder.max_bytes),
+        "--",
+        *python,
+        SANDBOX_BYTECODE,
+    ]
+
+
+def parse_collected_files(data: bytes, folder: OutputFolder) -> tuple[list[tuple[str, bytes]], bool]:
+    """The harness's report as (path, bytes) pairs within the folder's caps, and whether any was left out.
+
+    The report comes from inside the sandbox: every header, size and path is checked again here.
+    """
+    files: list[tuple[str, bytes]] = []
+    truncated, used, position = False, 0, 0
+    while position < len(data):
+        end = data.find(b"\n", position)
+        if end < 0:
+            return files, True
+        try:
+            header = json.loads(data[position:end])
+        except ValueError:
+            return files, True
+        position = end + 1
+        if not isinstance(header, dict) or header.get("end"):
+            return files, truncated or bool(isinstance(header, dict) and header.get("truncated"))
+        if "skipped" in header:
+            continue
+        size, path = header.get("size"), header.get("path")
+        if not isinstance(size, int) or size < 0 or position + size > len(data):
+            return files, True
+        content = data[position : position + size]
+        position += size
+        if not _plain_relative_path(path) or len(files) >= folder.max_files or used + size > folder.max_bytes:
+            truncated = True
+            continue
+        files.append((path, content))
+        used += size
+    # No end marker: the harness was killed while it wrote.
+    return files, True
+
+
+def _plain_relative_path(path: object) -> bool:
+    if not isinstance(path, str) or not path or len(path) > 1024:
+        return False
+    return all(FILE_NAME.fullmatch(part) and ".." not in part for part in path.split("/"))
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -622,6 +723,9 @@ class _Run:
         self.wall_exceeded = False
         self.cpu_exceeded = False
         self.kill_stage = 0
+        # Judge cases with an output folder: the harness's report, kept up to files_cap bytes.
+        self.files = bytearray()
+        self.files_cap = 0
 
     def keep(self, stream: str, data: bytes) -> None:
         buffer = self.stdout if stream == "stdout" else self.stderr
@@ -819,7 +923,9 @@ def _infrastructure_error(message: str) -> SandboxResult:
     return SandboxResult(verdict="internal_error", message=message, infrastructure_error=True)
 
 
-def run_sandbox(request: SandboxRequest, slot: int | None = None) -> SandboxResult:
+def run_sandbox(
+    request: SandboxRequest, slot: int | None = None, *, program: PreparedProgram | None = None
+) -> SandboxResult:
     """Run request.source in a fresh sandbox, in this process's own slot or in `slot`.
 
     The slot is held host-wide for the run (see slots.py): a slot named here is waited for
@@ -828,21 +934,21 @@ def run_sandbox(request: SandboxRequest, slot: int | None = None) -> SandboxResu
     """
     try:
         if slot is None:
-            return _run_with_retries(request, slots.process_slot())
+            return _run_with_retries(request, slots.process_slot(), program)
         sandbox_uid(slot)
         with slots.slot_lease(slot):
             if not slots.holds_process_slot(slot):
                 # Another process may have held the slot since this one last ran in it.
                 _clean_slots.discard(slot)
-            return _run_with_retries(request, slot)
+            return _run_with_retries(request, slot, program)
     except (slots.NoFreeSlot, OSError) as error:
         logger.exception("sandbox.slot_unavailable", extra={"slot": slot})
         return _infrastructure_error(f"no sandbox slot: {error}")
 
 
-def _run_with_retries(request: SandboxRequest, slot: int) -> SandboxResult:
+def _run_with_retries(request: SandboxRequest, slot: int, program: PreparedProgram | None = None) -> SandboxResult:
     for attempt in range(1, SETUP_ATTEMPTS + 1):
-        result = _run_in_slot(request, slot)
+        result = _run_in_slot(request, slot, program)
         if not result.infrastructure_error:
             return result
         logger.warning(
@@ -853,8 +959,8 @@ def _run_with_retries(request: SandboxRequest, slot: int) -> SandboxResult:
     return result
 
 
-def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
-    """One run in `slot`, which the caller holds."""
+def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | None = None) -> SandboxResult:
+    """One run in `slot`, which the caller holds; `program` for a judge case (bytecode, output folder)."""
     limits = request.limits
     uid = sandbox_uid(slot)
     bwrap = find_bwrap()
@@ -882,6 +988,9 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
         # RLIMIT_NPROC counts the worker user's own processes too; leave room for them.
         processes_already = len([p for p in _uid_processes(os.getuid()) if p[1] != "Z"])
         cgroup = None
+    folder = program.output_folder if program is not None else None
+    if folder is not None:
+        processes_already += 1  # the harness, the program's parent
     if not _become_subreaper():
         logger.warning("sandbox.subreaper_failed", extra={"slot": slot})
 
@@ -895,6 +1004,16 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
             fds.append(file_fds[name])
         stdin_fd = _memfd("stdin", request.stdin.encode())
         fds.append(stdin_fd)
+        bound = {}
+        collect_read = collect_write = None
+        if program is not None:
+            bound[SANDBOX_BYTECODE] = _memfd("main.pyc", program.bytecode)
+            fds.append(bound[SANDBOX_BYTECODE])
+        if folder is not None:
+            bound[SANDBOX_HARNESS] = _memfd("harness.py", HARNESS_SOURCE)
+            fds.append(bound[SANDBOX_HARNESS])
+            collect_read, collect_write = os.pipe()
+            fds += [collect_read, collect_write]
         try:
             seccomp_fd = _memfd("seccomp", seccomp_filter.filter_bpf())
         except seccomp_filter.SeccompUnavailable as error:
@@ -911,6 +1030,8 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
             file_fds=file_fds,
             status_fd=status_write,
             seccomp_fd=seccomp_fd,
+            bound_fds=bound,
+            command=_program_command(interpreter, program, collect_write),
         )
         started = time.monotonic()
         try:
@@ -923,7 +1044,14 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
                     stdin=stdin_fd,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    pass_fds=[source_fd, *file_fds.values(), status_write, seccomp_fd],
+                    pass_fds=[
+                        source_fd,
+                        *file_fds.values(),
+                        *bound.values(),
+                        status_write,
+                        seccomp_fd,
+                        *([collect_write] if collect_write is not None else []),
+                    ],
                     cwd="/",
                     env={},
                     # Its own process group, so the monitor can be killed as a group.
@@ -942,12 +1070,16 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
             logger.exception("sandbox.start_failed", extra={"slot": slot})
             return _infrastructure_error(f"could not start bwrap: {error}")
         # Drop our copies: the status pipe must reach EOF when bwrap exits.
-        for fd in [fd for fd in fds if fd != status_read]:
+        for fd in [fd for fd in fds if fd not in (status_read, collect_read)]:
             os.close(fd)
             fds.remove(fd)
         run = _Run(limits, host_uid=uid if switch_uid else os.getuid())
         run.cgroup = cgroup
-        result = _supervise(process, run=run, status_read=status_read, started=started)
+        if folder is not None:
+            run.files_cap = folder.max_bytes + FILES_HEADER_ROOM
+        result = _supervise(process, run=run, status_read=status_read, started=started, collect_read=collect_read)
+        if folder is not None:
+            result.files, result.files_truncated = parse_collected_files(bytes(run.files), folder)
     finally:
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -972,7 +1104,13 @@ def _run_in_slot(request: SandboxRequest, slot: int) -> SandboxResult:
     return result
 
 
-def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, started: float) -> SandboxResult:
+# The rusage of a process someone else reaped: nothing known.
+_NO_USAGE = types.SimpleNamespace(ru_utime=0.0, ru_stime=0.0, ru_maxrss=0)
+
+
+def _supervise(
+    process: subprocess.Popen, *, run: _Run, status_read: int, started: float, collect_read: int | None = None
+) -> SandboxResult:
     """Read output within the limits until the sandbox ends or is killed, then reap bwrap."""
     monitor_pidfd = os.pidfd_open(process.pid)
     selector = selectors.DefaultSelector()
@@ -982,6 +1120,9 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
     selector.register(monitor_pidfd, selectors.EVENT_READ, "exited")
     deadline = started + run.limits.wall_seconds
     open_streams = {"stdout", "stderr", "status"}
+    if collect_read is not None:
+        selector.register(collect_read, selectors.EVENT_READ, "files")
+        open_streams.add("files")
     exited = False
     next_cpu_check = started
     try:
@@ -1017,6 +1158,9 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
                 elif key.data == "status":
                     run.status += data
                     _note_init(run, process.pid)
+                elif key.data == "files":
+                    # Read on past the cap (and drop it), so the harness never blocks on a full pipe.
+                    run.files += data[: max(run.files_cap - len(run.files), 0)]
                 else:
                     run.keep(key.data, data)
                     if run.output_exceeded and run.kill_stage == 0:
@@ -1028,7 +1172,14 @@ def _supervise(process: subprocess.Popen, *, run: _Run, status_read: int, starte
         if not exited and run.kill_stage == 0:
             # An exception while reading: never leave a sandbox running.
             _escalate(run, process.pid)
-        _, wait_status, monitor_usage = os.wait4(process.pid, 0)
+        try:
+            _, wait_status, monitor_usage = os.wait4(process.pid, 0)
+        except ChildProcessError:
+            # Killed and reaped under us by a sweep of the slot's uid (a cancel's SIGTERM handler
+            # kills every process of the slot, bwrap's monitor included): the run was killed from
+            # outside, never a set-up failure of bwrap to retry.
+            wait_status, monitor_usage = signal.SIGKILL, _NO_USAGE
+            run.kill_stage = max(run.kill_stage, 1)
         process.returncode = os.waitstatus_to_exitcode(wait_status)
         init_usage = _reap_init(run)
         run.init_reaped = init_usage is not None

@@ -15,7 +15,13 @@ from apps.jobs.models import (
     Job,
     JobStatus,
 )
-from apps.jobs.sandbox_kind import sandbox_outcome_for_storage
+from apps.jobs.sandbox_kind import (
+    REMOTE_STREAM,
+    SUCCESS_VERDICTS,
+    sandbox_announced_artifacts,
+    sandbox_lease_wall_seconds,
+    sandbox_outcome_for_storage,
+)
 from apps.jobs.services.artifacts import job_artifact_add, job_output_dir
 from apps.jobs.services.lifecycle import job_claim, job_finish, job_retry_later
 
@@ -27,7 +33,7 @@ def remote_run_started(*, job_id: str, task_id: str, worker: str) -> Job | None:
     job = Job.objects.filter(pk=job_id).only("params").first()
     if job is None:
         return None
-    wall = float(job.params.get("limits", {}).get("wall_seconds", 60))
+    wall = sandbox_lease_wall_seconds(job.params)
     # The host cannot renew a lease; it covers the wall limit plus time to report back.
     return job_claim(job_id=job_id, worker=worker, task_id=task_id, lease_seconds=wall + 60)
 
@@ -51,7 +57,12 @@ def _remote_output_staging(job_id, task_id: str) -> Path:
 
 def remote_run_output(*, job_id: str, task_id: str, stream: str, index: int, chunk: str) -> bool:
     """Stage one chunk of a long output stream of the dispatch that holds the job."""
-    if stream not in ("stdout", "stderr") or not 0 <= index < MAX_OUTPUT_CHUNKS or len(chunk) > MAX_OUTPUT_CHUNK_B64:
+    if (
+        not isinstance(stream, str)
+        or not REMOTE_STREAM.fullmatch(stream)
+        or not 0 <= index < MAX_OUTPUT_CHUNKS
+        or len(chunk) > MAX_OUTPUT_CHUNK_B64
+    ):
         return False
     if not Job.objects.filter(pk=job_id, task_id=task_id, status__in=[JobStatus.QUEUED, *ACTIVE_STATUSES]).exists():
         return False
@@ -64,17 +75,19 @@ def remote_run_output(*, job_id: str, task_id: str, stream: str, index: int, chu
 
 
 def _remote_output_artifacts(job: Job, task_id: str, outcome: dict, *, allow_incomplete: bool) -> None:
-    """Keep each long stream whose chunks have all arrived as the job's artifact; note it in the outcome."""
+    """Keep each long stream (and judge output file) whose chunks have all arrived as the job's artifact.
+
+    The outcome says which (sandbox_announced_artifacts); each one's artifact id is noted in it.
+    """
     staging = _remote_output_staging(job.id, task_id)
-    for stream in ("stdout", "stderr"):
-        expected = outcome.pop(f"{stream}_artifact_chunks", None)
+    for stream, name, expected, entry, key in sandbox_announced_artifacts(outcome):
         if not isinstance(expected, int) or not 0 < expected <= MAX_OUTPUT_CHUNKS:
             continue
         parts = [staging / f"{stream}.{index:05d}" for index in range(expected)]
         if not all(part.exists() for part in parts):
             if not allow_incomplete:
                 raise RemoteOutputIncomplete(f"{stream}: {sum(p.exists() for p in parts)} of {expected} chunks")
-            outcome[f"{stream}_artifact"] = None
+            entry[key] = None
             continue
         target = job_output_dir(job_id=job.id, attempt=job.attempt) / stream
         digest = hashlib.sha256()
@@ -83,9 +96,9 @@ def _remote_output_artifacts(job: Job, task_id: str, outcome: dict, *, allow_inc
                 data = part.read_bytes()
                 digest.update(data)
                 whole.write(data)
-        job_artifact_add(job_id=job.id, attempt=job.attempt, path=target, name=stream, sha256=digest.hexdigest())
-        artifact = Artifact.objects.filter(job_id=job.id, role="output", name=stream).values_list("id", flat=True)
-        outcome[f"{stream}_artifact"] = str(artifact.first()) if artifact.exists() else None
+        job_artifact_add(job_id=job.id, attempt=job.attempt, path=target, name=name, sha256=digest.hexdigest())
+        artifact = Artifact.objects.filter(job_id=job.id, role="output", name=name).values_list("id", flat=True)
+        entry[key] = str(artifact.first()) if artifact.exists() else None
     shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -113,10 +126,10 @@ def remote_run_finished(
         error = {"code": "sandbox_unavailable", "message": outcome.get("message") or "sandbox set-up failed"}
         logger.warning("sandbox.infrastructure_error", extra={"job_id": str(job.id), "reason": error["message"]})
         return job_retry_later(job_id=job.id, attempt=job.attempt, error=error, worker=worker) == JobStatus.QUEUED
-    if verdict == "ok":
+    if verdict in SUCCESS_VERDICTS:
         return job_finish(job_id=job.id, attempt=job.attempt, status=JobStatus.SUCCEEDED, result=outcome, worker=worker)
     message = outcome.get("message") or f"verdict {verdict}"
-    if verdict == "runtime_error":
+    if verdict == "runtime_error" and outcome.get("mode") != "judge":
         message = f"program exited with code {outcome.get('exit_code')}"
     error = {"code": verdict, "message": message, "details": {"verdict": verdict}}
     return job_finish(

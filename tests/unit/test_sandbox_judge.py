@@ -1,0 +1,247 @@
+"""Judge mode against real sandboxes: compiled once, a verdict per case, output files that follow no link."""
+
+import json
+
+import pytest
+
+from workers.sandbox import bwrap_available, runner
+from workers.sandbox.judge import (
+    MAX_FILE_BYTES_PER_CASE,
+    MAX_FILES_PER_CASE,
+    MAX_FILES_PER_SUBMISSION,
+    JudgeCase,
+    JudgeRequest,
+    outputs_match,
+    run_judge,
+)
+from workers.sandbox.runner import OutputFolder, SandboxLimits, SandboxRequestError, parse_collected_files
+
+SLOT = runner.slots.process_slot()
+AVAILABLE, WHY = bwrap_available()
+needs_bwrap = pytest.mark.skipif(not AVAILABLE, reason=f"sandbox unavailable: {WHY}")
+# Wall limits far above the CPU limits: the verdicts hold on a loaded machine.
+LIMITS = SandboxLimits(cpu_seconds=2, wall_seconds=20, memory_mb=256, output_bytes=100_000)
+
+
+def judge(source: str, cases, **kwargs):
+    cases = tuple(
+        case if isinstance(case, JudgeCase) else JudgeCase(stdin=case[0], expected_output=case[1]) for case in cases
+    )
+    return run_judge(JudgeRequest(source=source, test_cases=cases, limits=kwargs.pop("limits", LIMITS), **kwargs), SLOT)
+
+
+def files_of(result, index=0) -> dict[str, bytes]:
+    return dict(result.cases[index].run.files)
+
+
+@pytest.mark.parametrize(
+    ("actual", "expected", "rule", "match"),
+    [
+        (b"1 2\n3\n", b"1 2\n3", "lines", True),  # trailing newline
+        (b"1 2  \t\n3\n\n\n", b"1 2\n3\n", "lines", True),  # trailing spaces, tabs, empty lines
+        (b"1 2\r\n3\r\n", b"1 2\n3\n", "lines", True),  # CRLF
+        (b"1  2\n3\n", b"1 2\n3\n", "lines", False),  # inner whitespace counts
+        (b"\n1\n", b"1\n", "lines", False),  # leading empty lines count
+        (b"1\n", b"1", "exact", False),
+        (b"1\n", b"1\n", "exact", True),
+    ],
+)
+def test_the_comparison_rules(actual, expected, rule, match):
+    assert outputs_match(actual, expected, rule) is match
+
+
+@needs_bwrap
+def test_each_case_gets_its_verdict_and_usage_and_the_first_failure_names_the_submission():
+    source = "import sys\nn = int(input())\nif n == 3: sys.exit(4)\nif n == 4:\n    while True: pass\nprint(n * 2)\n"
+    cases = [
+        ("2\n", "0\n"),
+        ("1", "2"),
+        ("5", "10  \n\n"),
+        ("3", "6"),
+        JudgeCase(stdin="4", expected_output="8", limits=SandboxLimits(**{**LIMITS.__dict__, "cpu_seconds": 1})),
+    ]
+    result = judge(source, cases)
+    verdicts = [case.verdict for case in result.cases]
+    assert verdicts == ["wrong_answer", "accepted", "accepted", "runtime_error", "timeout"]
+    assert result.verdict == "wrong_answer" and result.message == "test case 0: wrong_answer"
+    message = result.to_message()
+    assert message["passed"] == 2 and message["total"] == 5
+    assert message["cases"][3]["exit_code"] == 4
+    assert message["cases"][4]["timeout_kind"] == "cpu" and message["cases"][4]["cpu_seconds"] >= 1
+    assert all(case["wall_seconds"] > 0 and case["peak_memory_mb"] > 0 for case in message["cases"])
+    json.dumps(message)
+
+
+@needs_bwrap
+def test_the_program_is_compiled_once_and_each_case_runs_the_bytecode():
+    result = judge("import sys\nprint(sys.argv[0])\n", [("", "/code/main.pyc")] * 3)
+    assert result.verdict == "accepted", result.to_message()
+    assert result.compile_wall_seconds > 0
+
+
+@needs_bwrap
+def test_a_syntax_error_is_a_compile_error_and_no_case_runs():
+    result = judge("x = 1\nprint(x\n", [("", "1")] * 3)
+    assert result.verdict == "compile_error" and result.cases == []
+    assert "line 2" in result.message and "print(x" in result.message and "never closed" in result.message
+
+
+@needs_bwrap
+def test_a_cancelled_submission_runs_no_further_case():
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        return len(asked) > 2
+
+    request = JudgeRequest(source="print(1)", test_cases=(JudgeCase("1"),) * 5, limits=LIMITS)
+    result = run_judge(request, SLOT, cancelled=cancelled)
+    assert [case.verdict for case in result.cases] == ["accepted", "accepted"]
+    assert result.verdict == "killed" and result.message == "cancelled before test case 2"
+
+
+@needs_bwrap
+def test_runtime_tracebacks_show_the_source_lines():
+    result = judge("x = 1\nraise ValueError('boom')\n", [("", "")])
+    stderr = result.cases[0].run.stderr
+    assert result.verdict == "runtime_error"
+    assert 'File "/code/main.py", line 2' in stderr and "raise ValueError('boom')" in stderr
+
+
+@needs_bwrap
+def test_files_in_the_output_folder_come_back_per_case():
+    source = (
+        "import os\nn = input()\nos.makedirs('out/deep', exist_ok=True)\n"
+        "open('out/answer.txt', 'w').write('answer ' + n)\nopen('out/deep/raw.bin', 'wb').write(bytes([0, 255]))\n"
+        "open('not-returned.txt', 'w').write('x')\nprint(n)\n"
+    )
+    result = judge(source, [("1", "1"), ("2", "2")], output_dir="out")
+    assert result.verdict == "accepted"
+    assert files_of(result, 0) == {"answer.txt": b"answer 1", "deep/raw.bin": b"\x00\xff"}
+    assert files_of(result, 1)["answer.txt"] == b"answer 2"
+    entry = result.to_message()["cases"][0]["files"][0]
+    assert entry["path"] == "answer.txt" and entry["size"] == 8 and len(entry["sha256"]) == 64
+
+
+@needs_bwrap
+def test_symlinks_out_of_the_output_folder_are_never_followed():
+    source = (
+        "import os\n"
+        "os.symlink('/code/main.py', 'out/source')\nos.symlink('/proc/self/environ', 'out/environ')\n"
+        "os.symlink('/dev/zero', 'out/zeros')\nos.symlink('/', 'out/root')\nos.mkfifo('out/fifo')\n"
+        "open('out/real.txt', 'w').write('real')\n"
+    )
+    result = judge(source, [("", "")], output_dir="out")
+    assert result.verdict == "accepted", result.to_message()
+    assert files_of(result) == {"real.txt": b"real"}
+
+
+@needs_bwrap
+def test_an_output_folder_replaced_by_a_symlink_returns_nothing():
+    # The harness creates the folder before the program starts; the program swaps it for a link.
+    source = "import os\nos.rmdir('out')\nos.symlink('/code', 'out')\n"
+    result = judge(source, [("", "")], output_dir="out")
+    assert result.verdict == "accepted" and files_of(result) == {}
+    nested = judge("import os\nos.rmdir('a/b')\nos.symlink('/code', 'a/b')\n", [("", "")], output_dir="a/b")
+    assert files_of(nested) == {}
+
+
+@needs_bwrap
+def test_many_and_huge_files_are_capped_per_case():
+    source = (
+        "open('out/0-huge.bin', 'wb').write(b'h' * 3_000_000)\n"
+        "for i in range(200): open(f'out/f{i:03d}.txt', 'w').write(str(i))\n"
+    )
+    limits = SandboxLimits(cpu_seconds=5, wall_seconds=30, memory_mb=256, tmpfs_mb=16)
+    result = judge(source, [("", "")], output_dir="out", limits=limits)
+    case = result.cases[0].run
+    assert result.verdict == "accepted", result.to_message()
+    assert len(case.files) == MAX_FILES_PER_CASE and case.files_truncated
+    assert "0-huge.bin" not in dict(case.files)
+    assert sum(len(data) for _, data in case.files) <= MAX_FILE_BYTES_PER_CASE
+
+
+@needs_bwrap
+def test_a_folder_of_many_links_and_empty_folders_is_walked_within_its_entry_cap():
+    source = (
+        "import os\nfor i in range(20000): os.symlink('/dev/zero', f'out/l{i:05d}')\n"
+        "for i in range(50): os.mkdir(f'out/d{i:02d}')\nopen('out/zz.txt', 'w').write('z')\n"
+    )
+    limits = SandboxLimits(cpu_seconds=10, wall_seconds=60, memory_mb=256, tmpfs_mb=64)
+    result = judge(source, [("", "")], output_dir="out", limits=limits)
+    assert result.verdict == "accepted", result.to_message()
+    assert files_of(result) == {} and result.cases[0].run.files_truncated
+
+
+@needs_bwrap
+def test_the_submission_returns_at_most_its_file_cap():
+    source = "for i in range(16): open(f'out/{i}', 'w').write('x')\n"
+    result = judge(source, [("", "")] * 5, output_dir="out")
+    counts = [len(case.run.files) for case in result.cases]
+    assert sum(counts) == MAX_FILES_PER_SUBMISSION and counts[-1] == 0 and result.cases[-1].run.files_truncated
+
+
+@needs_bwrap
+def test_a_program_cannot_forge_files_through_the_harness_pipe_or_outlive_it():
+    # The harness's pipe is close-on-exec and the harness is not dumpable: /proc/<ppid>/fd is closed
+    # to the program. A program that kills the harness ends its own run as killed, without files.
+    forge = (
+        "import os\nopened = []\n"
+        "for fd in range(3, 32):\n"
+        '    try:\n        os.write(fd, b\'{"path": "forged", "size": 1}\\nF\')\n        opened.append(fd)\n'
+        "    except OSError: pass\n"
+        "for name in os.listdir('/proc/%d/fd' % os.getppid()) if os.access('/proc/%d/fd' % os.getppid(), os.R_OK) "
+        "else []:\n"
+        "    opened.append(name)\n"
+        "print(opened)\n"
+    )
+    result = judge(forge, [("", "[]")], output_dir="out")
+    assert result.verdict == "accepted", result.to_message()
+    assert files_of(result) == {}
+    killer = "import os, signal\nopen('out/a', 'w').write('a')\n"
+    killer += "os.kill(os.getppid(), signal.SIGKILL)\n"
+    killed = judge(killer, [("", "")], output_dir="out")
+    assert killed.verdict == "killed" and files_of(killed) == {}
+
+
+def test_the_harness_report_is_checked_again_outside_the_sandbox():
+    folder = OutputFolder("out", max_files=2, max_bytes=10)
+    report = (
+        b'{"path": "ok.txt", "size": 2}\nok'
+        b'{"path": "../escape", "size": 1}\nx'
+        b'{"path": "/abs", "size": 1}\nx'
+        b'{"path": "trailing\\n", "size": 1}\nx'
+        b'{"path": "link", "skipped": "symlink"}\n'
+        b'{"path": "big", "size": 20}\n' + b"b" * 20 + b'{"end": true, "truncated": false}\n'
+    )
+    files, truncated = parse_collected_files(report, folder)
+    assert files == [("ok.txt", b"ok")] and truncated
+    # Cut off mid-file (the harness was killed while writing): what arrived whole, and truncated.
+    assert parse_collected_files(b'{"path": "a", "size": 1}\na{"path": "b", "size": 9}\nbb', folder) == (
+        [("a", b"a")],
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"test_cases": ()}, "test_cases"),
+        ({"test_cases": (JudgeCase("1"),) * 65}, "test_cases"),
+        ({"compare": "fuzzy"}, "compare"),
+        ({"output_dir": "../up"}, "output_dir"),
+        ({"output_dir": "/abs"}, "output_dir"),
+        ({"output_dir": "out\n"}, "output_dir"),
+        ({"test_cases": (JudgeCase("1"), JudgeCase("x" * 1_000_001))}, "test_cases[1].expected_output"),
+        (
+            {"test_cases": (JudgeCase("1", limits=SandboxLimits(cpu_seconds=20)),)},
+            "test_cases[0].limits.cpu_seconds",
+        ),
+        ({"test_cases": (JudgeCase("1"),) * 30, "limits": SandboxLimits(wall_seconds=30)}, "test_cases"),
+    ],
+)
+def test_judge_requests_are_validated_with_the_field_named(kwargs, field):
+    request = {"source": "print(1)", "test_cases": (JudgeCase("1"),), **kwargs}
+    with pytest.raises(SandboxRequestError) as raised:
+        JudgeRequest(**request)
+    assert raised.value.field == field
