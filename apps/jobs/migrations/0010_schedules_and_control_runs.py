@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0006_schedules_and_control_runs"),
+        ("accounts", "0006_quota_job_retention_days"),
         ("jobs", "0009_idempotency_fingerprint"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
