@@ -155,10 +155,15 @@ def _delete_jobs(ids: list, report: PruneReport) -> int:
 def _other_references() -> list:
     """Foreign keys to Job other than the ones pruned above (a memory's import job, a schedule's last job)."""
     handled = {JobEvent, Artifact, Job}
+    # include_hidden: relations declared with related_name="+" are left out of related_objects.
     return [
-        relation
-        for relation in Job._meta.related_objects
-        if relation.related_model not in handled and relation.on_delete in (models.SET_NULL, models.CASCADE)
+        field
+        for field in Job._meta.get_fields(include_hidden=True)
+        if field.auto_created
+        and not field.concrete
+        and (field.one_to_many or field.one_to_one)
+        and field.related_model not in handled
+        and field.on_delete in (models.SET_NULL, models.CASCADE)
     ]
 
 

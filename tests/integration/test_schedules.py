@@ -124,7 +124,7 @@ def test_schedules_are_invisible_and_untouchable_across_organizations(member):
 
 
 def test_roles_decide_who_creates_and_who_changes_someone_elses_schedule(member):
-    developer, dev_client = member("developer")
+    developer, _ = member("developer")
     organization = developer.organization
     schedule = make_schedule(developer)
     _, viewer = member("viewer", organization=organization)
