@@ -60,6 +60,7 @@ _PAST_RETENTION = (
     "p.parent_id IS NULL AND p.status IN %(terminal)s"
     " AND p.finished_at < now() - make_interval(days => COALESCE(q.job_retention_days, %(days)s))"
     " AND NOT EXISTS (SELECT 1 FROM jobs_job u WHERE u.parent_id = p.id AND u.status NOT IN %(terminal)s)"
+    " AND (%(organization)s::bigint IS NULL OR p.organization_id = %(organization)s::bigint)"
 )
 _CHILDREN_SQL = (
     "SELECT c.id FROM jobs_job c JOIN jobs_job p ON p.id = c.parent_id"  # noqa: S608 (constant SQL)
@@ -79,14 +80,22 @@ _ALL_SQL = (
 )
 
 
-def jobs_prune(*, dry_run: bool = False, batch_size: int | None = None, progress=None) -> dict:
+def jobs_prune(
+    *, dry_run: bool = False, batch_size: int | None = None, organization_id: int | None = None, progress=None
+) -> dict:
     """Remove what is past retention: finished jobs with their events and artifact files, old audit rows, orphans.
 
-    Returns the PruneReport as a dict. `progress(report)` is called after each batch.
+    Returns the PruneReport as a dict. `progress(report)` is called after each batch. With
+    `organization_id`, only that organization's jobs (no audit rows, no orphan files).
     """
     batch_size = batch_size or settings.PRUNE_BATCH_SIZE
     report = PruneReport(dry_run=dry_run)
-    params = {"terminal": _TERMINAL, "days": settings.JOBS_RETENTION_DAYS, "limit": batch_size}
+    params = {
+        "terminal": _TERMINAL,
+        "days": settings.JOBS_RETENTION_DAYS,
+        "limit": batch_size,
+        "organization": organization_id,
+    }
     if dry_run:
         _count_past_retention(report, params)
     else:
@@ -102,8 +111,9 @@ def jobs_prune(*, dry_run: bool = False, batch_size: int | None = None, progress
                     progress(report)
                 if removed == 0:
                     break  # every candidate is locked by someone else: the next run takes them
-    _prune_audit(report, batch_size=batch_size, dry_run=dry_run)
-    _prune_orphans(report, dry_run=dry_run)
+    if organization_id is None:
+        _prune_audit(report, batch_size=batch_size, dry_run=dry_run)
+        _prune_orphans(report, dry_run=dry_run)
     if not dry_run and (report.jobs or report.audit_events or report.orphan_files):
         logger.info("jobs.pruned", extra=asdict(report))
     return asdict(report)
