@@ -359,6 +359,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "MemoryKindEnum": "apps.agents.models.MemoryKind",
     "InvitationStatusEnum": "apps.accounts.models.Invitation.Status",
     "JobStatusEnum": "apps.jobs.models.JobStatus",
+    "CatchUpEnum": "apps.jobs.models.CatchUp",
 }
 
 

@@ -30,7 +30,7 @@ class ScheduleListCreateApi(APIView):
         )
         timezone = serializers.CharField(max_length=64, default="UTC", help_text="IANA name, e.g. Europe/Berlin.")
         catch_up = serializers.ChoiceField(
-            choices=CatchUp.values,
+            choices=CatchUp.choices,
             default=CatchUp.FIRE_ONCE,
             help_text="After missed periods (the dispatcher was down): fire_once fires one job, skip fires none.",
         )
@@ -70,7 +70,7 @@ class ScheduleDetailApi(APIView):
         cron = serializers.CharField(max_length=100, required=False, allow_blank=True, help_text=WHEN_HELP)
         interval_seconds = serializers.IntegerField(min_value=1, required=False, allow_null=True, help_text=WHEN_HELP)
         timezone = serializers.CharField(max_length=64, required=False)
-        catch_up = serializers.ChoiceField(choices=CatchUp.values, required=False)
+        catch_up = serializers.ChoiceField(choices=CatchUp.choices, required=False)
         enabled = serializers.BooleanField(required=False)
 
         class Meta:
