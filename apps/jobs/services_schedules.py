@@ -211,7 +211,7 @@ def _runner(schedule: Schedule) -> Membership | None:
 
 def schedule_update(*, actor: Actor, schedule: Schedule, **changes) -> Schedule:
     """Change a schedule (audited). Changing its timing or resuming it moves the next firing to the next period
-    from now: a paused schedule does not fire what it missed. Changing the kind or params makes the member who
+    from now: a paused schedule does not fire what it missed. Changing the kind, params or priority makes the member who
     changes them the one its jobs run as, so a schedule never runs work its runner did not write.
     """
     unknown = sorted(set(changes) - set(CHANGEABLE))
