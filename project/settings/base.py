@@ -300,6 +300,9 @@ JOBS_RETENTION_DAYS = env.int("JOBS_RETENTION_DAYS", default=30)
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
 # Rows per DELETE statement (one short transaction each), so pruning never holds the job path.
 PRUNE_BATCH_SIZE = env.int("PRUNE_BATCH_SIZE", default=1000)
+# Seconds between two batches: a batch of 1,000 jobs keeps a database core busy ~0.2 s, and the
+# job path shares that core (docs/benchmarks.md, `bench prune`).
+PRUNE_BATCH_PAUSE_SECONDS = env.float("PRUNE_BATCH_PAUSE_SECONDS", default=0.2)
 PRUNE_INTERVAL_SECONDS = env.float("PRUNE_INTERVAL_SECONDS", default=3600.0)
 # A file under MEDIA_ROOT/artifacts/ that no row names is removed once it is this old: a
 # running job writes its files before it records them, and no job runs longer than 3 h.

@@ -27,6 +27,7 @@ def media(settings, tmp_path) -> Path:
     settings.JOBS_RETENTION_DAYS = 30
     settings.AUDIT_RETENTION_DAYS = 365
     settings.PRUNE_BATCH_SIZE = 2  # several batches even for this handful of rows
+    settings.PRUNE_BATCH_PAUSE_SECONDS = 0
     return Path(settings.MEDIA_ROOT)
 
 
