@@ -36,6 +36,7 @@ def build_world(tmp_path) -> World:
     from apps.accounts.services import api_token_create, invitation_create, organization_quota_set
     from apps.agents.services import agent_create, memory_create, scenario_create
     from apps.jobs.services import artifact_upload, job_submit, worker_host_register
+    from apps.jobs.services_schedules import schedule_create
     from apps.registry.services import model_version_promote, model_version_upload
     from tests.factories import MembershipFactory, OrganizationFactory
     from workers.testing_models import build_test_model
@@ -54,6 +55,7 @@ def build_world(tmp_path) -> World:
         agent = agent_create(membership=developer, name=f"{tag}-agent", kind="research", embedding=VECTOR)
         memory_create(membership=developer, agent=agent, text=f"{tag} memory", embedding=VECTOR)
         scenario_create(membership=developer, name=f"{tag}-scenario", spec={"rounds": 5})
+        schedule_create(membership=developer, name=f"{tag}-schedule", kind="sleep", params={}, interval_seconds=3600)
         organization_quota_set(organization=organization, actor=owner.user, gpu_seconds_per_day=3600)
         invitation_create(actor=owner, username=f"{tag}-invitee", role=Role.VIEWER)
         if organization == world.away:

@@ -79,7 +79,7 @@ class OrganizationQuotaForm(forms.ModelForm):
         model = OrganizationQuota
         fields = [
             *["organization", "concurrent_jobs", "running_jobs", "share_weight"],
-            *["sandbox_limits", "gpu_seconds_per_day"],
+            *["sandbox_limits", "gpu_seconds_per_day", "job_retention_days"],
         ]
 
     def clean(self):
@@ -110,6 +110,7 @@ class OrganizationQuotaAdmin(PlatformAdmin):
             share_weight=obj.share_weight,
             sandbox_limits=obj.sandbox_limits,
             gpu_seconds_per_day=obj.gpu_seconds_per_day,
+            job_retention_days=obj.job_retention_days,
         )
         obj.pk = saved.pk
 

@@ -103,6 +103,9 @@ class OrganizationQuota(models.Model):
     # sandbox limit name (cpu_seconds, wall_seconds, memory_mb, ...) -> the most a run may ask for.
     sandbox_limits = models.JSONField(default=dict, blank=True)
     gpu_seconds_per_day = models.PositiveIntegerField(null=True, blank=True)
+    # Days a finished job (its events and files) is kept before `manage.py prune` removes it;
+    # unset: settings.JOBS_RETENTION_DAYS.
+    job_retention_days = models.PositiveIntegerField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

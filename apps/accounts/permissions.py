@@ -12,6 +12,11 @@ from apps.core.errors import PermissionDenied
 READ_JOBS = "jobs.read"
 SUBMIT_JOBS = "jobs.submit"  # the kind decides further: see SUBMIT_BY_KIND
 MANAGE_ANY_JOB = "jobs.manage_any"  # cancel or retry someone else's job
+READ_SCHEDULES = "schedules.read"
+# Create a schedule, and change or delete your own; it submits its jobs as you (so the kind
+# must be one you may submit, checked again at every firing).
+MANAGE_SCHEDULES = "schedules.manage"
+MANAGE_ANY_SCHEDULE = "schedules.manage_any"  # change, pause or delete someone else's schedule
 READ_MODELS = "models.read"
 UPLOAD_MODELS = "models.upload"
 PROMOTE_MODELS = "models.promote"  # promote or archive a version
@@ -42,6 +47,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     READ_JOBS: _ALL,
     SUBMIT_JOBS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, SERVICE}),
     MANAGE_ANY_JOB: frozenset({OWNER, ADMIN, OPERATOR}),
+    READ_SCHEDULES: _ALL,
+    MANAGE_SCHEDULES: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, ANALYST, SERVICE}),
+    MANAGE_ANY_SCHEDULE: frozenset({OWNER, ADMIN, OPERATOR}),
     READ_MODELS: _ALL,
     UPLOAD_MODELS: frozenset({OWNER, ADMIN, OPERATOR, DEVELOPER, SERVICE}),
     PROMOTE_MODELS: frozenset({OWNER, ADMIN, OPERATOR}),
@@ -82,6 +90,9 @@ SCOPE_BY_ACTION: dict[str, str] = {
     READ_JOBS: "jobs:read",
     SUBMIT_JOBS: "jobs:write",
     MANAGE_ANY_JOB: "jobs:write",
+    READ_SCHEDULES: "jobs:read",
+    MANAGE_SCHEDULES: "jobs:write",
+    MANAGE_ANY_SCHEDULE: "jobs:write",
     READ_MODELS: "models:read",
     UPLOAD_MODELS: "models:write",
     PROMOTE_MODELS: "models:write",

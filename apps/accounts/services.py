@@ -521,6 +521,7 @@ QUOTA_FIELDS = (
     "share_weight",
     "sandbox_limits",
     "gpu_seconds_per_day",
+    "job_retention_days",
 )
 
 
@@ -572,6 +573,9 @@ def organization_quota_errors(values: dict) -> dict[str, list[str]]:
     seconds = values.get("gpu_seconds_per_day")
     if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0):
         errors["gpu_seconds_per_day"] = ["Must be a whole number >= 0, or null for unlimited."]
+    days = values.get("job_retention_days")
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650):
+        errors["job_retention_days"] = ["Must be 1-3650 days, or null for JOBS_RETENTION_DAYS."]
     return errors
 
 

@@ -313,3 +313,101 @@ class WorkerHost(models.Model):
     def is_alive(self) -> bool:
         horizon = timezone.now() - timedelta(seconds=settings.JOBS_WORKER_ALIVE_SECONDS)
         return self.stopped_at is None and self.last_heartbeat_at >= horizon
+
+
+# The Schedule model has a field named `timezone`, which shadows the module in its class body.
+_now = timezone.now
+
+
+class CatchUp(models.TextChoices):
+    FIRE_ONCE = "fire_once", "Fire once"
+    SKIP = "skip", "Skip"
+
+
+class Schedule(models.Model):
+    """A job submitted periodically (a cron expression or an interval) in its organization, as its creator.
+
+    `next_run_at` is the period the dispatcher fires next: it claims due rows with `FOR UPDATE
+    SKIP LOCKED` and advances `next_run_at` in the transaction that inserts the job, so each
+    period fires once however many dispatchers run (apps/jobs/services_schedules.py).
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="schedules")
+    # The member the jobs are submitted as (their owner; their role's permissions and quotas apply).
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=32)
+    params = models.JSONField(default=dict)
+    priority = models.PositiveSmallIntegerField(default=5)
+    cron = models.CharField(max_length=100, blank=True, help_text="5-field cron expression, in `timezone`")
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    catch_up = models.CharField(max_length=16, choices=CatchUp.choices, default=CatchUp.FIRE_ONCE)
+    enabled = models.BooleanField(default=True)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # Why the last firing made no job ({code, message, at}), e.g. a quota refused it; NULL once one succeeds.
+    last_error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=_now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="schedule_name_per_org"),
+            models.CheckConstraint(
+                condition=(models.Q(cron="") & models.Q(interval_seconds__gte=1))
+                | (~models.Q(cron="") & models.Q(interval_seconds__isnull=True)),
+                name="schedule_cron_or_interval",
+            ),
+            models.CheckConstraint(condition=models.Q(priority__lte=9), name="schedule_priority_0_9"),
+        ]
+        indexes = [
+            # The dispatcher's scan: enabled schedules by when they are due.
+            models.Index(fields=["next_run_at"], condition=models.Q(enabled=True), name="schedule_due"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def every(self) -> str:
+        return self.cron or f"every {self.interval_seconds}s"
+
+
+class ControlRun(models.Model):
+    """One housekeeping task (reap, ring, dispatch_schedules, prune): its runs, errors and last success.
+
+    Written by every run (apps/jobs/tasks.py), read by `/metrics` at scrape time, so a dead
+    reaper shows as a growing age there (docs/decisions/0006).
+    """
+
+    task = models.CharField(max_length=32, primary_key=True)
+    runs = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["task"]
+
+    def __str__(self) -> str:
+        return self.task
+
+
+class ControlCount(models.Model):
+    """A running total of what a housekeeping task did (`reap`/`leases_expired`, `prune`/`jobs_pruned`, ...)."""
+
+    task = models.CharField(max_length=32)
+    name = models.CharField(max_length=64)
+    value = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["task", "name"]
+        constraints = [models.UniqueConstraint(fields=["task", "name"], name="control_count_per_task_name")]
+
+    def __str__(self) -> str:
+        return f"{self.task}.{self.name}={self.value}"

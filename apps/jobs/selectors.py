@@ -4,8 +4,9 @@ from django.db import connection
 from django.db.models import Count, QuerySet
 
 from apps.accounts.models import Membership
+from apps.accounts.permissions import READ_SCHEDULES, require
 from apps.core.errors import NotFound
-from apps.jobs.models import Artifact, Job, JobEvent, WorkerHost
+from apps.jobs.models import Artifact, Job, JobEvent, Schedule, WorkerHost
 
 
 def job_list(*, membership: Membership) -> QuerySet[Job]:
@@ -185,3 +186,16 @@ def queue_list() -> list[dict]:
         for name in queues.QUEUE_NAMES
         if name != queues.CONTROL
     ]
+
+
+def schedule_list(*, membership: Membership) -> QuerySet[Schedule]:
+    require(membership, READ_SCHEDULES, "read schedules")
+    return Schedule.objects.filter(organization=membership.organization).select_related("created_by")
+
+
+def schedule_get(*, membership: Membership, schedule_id) -> Schedule:
+    """The schedule, or 404 whether it does not exist or belongs to another organization."""
+    schedule = schedule_list(membership=membership).filter(pk=schedule_id).first()
+    if schedule is None:
+        raise NotFound("No such schedule.")
+    return schedule

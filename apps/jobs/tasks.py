@@ -3,17 +3,41 @@
 from celery import shared_task
 
 from apps.core.logs import log_context
-from apps.jobs import services
+from apps.jobs import services, services_retention, services_schedules
+from apps.jobs.services_control import control_run
+
+
+def _reap_counts(result: dict) -> dict[str, int]:
+    if result.get("skipped"):
+        return {"skipped": 1}  # another beat's reaper holds the lock
+    return {
+        "leases_expired": result["requeued"] + result["failed"] + result["cancelled"],
+        "requeued": result["requeued"],
+        "failed": result["failed"],
+        "cancelled": result["cancelled"],
+        "redispatched": result["redispatched"],
+        "doorbells": result["rung"],
+    }
 
 
 @shared_task(name="jobs.reap", ignore_result=True)
 def reap() -> dict:
-    return services.jobs_reap()
+    return control_run("reap", services.jobs_reap, counts=_reap_counts)
 
 
 @shared_task(name="jobs.ring", ignore_result=True)
 def ring() -> dict:
-    return services.jobs_ring()
+    return control_run("ring", services.jobs_ring, counts=lambda rung: {"doorbells": sum(rung.values())})
+
+
+@shared_task(name="jobs.dispatch_schedules", ignore_result=True)
+def dispatch_schedules() -> dict:
+    return control_run("dispatch_schedules", services_schedules.schedules_dispatch, counts=dict)
+
+
+@shared_task(name="jobs.prune", ignore_result=True)
+def prune() -> dict:
+    return control_run("prune", services_retention.jobs_prune, counts=services_retention.prune_counts)
 
 
 @shared_task(name="jobs.children_changed", bind=True, ignore_result=True, acks_late=True)

@@ -37,6 +37,83 @@ def _histogram(name: str, documentation: str, histograms: dict[str, selectors.Hi
     return family
 
 
+# What the housekeeping tasks did (ControlCount rows, task -> name), as named counters.
+CONTROL_COUNTERS = (
+    (
+        "leases_expired",
+        "Running jobs whose lease expired (their worker died), found by the reaper.",
+        "reap",
+        "leases_expired",
+    ),
+    ("jobs_requeued", "Jobs the reaper returned to the queue after their lease expired.", "reap", "requeued"),
+    ("schedules_fired", "Jobs submitted by schedules.", "dispatch_schedules", "fired"),
+    (
+        "schedule_firings_refused",
+        "Schedule firings refused (a quota, a backlog cap, the role); recorded on the schedule.",
+        "dispatch_schedules",
+        "refused",
+    ),
+    (
+        "schedule_periods_skipped",
+        "Missed periods of `skip` schedules that fired nothing.",
+        "dispatch_schedules",
+        "skipped",
+    ),
+    (
+        "pruned_bytes",
+        "Bytes of artifact files removed by pruning (past retention, and orphans).",
+        "prune",
+        "bytes_pruned",
+    ),
+)
+PRUNED_TABLES = {
+    "jobs_pruned": "jobs_job",
+    "job_events_pruned": "jobs_jobevent",
+    "artifacts_pruned": "jobs_artifact",
+    "audit_events_pruned": "accounts_auditevent",
+    "orphan_files_pruned": "orphan_files",
+}
+
+
+def _control_path() -> Iterator[Metric]:
+    """Runs, errors and the age of the last success of each housekeeping task, and what they did."""
+    runs = CounterMetricFamily(f"{PREFIX}_control_runs", "Runs of each housekeeping task.", labels=["task"])
+    errors = CounterMetricFamily(
+        f"{PREFIX}_control_run_errors", "Runs of each housekeeping task that raised an error.", labels=["task"]
+    )
+    age = GaugeMetricFamily(
+        f"{PREFIX}_control_last_success_age_seconds",
+        "Seconds since each housekeeping task last succeeded: a growing value is a dead reaper, ring or dispatcher.",
+        labels=["task"],
+    )
+    for run, seconds in selectors.control_runs_with_age():
+        runs.add_metric([run.task], run.runs)
+        errors.add_metric([run.task], run.errors)
+        if seconds is not None:
+            age.add_metric([run.task], seconds)
+    yield runs
+    yield errors
+    yield age
+
+    totals = {(task, name): value for task, name, value in selectors.control_counts()}
+    for metric, documentation, task, name in CONTROL_COUNTERS:
+        family = CounterMetricFamily(f"{PREFIX}_{metric}", documentation)
+        family.add_metric([], totals.get((task, name), 0))
+        yield family
+    doorbells = CounterMetricFamily(
+        f"{PREFIX}_doorbells_rung", "Doorbells published by the ring (and by the reaper's ring).", labels=["task"]
+    )
+    for task in ("ring", "reap"):
+        doorbells.add_metric([task], totals.get((task, "doorbells"), 0))
+    yield doorbells
+    pruned = CounterMetricFamily(
+        f"{PREFIX}_pruned_rows", "Rows (and orphan files) removed by pruning, by table.", labels=["table"]
+    )
+    for name, table in PRUNED_TABLES.items():
+        pruned.add_metric([table], totals.get(("prune", name), 0))
+    yield pruned
+
+
 class SwitchyardCollector(Collector):
     """Every Switchyard metric, computed from aggregates on each scrape."""
 
@@ -152,6 +229,8 @@ class SwitchyardCollector(Collector):
         for verdict, n in sorted(selectors.sandbox_verdicts()):
             verdicts.add_metric([verdict], n)
         yield verdicts
+
+        yield from _control_path()
 
         took = GaugeMetricFamily(f"{PREFIX}_metrics_collect_seconds", "Time this scrape spent collecting.")
         took.add_metric([], time.perf_counter() - started)

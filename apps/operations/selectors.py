@@ -25,11 +25,19 @@ from django.db.models import (
     Value,
 )
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, Coalesce
+from django.db.models.functions import Cast, Coalesce, Now
 from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.jobs.models import TERMINAL_STATUSES, UNFINISHED_STATUSES, Job, JobStatus, WorkerHost
+from apps.jobs.models import (
+    TERMINAL_STATUSES,
+    UNFINISHED_STATUSES,
+    ControlCount,
+    ControlRun,
+    Job,
+    JobStatus,
+    WorkerHost,
+)
 from project import queues
 
 logger = logging.getLogger(__name__)
@@ -182,6 +190,18 @@ def oldest_queued_age_by_queue() -> dict[str, float]:
     for row in oldest:
         ages[row["queue"]] = max(0.0, (now - row["at"]).total_seconds())
     return ages
+
+
+def control_runs_with_age() -> list[tuple[ControlRun, float | None]]:
+    """Each housekeeping task's row, with seconds since its last success by the database's clock (None: never)."""
+    since = ExpressionWrapper(Now() - F("last_success_at"), output_field=DurationField())
+    rows = ControlRun.objects.annotate(since=since).order_by("task")
+    return [(row, row.since.total_seconds() if row.since is not None else None) for row in rows]
+
+
+def control_counts() -> list[tuple[str, str, int]]:
+    """(task, name, total) of what the housekeeping tasks did, e.g. ("reap", "leases_expired", 12)."""
+    return list(ControlCount.objects.order_by("task", "name").values_list("task", "name", "value"))
 
 
 def broker_queue_depths() -> dict[str, int] | None:

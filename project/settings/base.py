@@ -300,6 +300,29 @@ ORGANIZATION_QUOTA_DEFAULTS = {
 # How long an invitation to join an organization can be accepted (apps/accounts/services.py).
 INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
 
+# --- Schedules and retention (apps/jobs/services_schedules.py, services_retention.py) ------
+# How often beat runs the schedule dispatcher; a schedule fires within about this much of its time.
+SCHEDULES_DISPATCH_INTERVAL_SECONDS = env.float("SCHEDULES_DISPATCH_INTERVAL_SECONDS", default=1.0)
+# A `skip` schedule fires a late period only if it is at most this late and no later period
+# is due too; past that the period was missed (the dispatcher was down) and is skipped.
+SCHEDULES_MISFIRE_GRACE_SECONDS = env.float("SCHEDULES_MISFIRE_GRACE_SECONDS", default=30.0)
+# The shortest interval a schedule may have, and the most schedules per organization.
+SCHEDULES_MIN_INTERVAL_SECONDS = env.int("SCHEDULES_MIN_INTERVAL_SECONDS", default=10)
+SCHEDULES_MAX_PER_ORGANIZATION = env.int("SCHEDULES_MAX_PER_ORGANIZATION", default=100)
+# Finished jobs (with their events and files) older than this are pruned; an organization's
+# quota (`job_retention_days`) overrides it. Audit rows are kept longer, on their own clock.
+JOBS_RETENTION_DAYS = env.int("JOBS_RETENTION_DAYS", default=30)
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+# Rows per DELETE statement (one short transaction each), so pruning never holds the job path.
+PRUNE_BATCH_SIZE = env.int("PRUNE_BATCH_SIZE", default=1000)
+# Seconds between two batches: a batch of 1,000 jobs keeps a database core busy ~0.2 s, and the
+# job path shares that core (docs/benchmarks.md, `bench prune`).
+PRUNE_BATCH_PAUSE_SECONDS = env.float("PRUNE_BATCH_PAUSE_SECONDS", default=0.2)
+PRUNE_INTERVAL_SECONDS = env.float("PRUNE_INTERVAL_SECONDS", default=3600.0)
+# A file under MEDIA_ROOT/artifacts/ that no row names is removed once it is this old: a
+# running job writes its files before it records them, and no job runs longer than 3 h.
+PRUNE_ORPHAN_MIN_AGE_SECONDS = env.float("PRUNE_ORPHAN_MIN_AGE_SECONDS", default=6 * 3600.0)
+
 CELERY_BEAT_SCHEDULE = {
     "ring-queues": {
         "task": "jobs.ring",
@@ -311,6 +334,16 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": JOBS_REAPER_INTERVAL_SECONDS,
         # A reaper run that waited longer than its interval is stale: the next one is coming.
         "options": {"expires": JOBS_REAPER_INTERVAL_SECONDS},
+    },
+    "dispatch-schedules": {
+        "task": "jobs.dispatch_schedules",
+        "schedule": SCHEDULES_DISPATCH_INTERVAL_SECONDS,
+        "options": {"expires": SCHEDULES_DISPATCH_INTERVAL_SECONDS},
+    },
+    "prune": {
+        "task": "jobs.prune",
+        "schedule": PRUNE_INTERVAL_SECONDS,
+        "options": {"expires": PRUNE_INTERVAL_SECONDS},
     },
 }
 
@@ -344,6 +377,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "MemoryKindEnum": "apps.agents.models.MemoryKind",
     "InvitationStatusEnum": "apps.accounts.models.Invitation.Status",
     "JobStatusEnum": "apps.jobs.models.JobStatus",
+    "CatchUpEnum": "apps.jobs.models.CatchUp",
 }
 
 

@@ -21,8 +21,9 @@ from apps.accounts import permissions as p
 from apps.accounts.models import Membership, Role
 from apps.accounts.services import api_token_create, invitation_create
 from apps.agents.services import agent_create, memory_create, scenario_create
-from apps.jobs.models import Artifact, Job, JobStatus
+from apps.jobs.models import Artifact, Job, JobStatus, Schedule
 from apps.jobs.services import artifact_upload, job_submit
+from apps.jobs.services_schedules import schedule_create
 from apps.registry.services import model_version_upload
 from tests.factories import MembershipFactory, OrganizationFactory
 from workers.testing_models import build_test_model
@@ -375,6 +376,45 @@ ENDPOINTS = [
         ok=204,
         scope="scenarios:write",
     ),
+    Endpoint(
+        "schedules",
+        "GET",
+        "/api/v1/schedules/",
+        p.PERMISSIONS[p.READ_SCHEDULES],
+        object_scoped=False,
+        scope="jobs:read",
+    ),
+    Endpoint(
+        "schedules",
+        "POST",
+        "/api/v1/schedules/",
+        p.PERMISSIONS[p.MANAGE_SCHEDULES] & p.SUBMIT_BY_KIND["sleep"],
+        ok=201,
+        body={"name": "new-schedule", "kind": "sleep", "params": {}, "interval_seconds": 60},
+        object_scoped=False,
+        scope="jobs:write",
+    ),
+    Endpoint(
+        "schedule-detail", "GET", "/api/v1/schedules/{schedule}/", p.PERMISSIONS[p.READ_SCHEDULES], scope="jobs:read"
+    ),
+    Endpoint(
+        "schedule-detail",
+        "PATCH",
+        "/api/v1/schedules/{schedule}/",
+        p.PERMISSIONS[p.MANAGE_ANY_SCHEDULE],
+        body={"enabled": False},
+        scope="jobs:write",
+        case="someone else's",
+    ),
+    Endpoint(
+        "schedule-detail",
+        "DELETE",
+        "/api/v1/schedules/{schedule}/",
+        p.PERMISSIONS[p.MANAGE_ANY_SCHEDULE],
+        ok=204,
+        scope="jobs:write",
+        case="someone else's",
+    ),
     Endpoint("scenario-runs", "GET", "/api/v1/scenarios/{scenario}/runs", ALL, scope="jobs:read"),
     Endpoint(
         "scenario-runs",
@@ -401,6 +441,14 @@ OWN_ENDPOINTS = [
     Endpoint("api-root", "GET", "/api/v1/", ALL, object_scoped=False, scope="read"),
     Endpoint("job-cancel", "POST", "/api/v1/jobs/{own_job}/cancel", p.PERMISSIONS[p.SUBMIT_JOBS], ok=202, case="own"),
     Endpoint("token-revoke", "POST", "/api/v1/tokens/{own_token}/revoke", ALL, case="own"),
+    Endpoint(
+        "schedule-detail",
+        "PATCH",
+        "/api/v1/schedules/{own_schedule}/",
+        p.PERMISSIONS[p.MANAGE_SCHEDULES],
+        body={"enabled": False},
+        case="own",
+    ),
 ]
 
 
@@ -443,12 +491,16 @@ def _seed_organization(organization, tmp_path: Path, tag: str) -> dict:
     memory_create(membership=colleague, agent=agent, text=f"memory of {tag}", embedding=VECTOR)
     agent_create(membership=colleague, name=f"partner-{tag}", kind="partner", embedding=VECTOR)
     scenario = scenario_create(membership=colleague, name=f"scenario-{tag}", spec={"rounds": 10})
+    schedule = schedule_create(
+        membership=colleague, name=f"schedule-{tag}", kind="sleep", params={}, interval_seconds=60
+    )
     inviter = MembershipFactory(organization=organization, role=Role.ADMIN)
     invitation = invitation_create(actor=inviter, username=f"invitee-{tag}", role=Role.VIEWER)
     return {
         "invitation": invitation.pk,
         "received_invitation": invitation.pk,
         "scenario": scenario.pk,
+        "schedule": schedule.pk,
         "agent": agent.pk,
         "upload": upload.pk,
         "job": job.pk,
@@ -521,6 +573,11 @@ def _with_own_objects(world: World, endpoint: Endpoint, caller, values: dict) ->
             membership=MembershipFactory(organization=world.home, role=Role.OWNER), kind="sleep", params={}
         )[0].pk
         Job.objects.filter(pk=values["own_job"]).update(owner=caller.user)
+    if "{own_schedule}" in endpoint.path:
+        owner = MembershipFactory(organization=world.home, role=Role.OWNER)
+        schedule = schedule_create(membership=owner, name="own", kind="sleep", params={}, interval_seconds=60)
+        Schedule.objects.filter(pk=schedule.pk).update(created_by=caller.user)
+        values["own_schedule"] = schedule.pk
     if "{own_token}" in endpoint.path:
         values["own_token"] = api_token_create(membership=caller, name="own").token.prefix
     if "{received_invitation}" in endpoint.path:

@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.jobs.models import Artifact, Job, JobEvent
+from apps.jobs.models import Artifact, Job, JobEvent, Schedule
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
@@ -185,3 +185,39 @@ def bulk_submit_requests(items: list) -> tuple[list[dict | None], dict]:
         for name, messages in one.errors.items():
             problems[f"jobs[{index}].{name}"] = [str(message) for message in messages]
     return requests, problems
+
+
+class ScheduleLastErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="e.g. quota_exceeded, unavailable, creator_not_member")
+    message = serializers.CharField()
+    at = serializers.DateTimeField()
+
+
+class ScheduleOutputSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    last_job = serializers.UUIDField(source="last_job_id", allow_null=True)
+    last_error = ScheduleLastErrorSerializer(
+        allow_null=True, help_text="Why the last firing made no job; null after one that did."
+    )
+
+    class Meta:
+        model = Schedule
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "params",
+            "priority",
+            "cron",
+            "interval_seconds",
+            "timezone",
+            "catch_up",
+            "enabled",
+            "next_run_at",
+            "last_run_at",
+            "last_job",
+            "last_error",
+            "created_by",
+            "created_at",
+            "updated_at",
+        ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.jobs.api import views
+from apps.jobs.api import schedule_views, views
 
 urlpatterns = [
     path("quota", views.QuotaApi.as_view(), name="quota"),
@@ -19,6 +19,8 @@ urlpatterns = [
         views.ArtifactDownloadApi.as_view(),
         name="job-artifact-download",
     ),
+    path("schedules/", schedule_views.ScheduleListCreateApi.as_view(), name="schedules"),
+    path("schedules/<int:schedule_id>/", schedule_views.ScheduleDetailApi.as_view(), name="schedule-detail"),
     path("artifacts/", views.InputArtifactListUploadApi.as_view(), name="artifacts"),
     path("artifacts/<uuid:artifact_id>/", views.InputArtifactDetailApi.as_view(), name="artifact-detail"),
     path("artifacts/<uuid:artifact_id>/download", views.InputArtifactDownloadApi.as_view(), name="artifact-download"),

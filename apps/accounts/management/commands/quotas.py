@@ -54,6 +54,11 @@ class Command(BaseCommand):
             "--share-weight", type=float, help="fair share weight under contention (default 1; 2 = twice the share)"
         )
         change.add_argument("--gpu-seconds-per-day", type=int, help="GPU seconds per UTC day; -1 for unlimited")
+        change.add_argument(
+            "--retention-days",
+            type=int,
+            help="days finished jobs are kept before `manage.py prune` removes them; -1 for JOBS_RETENTION_DAYS",
+        )
 
     def handle(self, *args, action, **options):
         from apps.jobs.quotas import quota_usage
@@ -86,6 +91,9 @@ class Command(BaseCommand):
             }
             if options["share_weight"] is not None:
                 values["share_weight"] = options["share_weight"]
+            if options["retention_days"] is not None:
+                days = options["retention_days"]
+                values["job_retention_days"] = None if days < 0 else days
             if options["gpu_seconds_per_day"] is not None:
                 seconds = options["gpu_seconds_per_day"]
                 values["gpu_seconds_per_day"] = None if seconds < 0 else seconds

@@ -13,6 +13,10 @@ BENCHMARKS = {
         "apps.jobs.bench_fairness",
         "a latecomer's queue wait behind another organization's flood vs first-in-first-out; shares by weight",
     ),
+    "prune": (
+        "apps.jobs.bench_prune",
+        "the job path's p99 submit-to-finish latency while a prune of 100k finished jobs runs vs without",
+    ),
     "sandbox": ("apps.jobs.bench_sandbox", "a sandboxed print(1) vs a bare interpreter start; sandbox runs/s"),
     "vectors": ("apps.agents.bench", "pgvector HNSW search vs an exact numpy ranking: recall@10, latency, build time"),
     "compile": ("apps.registry.bench_compile", "int8, optimised and fp16 compiles vs the fp32 source on CPU"),

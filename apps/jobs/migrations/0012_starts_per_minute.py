@@ -6,8 +6,8 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0006_starts_per_minute"),
-        ("jobs", "0010_leader_lease"),
+        ("accounts", "0007_starts_per_minute"),
+        ("jobs", "0011_leader_lease"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

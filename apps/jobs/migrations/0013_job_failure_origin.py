@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0011_starts_per_minute"),
+        ("jobs", "0012_starts_per_minute"),
     ]
 
     operations = [

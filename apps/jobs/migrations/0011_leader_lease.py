@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0009_idempotency_fingerprint"),
+        ("jobs", "0010_schedules_and_control_runs"),
     ]
 
     operations = [

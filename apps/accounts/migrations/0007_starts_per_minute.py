@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0005_quota_share_weight"),
+        ("accounts", "0006_quota_job_retention_days"),
     ]
 
     operations = [
