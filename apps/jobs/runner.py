@@ -20,7 +20,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from apps.core.db import close_old_connections_between_jobs, mark_connections_used
 from apps.core.logs import log_context
-from apps.jobs import services
+from apps.jobs import services, task_events
 from apps.jobs.kinds import AwaitChildren, JobKind, PermanentJobError, get_kind
 from apps.jobs.models import Job, JobStatus
 
@@ -175,18 +175,29 @@ def _claim(claim) -> Job | None:
         return claim()
 
 
-def run_next(*, queue: str, worker: str, task_id: str | None = None) -> str:
-    """A doorbell rang for `queue`: claim its best eligible job and run it. Returns what happened."""
+def run_next(*, queue: str, worker: str, task_id: str | None = None) -> dict:
+    """A doorbell rang for `queue`: claim its best eligible job and run it.
+
+    Returns which job it ran and what happened: the doorbell's result in Flower, next to
+    the job's own task (apps.jobs.task_events).
+    """
     close_old_connections_between_jobs()
     job = _claim(partial(services.job_claim_next, queue=queue, worker=worker, task_id=task_id))
     if job is None:
         logger.info("job.nothing_eligible", extra={"queue": queue, "worker": worker})
         mark_connections_used()
-        return "nothing_eligible"
+        return {"queue": queue, "job_id": None, "outcome": "nothing_eligible"}
     with log_context(job_id=str(job.id)):
-        outcome = _run_claimed(job, worker)
+        outcome = _run_claimed(job, worker, doorbell_id=task_id)
     mark_connections_used()
-    return outcome
+    return {
+        "queue": queue,
+        "job_id": str(job.id),
+        "kind": job.kind,
+        "attempt": job.attempt,
+        "task": task_events.task_uuid(job.id, job.attempt),
+        "outcome": str(outcome),
+    }
 
 
 def _claim_and_run(*, job_id: str, worker: str) -> str:
@@ -204,7 +215,19 @@ def _claim_and_run(*, job_id: str, worker: str) -> str:
     return _run_claimed(job, worker)
 
 
-def _run_claimed(job: Job, worker: str) -> str:
+def _run_claimed(job: Job, worker: str, *, doorbell_id: str | None = None) -> str:
+    events = task_events.AttemptEvents(job, worker=worker, doorbell_id=doorbell_id)
+    events.started()
+    try:
+        outcome = _run_attempt(job, worker)
+    except BaseException:
+        events.ended("crashed")  # the doorbell fails too; the lease decides what becomes of the job
+        raise
+    events.ended(outcome)
+    return outcome
+
+
+def _run_attempt(job: Job, worker: str) -> str:
     kind = get_kind(job.kind)
     if kind is None:
         services.job_finish(
