@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from apps.core.views import ApiRootApi, healthz, home, readyz
-from apps.operations.views import dashboard, metrics
+from apps.operations.views import dashboard, dashboard_live, metrics
 
 admin.site.site_header = "Switchyard"
 admin.site.site_title = "Switchyard admin"
@@ -22,6 +22,7 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
     path("admin/operations/", admin.site.admin_view(dashboard), name="operations-dashboard"),
+    path("admin/operations/live/", admin.site.admin_view(dashboard_live), name="operations-dashboard-live"),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"), namespace="v1")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
