@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from apps.core.views import ApiRootApi, healthz, home, readyz
 from apps.operations.views import dashboard, dashboard_live, metrics
@@ -29,6 +29,11 @@ urlpatterns = [
     # Split: the initialisation script is served from this URL (?script=), not inline, so the
     # CSP can forbid inline script.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="api/redoc.html"),
+        name="api-redoc",
+    ),
 ]
 
 # JSON (503 when the database is down) under /api/; Django's page elsewhere.
