@@ -355,16 +355,10 @@ class JobAdmin(OrganizationScopedAdmin):
 
     @admin.display(description="Flower")
     def flower_link(self, job):
-        # A pulled job's attempt is its own task in Flower (apps.jobs.task_events); a pushed
-        # one (sandbox) is the task of its message.
-        if services.is_pulled(job.kind):
-            if not job.attempt:
-                return "-"
-            task = task_events.task_uuid(job.pk, job.attempt)
-        elif job.task_id:
-            task = job.task_id
-        else:
+        # Each attempt is a task of its own in Flower, named after the kind (apps.jobs.task_events).
+        if not job.attempt:
             return "-"
+        task = task_events.task_uuid(job.pk, job.attempt)
         return format_html('<a href="{}/task/{}" target="_blank">{}</a>', settings.FLOWER_URL, task, task)
 
     @admin.action(description="Cancel selected jobs")

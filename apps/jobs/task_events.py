@@ -95,8 +95,9 @@ class AttemptEvents:
         )
         _send("task-started", hostname=self.worker, uuid=self.uuid, pid=os.getpid())
 
-    def ended(self, outcome: str) -> None:
-        runtime = time.monotonic() - self._started
+    def ended(self, outcome: str, *, runtime: float | None = None) -> None:
+        if runtime is None:
+            runtime = time.monotonic() - self._started
         if outcome in SUCCEEDED_OUTCOMES:
             result = {"job_id": str(self.job.id), "status": str(outcome)}
             _send("task-succeeded", hostname=self.worker, uuid=self.uuid, result=saferepr(result), runtime=runtime)
@@ -132,3 +133,18 @@ class AttemptEvents:
     def _traceback(self) -> str:
         details = (self._error_row().get("error") or {}).get("details") or {}
         return str(details.get("traceback", ""))[:20_000]
+
+
+def remote_attempt_started(job: Job | None, *, worker: str) -> None:
+    """A sandbox host began a run (reported on `control`): its attempt's task starts, on that host's name."""
+    if job is not None:
+        AttemptEvents(job, worker=worker, doorbell_id=job.task_id).started()
+
+
+def remote_attempt_ended(*, job_id: str, worker: str) -> None:
+    """A sandbox run's outcome was recorded on `control`: end its attempt's task as the Job row now says."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None or job.status in (JobStatus.RUNNING, JobStatus.CANCELLING):
+        return
+    ran = job.finished_at - job.started_at if job.finished_at and job.started_at else None
+    AttemptEvents(job, worker=worker).ended(str(job.status), runtime=ran.total_seconds() if ran else 0.0)

@@ -153,3 +153,31 @@ def test_flower_broker_page_lists_every_queue(start_worker, start_flower):
         assert f'<tr id="{queue}">' in page, f"{queue} missing from the Broker page"
     lengths = httpx.get(f"{flower}/api/queues/length", auth=AUTH, timeout=20).json()
     assert {q["name"] for q in lengths["active_queues"]} >= {"cpu", "gpu", "sandbox", "control"}
+
+
+def test_flower_shows_a_sandbox_run_as_a_jobs_sandbox_task_on_the_host_that_ran_it(start_worker, start_flower, member):
+    flower = start_flower()
+    start_worker("control")
+    sandbox = start_worker("sandbox", app="workers.sandbox.app", broker_only=True)
+    membership, _ = member("developer")
+    ok, _ = services.job_submit(membership=membership, kind="sandbox", params={"source": "print('hi')"})
+    bad, _ = services.job_submit(membership=membership, kind="sandbox", params={"source": "raise SystemExit(3)"})
+    wait_for(
+        lambda: (
+            set(Job.objects.filter(pk__in=[ok.pk, bad.pk]).values_list("status", flat=True)) == {"succeeded", "failed"}
+        ),
+        90,
+        f"sandbox jobs did not end:\n{sandbox.log()[-3000:]}",
+    )
+    tasks = wait_for(
+        lambda: (
+            (found := flower_tasks(flower, taskname="jobs.sandbox"))
+            and found.get(f"{ok.pk}:1", {}).get("state") == "SUCCESS"
+            and found.get(f"{bad.pk}:1", {}).get("state") == "FAILURE"
+            and found
+        ),
+        30,
+        "flower never showed both sandbox attempts in their final states",
+    )
+    assert tasks[f"{bad.pk}:1"]["worker"] == sandbox.name
+    assert "runtime_error" in tasks[f"{bad.pk}:1"]["exception"]
