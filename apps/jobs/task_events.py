@@ -45,16 +45,43 @@ def task_uuid(job_id, attempt: int) -> str:
     return f"{job_id}:{attempt}"
 
 
+# One event dispatcher per worker process and node name, on its own broker connection, kept
+# between jobs: opening one per event (Celery's `default_dispatcher`) cost a short job's path
+# about a third of its throughput (`manage.py bench jobs`, docs/decisions/0034).
+_dispatchers: dict[str, object] = {}
+_dispatchers_pid: int | None = None
+
+
+def _dispatcher(hostname: str):
+    global _dispatchers_pid
+    from project.celery import app
+
+    if _dispatchers_pid != os.getpid():  # a forked pool child must not share its parent's socket
+        _dispatchers.clear()
+        _dispatchers_pid = os.getpid()
+    dispatcher = _dispatchers.get(hostname)
+    if dispatcher is None:
+        # Not buffered while the broker is away: an event that cannot be sent now is dropped.
+        dispatcher = app.events.Dispatcher(app.connection_for_write(), hostname=hostname, buffer_while_offline=False)
+        _dispatchers[hostname] = dispatcher
+    return dispatcher
+
+
 def _send(event_type: str, *, hostname: str, uuid: str, **fields) -> None:
     from project.celery import app
 
     if not app.conf.worker_send_task_events:
         return
     try:
-        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-            dispatcher.send(event_type, uuid=uuid, **fields)
+        _dispatcher(hostname).send(event_type, uuid=uuid, **fields)
     except Exception:
         logger.warning("job.task_event_not_sent", extra={"event": event_type, "task_uuid": uuid}, exc_info=True)
+        broken = _dispatchers.pop(hostname, None)
+        if broken is not None:  # the next event starts on a new connection (a broker restart)
+            try:
+                broken.connection.release()
+            except Exception:
+                logger.debug("job.task_event_connection_not_released", exc_info=True)
 
 
 class AttemptEvents:
@@ -93,7 +120,7 @@ class AttemptEvents:
             eta=None,
             expires=None,
         )
-        _send("task-started", hostname=self.worker, uuid=self.uuid, pid=os.getpid())
+        _send("task-started", hostname=self.worker, uuid=self.uuid)  # the dispatcher adds its pid
 
     def ended(self, outcome: str, *, runtime: float | None = None) -> None:
         if runtime is None:

@@ -124,6 +124,7 @@ def test_flower_shows_each_job_attempt_as_a_task_named_after_its_kind_and_failur
     )
     assert tasks[ok_task]["name"] == "jobs.sleep" and str(ok.pk) in tasks[ok_task]["args"]
     assert tasks[ok_task]["worker"] == worker.name
+    assert tasks[ok_task]["received"] and tasks[ok_task]["started"] and tasks[ok_task]["runtime"] is not None
     assert "attempts_exhausted" in tasks[bad_task]["exception"]
     # Flower's Failed filter (its task list's state filter) finds the failed job, and only it.
     failed = flower_tasks(flower, state="FAILURE")
