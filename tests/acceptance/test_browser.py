@@ -163,6 +163,13 @@ def test_admin_pages_fit_a_1400_pixel_window(offline_page, live_server, member):
     services.job_claim(job_id=job.id, worker="cpu@" + "a-very-long-worker-host-name-" * 4)
     result = {"matrix": [["x" * 30 for _ in range(30)] for _ in range(3)], "note": "y" * 3000}
     services.job_finish(job_id=job.id, attempt=1, status="succeeded", worker="cpu@w", result=result)
+    # Unbroken tokens (paths, digests, base64) are what no table or form row can wrap on its own.
+    long_token = "/data/artifacts/" + "abcdef0123456789" * 40
+    failed, _ = services.job_submit(membership=membership, kind="sleep", params=params, idempotency_key="k" * 120)
+    services.job_claim(job_id=failed.id, worker="cpu@w")
+    services.job_progress(job_id=failed.id, attempt=1, progress=0.5, message=long_token)
+    error = {"code": "internal_error", "message": long_token, "details": {"traceback": long_token}}
+    services.job_finish(job_id=failed.id, attempt=1, status="failed", worker="cpu@w", error=error, result=result)
     services.worker_host_register(
         hostname="gpu@" + "h" * 80,
         queues=["gpu"],
