@@ -8,13 +8,14 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SERVICES := $(PY) -m apps.core.devservices
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-rabbitmq lint format services-up services-down services-status clean
+.PHONY: help install browser run test test-rabbitmq lint format services-up services-down services-status clean
 
 help:
 	@echo "make run    - install, start embedded services, migrate, seed the demo login, start every process"
 	@echo "make test   - install, start embedded services, run the test suite (real PostgreSQL, broker, workers)"
 	@echo "make test-rabbitmq - the broker-dependent tests again, against RABBITMQ_URL (amqp://user:pass@host:5672/vhost)"
 	@echo "make lint   - ruff check and format check"
+	@echo "make browser - install Debian's chromium for the browser tests (as root, when missing)"
 	@echo "make services-up | services-down | services-status - the embedded PostgreSQL and Redis under .data/"
 
 install: $(STAMP)
@@ -38,7 +39,18 @@ run: install
 		$(PY) manage.py seed_demo && \
 		exec $(PY) -m apps.core.stack'
 
-test: install
+# The browser tests (tests/acceptance/test_browser.py) drive Debian's chromium; never a downloaded one.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		{ apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+		  { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }; } || \
+		echo "warning: chromium could not be installed; the browser tests will skip"; \
+	else echo "note: $(CHROMIUM) is missing and this is not root with apt-get: the browser tests will skip (install chromium, or set CHROMIUM=)"; fi
+
+test: install browser
 	@$(SERVICES) exec -- sh -c '$(PY) manage.py preflight && $(PY) -m pytest $(PYTEST_ARGS)'
 
 # The tests marked `broker` (tests/conftest.py) against RabbitMQ; PostgreSQL is still the embedded one.

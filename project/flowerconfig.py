@@ -44,3 +44,26 @@ def rabbitmq_management_api(broker_url: str, port: int = 15672) -> str | None:
 broker_api = os.environ.get("FLOWER_BROKER_API") or rabbitmq_management_api(
     os.environ.get("CELERY_BROKER_URL", ""), int(os.environ.get("RABBITMQ_MANAGEMENT_PORT", "15672"))
 )
+
+
+def every_queue(handler) -> list[str]:
+    """The Broker page's queues: every queue the app declares, and any other a worker consumes.
+
+    Flower lists only the queues of the workers it inspected, and it inspects them once, at
+    its start: under `make run` only the sandbox worker (no Django to load) had answered by
+    then, so the page showed `sandbox` alone. A queue with no live consumer (a gpu queue
+    with no gpu host) is the one an operator most needs to see filling up.
+    """
+    declared = {handler.capp.conf.task_default_queue} | {q.name for q in handler.capp.conf.task_queues or () if q.name}
+    consumed = {q["name"] for info in handler.application.workers.values() for q in info.get("active_queues") or ()}
+    return sorted(declared | consumed)
+
+
+def _list_every_queue_on_the_broker_page() -> None:
+    # Flower has no option for this; its views ask BaseHandler.get_active_queue_names.
+    from flower.views import BaseHandler
+
+    BaseHandler.get_active_queue_names = every_queue
+
+
+_list_every_queue_on_the_broker_page()

@@ -156,6 +156,10 @@ def sweep(client, site: AdminSite, world: World) -> list[str]:
                     client.post(changelist, {"action": name, "_selected_action": selected, "post": "yes"}),
                     f"{label} action {name}",
                 )
+        for name, url in _custom_urls(site, model_admin, theirs):
+            # An admin's own views (live status, buttons, files): asked for the other organization's rows.
+            check(client.get(url), f"{label} {name} GET", may_show=not _names_a_row(url, theirs))
+            check(client.post(url), f"{label} {name} POST", may_show=not _names_a_row(url, theirs))
         for source_field in model_admin.autocomplete_fields:
             params = {"app_label": model._meta.app_label, "model_name": model._meta.model_name}
             for term in ("", MARK):
@@ -164,6 +168,30 @@ def sweep(client, site: AdminSite, world: World) -> list[str]:
                 )
                 check(response, f"{label}.{source_field} autocomplete '{term}'")
     return violations
+
+
+DJANGO_VIEWS = ("changelist", "add", "history", "delete", "change")
+
+
+def _names_a_row(url: str, rows) -> bool:
+    return any(f"/{row.pk}/" in url for row in rows)
+
+
+def _custom_urls(site: AdminSite, model_admin, rows) -> list[tuple[str, str]]:
+    """Every URL an admin adds to Django's own, filled with the rows' ids (path arguments, or `?id=`)."""
+    prefix = f"{model_admin.model._meta.app_label}_{model_admin.model._meta.model_name}_"
+    urls = []
+    for pattern in model_admin.get_urls():
+        name = pattern.name or ""
+        if not name.startswith(prefix) or name.removeprefix(prefix) in DJANGO_VIEWS:
+            continue
+        arguments = list(pattern.pattern.converters)
+        for row in rows:
+            fixed = pattern.default_args or {}
+            args = {argument: row.pk for argument in arguments if argument not in fixed}
+            url = reverse(f"{site.name}:{name}", kwargs=args)
+            urls.append((name, url if args else f"{url}?id={row.pk}"))
+    return urls
 
 
 def visible_own_rows(client, site: AdminSite, world: World) -> dict[str, int]:

@@ -36,7 +36,21 @@ class ReadOnlyTabularInline(admin.TabularInline):
         return False
 
 
-class PlatformAdmin(admin.ModelAdmin):
+class ReadOnlyPagesMixin:
+    """A change page with nothing to edit shows no Save or Delete buttons (only "Close")."""
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        nothing_to_edit = not context["adminform"].form.fields and all(
+            isinstance(formset.opts, ReadOnlyTabularInline) for formset in context.get("inline_admin_formsets", [])
+        )
+        if change and nothing_to_edit:
+            context.update(
+                show_save=False, show_save_and_continue=False, show_save_and_add_another=False, show_delete=False
+            )
+        return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)
+
+
+class PlatformAdmin(ReadOnlyPagesMixin, admin.ModelAdmin):
     """Platform tables (users, groups, worker hosts, quotas, lockouts): superusers only."""
 
     def has_module_permission(self, request):
@@ -81,7 +95,7 @@ def admin_actor(request, organization):
     return found
 
 
-class OrganizationScopedAdmin(admin.ModelAdmin):
+class OrganizationScopedAdmin(ReadOnlyPagesMixin, admin.ModelAdmin):
     """A tenant model's admin: what a staff user sees and changes follows their role per organization."""
 
     # The lookup from the model to Organization, e.g. "organization" or "model__organization";
@@ -221,3 +235,29 @@ class OrganizationScopedAdmin(admin.ModelAdmin):
                 return False
             model = field.related_model or model
         return bool(field is not None and field.is_relation)
+
+
+def json_block(value, *, open_up_to: int = 600) -> str:
+    """A JSON value for a read-only admin field: pretty-printed, in a <details> that starts open only when short."""
+    import json
+
+    from django.utils.html import format_html
+
+    if value in (None, {}, []):
+        return "-"
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    if isinstance(value, dict):
+        summary = f"{len(value)} key{'s' if len(value) != 1 else ''}: {', '.join(list(map(str, value))[:8])}"
+    elif isinstance(value, list):
+        summary = f"{len(value)} item{'s' if len(value) != 1 else ''}"
+    else:
+        summary = type(value).__name__
+    size = len(text.encode())
+    size_label = f"{size} bytes" if size < 10_000 else f"{size / 1024:.0f} KiB"
+    return format_html(
+        '<details class="json-block"{}><summary>{} ({})</summary><pre class="json">{}</pre></details>',
+        " open" if len(text) <= open_up_to else "",
+        summary,
+        size_label,
+        text,
+    )

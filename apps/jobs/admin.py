@@ -1,20 +1,74 @@
+import uuid
+
 from django.conf import settings
 from django.contrib import admin, messages
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponseNotAllowed, JsonResponse
+from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from apps.accounts.permissions import MANAGE_SCHEDULES, READ_JOBS, READ_SCENARIOS, READ_SCHEDULES, SUBMIT_JOBS
+from apps.accounts.permissions import (
+    MANAGE_ANY_JOB,
+    MANAGE_SCHEDULES,
+    READ_JOBS,
+    READ_SCENARIOS,
+    READ_SCHEDULES,
+    SUBMIT_JOBS,
+    has_permission,
+)
 from apps.core.admin import (
     OrganizationScopedAdmin,
     PlatformAdmin,
     ReadOnlyTabularInline,
     admin_actor,
+    json_block,
     organizations_where,
 )
-from apps.core.errors import DomainError
-from apps.jobs import services, services_schedules
-from apps.jobs.models import Artifact, Job, JobEvent, QueueState, Schedule, WorkerHost
+from apps.core.errors import DomainError, PermissionDenied
+from apps.jobs import services, services_schedules, task_events
+from apps.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, JobStatus, QueueState, Schedule, WorkerHost
+
+# The live view answers for at most this many jobs per poll (a change list page shows 100).
+LIVE_MAX_JOBS = 100
+
+
+def live_job(job: Job) -> dict:
+    """What the admin's polling script shows of a job (apps/core/static/switchyard/live.js)."""
+    duration = job.duration
+    return {
+        "status": job.status,
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "attempt": f"{job.attempt}/{job.max_attempts}",
+        "worker_host": job.worker_host,
+        "duration": f"{duration.total_seconds():.1f}s" if duration is not None else None,
+    }
+
+
+def live_status(job: Job):
+    """A job's status, refreshed in place by the polling script."""
+    return format_html(
+        '<span class="job-status job-status-{}" data-live-job="{}" data-live-field="status" data-live-status="{}">'
+        "{}</span>",
+        job.status,
+        job.pk,
+        job.status,
+        job.status,
+    )
+
+
+def live_progress(job: Job):
+    percent = round(job.progress * 100)
+    return format_html(
+        '<span data-live-job="{}" data-live-field="progress" data-live-status="{}">'
+        '<progress value="{}" max="100" style="width:90px" title="{}"></progress> '
+        "<span data-live-percent>{}%</span></span>",
+        job.pk,
+        job.status,
+        percent,
+        job.progress_message,
+        percent,
+    )
 
 
 class JobEventInline(ReadOnlyTabularInline):
@@ -77,6 +131,14 @@ class ScenarioFilter(admin.SimpleListFilter):
         return queryset.filter(kind__in=("simulation", "simulation_sweep"), params__scenario_id=int(self.value()))
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _run_action(modeladmin, request, queryset, service, verb: str):
     done, refused = 0, []
     for job in queryset:
@@ -100,7 +162,7 @@ class JobAdmin(OrganizationScopedAdmin):
     list_display = [
         "short_id",
         "kind",
-        "status",
+        "status_display",
         "queue",
         "priority",
         "progress_bar",
@@ -110,7 +172,7 @@ class JobAdmin(OrganizationScopedAdmin):
         "attempt_display",
         "created_at",
     ]
-    list_filter = ["status", "kind", "queue", "priority", "organization", ScenarioFilter]
+    list_filter = ["status", "failure", "kind", "queue", "priority", "organization", ScenarioFilter]
     search_fields = ["id", "kind", "owner__username", "worker_host", "idempotency_key"]
     list_select_related = ["owner", "organization"]
     date_hierarchy = "created_at"
@@ -122,15 +184,16 @@ class JobAdmin(OrganizationScopedAdmin):
         "organization",
         "owner",
         "kind",
-        "status",
+        "status_display",
         "priority",
         "queue",
-        "params",
-        "result",
+        "params_display",
+        "result_display",
         "test_cases",
-        "error",
+        "error_display",
+        "failure",
         "progress_bar",
-        "progress_message",
+        "progress_message_display",
         "wait_reason",
         "charts",
         "attempt",
@@ -140,23 +203,124 @@ class JobAdmin(OrganizationScopedAdmin):
         "worker_host",
         "flower_link",
         "lease_expires_at",
+        "run_after",
+        "concurrency_key",
+        "concurrency_limit",
         "created_at",
         "queued_at",
         "dispatched_at",
         "started_at",
         "finished_at",
     ]
-    exclude = ["progress", "task_id"]
+    # Shown through the displays above (live, or pretty-printed): never as form fields.
+    exclude = [
+        "progress",
+        "task_id",
+        "status",
+        "params",
+        "result",
+        "error",
+        "progress_message",
+        "idempotency_fingerprint",
+    ]
+    # The operations of the job page's buttons: service, who may press it, the states it applies to.
+    OPERATIONS = {
+        "cancel": (services.job_cancel, "Cancel", (JobStatus.QUEUED, JobStatus.RUNNING)),
+        "retry": (services.job_retry, "Retry", (JobStatus.FAILED, JobStatus.CANCELLED)),
+        "requeue": (services.job_requeue, "Requeue", (JobStatus.QUEUED,)),
+    }
 
     def has_add_permission(self, request):
         return False
 
     def get_urls(self):
-        view = self.admin_site.admin_view(self.artifact_view)
+        view = self.admin_site.admin_view
         return [
-            path("<uuid:job_id>/artifacts/<uuid:artifact_id>/", view, name="jobs_job_artifact"),
+            path("live/", view(self.live_view), name="jobs_job_live"),
+            path("<uuid:job_id>/artifacts/<uuid:artifact_id>/", view(self.artifact_view), name="jobs_job_artifact"),
+            *(
+                path(f"<uuid:job_id>/{name}/", view(self.operation_view), {"operation": name}, name=f"jobs_job_{name}")
+                for name in self.OPERATIONS
+            ),
             *super().get_urls(),
         ]
+
+    def live_view(self, request):
+        """Status and progress of the asked-for jobs (?id=...&id=...), of those this user may see."""
+        ids = [value for value in request.GET.getlist("id") if _is_uuid(value)][:LIVE_MAX_JOBS]
+        jobs = (
+            self.get_queryset(request).filter(pk__in=ids) if self.has_view_permission(request) else Job.objects.none()
+        )
+        return JsonResponse({"jobs": {str(job.pk): live_job(job) for job in jobs}})
+
+    def operation_view(self, request, job_id, operation):
+        """The job page's Cancel, Retry and Requeue buttons: the same services, permissions and audit as the API."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self.get_queryset(request).select_related("organization", "owner").filter(pk=job_id).first()
+        if job is None or not self.has_view_permission(request, job):
+            raise Http404("No such job.")
+        service, label, _ = self.OPERATIONS[operation]
+        try:
+            actor = admin_actor(request, job.organization)
+            if operation == "requeue" and not has_permission(actor, MANAGE_ANY_JOB):
+                # Publishing a job again is an operator's repair, not an owner's button.
+                raise PermissionDenied(f"Role '{actor.role}' may not requeue jobs.")
+            service(job=job, actor=actor)
+        except DomainError as exc:
+            self.message_user(request, f"{label}: {exc.message}", messages.WARNING)
+        else:
+            self.message_user(request, f"{label}: done for job {job.short_id}.", messages.SUCCESS)
+        return redirect(reverse("admin:jobs_job_change", args=[job.pk]))
+
+    def job_operations(self, request, job: Job) -> list[dict]:
+        """The buttons the job page offers now (the services still decide when one is pressed)."""
+        try:
+            actor = admin_actor(request, job.organization)
+        except DomainError:
+            return []
+        may_manage = has_permission(actor, MANAGE_ANY_JOB) or (
+            job.owner_id == actor.user_id and has_permission(actor, SUBMIT_JOBS)
+        )
+        if not may_manage:
+            return []
+        return [
+            {"name": name, "label": label, "url": reverse(f"admin:jobs_job_{name}", args=[job.pk])}
+            for name, (_, label, states) in self.OPERATIONS.items()
+            if job.status in states and (name != "requeue" or has_permission(actor, MANAGE_ANY_JOB))
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        extra = {"job_operations": self.job_operations(request, job) if job else []}
+        if job is not None:
+            extra["job_ended"] = job.status in TERMINAL_STATUSES
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, job):
+        return live_status(job)
+
+    @admin.display(description="params")
+    def params_display(self, job):
+        return json_block(job.params)
+
+    @admin.display(description="result")
+    def result_display(self, job):
+        return json_block(job.result)
+
+    @admin.display(description="error")
+    def error_display(self, job):
+        return json_block(job.error, open_up_to=4000)
+
+    @admin.display(description="progress message")
+    def progress_message_display(self, job):
+        return format_html(
+            '<span data-live-job="{}" data-live-field="progress_message" data-live-status="{}">{}</span>',
+            job.pk,
+            job.status,
+            job.progress_message or "-",
+        )
 
     def artifact_view(self, request, job_id, artifact_id):
         """A job's file for whoever may see the job here (the chart on the job page, for one)."""
@@ -233,13 +397,7 @@ class JobAdmin(OrganizationScopedAdmin):
 
     @admin.display(description="progress")
     def progress_bar(self, job):
-        percent = round(job.progress * 100)
-        return format_html(
-            '<progress value="{}" max="100" style="width:90px" title="{}"></progress> {}%',
-            percent,
-            job.progress_message,
-            percent,
-        )
+        return live_progress(job)
 
     @admin.display(description="duration")
     def duration_display(self, job):
@@ -252,9 +410,11 @@ class JobAdmin(OrganizationScopedAdmin):
 
     @admin.display(description="Flower")
     def flower_link(self, job):
-        if not job.task_id:
+        # Each attempt is a task of its own in Flower, named after the kind (apps.jobs.task_events).
+        if not job.attempt:
             return "-"
-        return format_html('<a href="{}/task/{}" target="_blank">{}</a>', settings.FLOWER_URL, job.task_id, job.task_id)
+        task = task_events.task_uuid(job.pk, job.attempt)
+        return format_html('<a href="{}/task/{}" target="_blank">{}</a>', settings.FLOWER_URL, task, task)
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):
@@ -301,18 +461,30 @@ class QueueStateAdmin(PlatformAdmin):
 
 @admin.register(WorkerHost)
 class WorkerHostAdmin(PlatformAdmin):
-    list_display = ["hostname", "alive", "queues", "providers", "bwrap", "version", "last_heartbeat_at", "started_at"]
+    list_display = [
+        "hostname",
+        "alive",
+        "queues",
+        "providers",
+        "warning",
+        "bwrap",
+        "version",
+        "last_heartbeat_at",
+        "started_at",
+    ]
     search_fields = ["hostname"]
     readonly_fields = [
         "hostname",
+        "warning",
         "queues",
-        "capabilities",
+        "capabilities_display",
         "version",
         "pid",
         "started_at",
         "last_heartbeat_at",
         "stopped_at",
     ]
+    exclude = ["capabilities"]
 
     def has_add_permission(self, request):
         return False
@@ -324,6 +496,15 @@ class WorkerHostAdmin(PlatformAdmin):
     @admin.display(description="providers")
     def providers(self, host):
         return ", ".join(host.capabilities.get("providers", []))
+
+    @admin.display(description="warning")
+    def warning(self, host):
+        problem = host.gpu_problem
+        return format_html('<span class="host-warning">{}</span>', problem) if problem else "-"
+
+    @admin.display(description="capabilities")
+    def capabilities_display(self, host):
+        return json_block(host.capabilities)
 
     @admin.display(description="bwrap", boolean=True)
     def bwrap(self, host):
@@ -352,16 +533,21 @@ class ArtifactAdmin(OrganizationScopedAdmin):
         "content_type",
         "size_bytes",
         "sha256",
-        "meta",
+        "meta_display",
         "attempt",
         "created_at",
     ]
+    exclude = ["meta"]
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="meta")
+    def meta_display(self, artifact):
+        return json_block(artifact.meta)
 
     def has_delete_permission(self, request, obj=None):
         # A deleted row would leave its file behind and fail the queued jobs that name it.

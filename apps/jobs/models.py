@@ -314,6 +314,24 @@ class WorkerHost(models.Model):
         horizon = timezone.now() - timedelta(seconds=settings.JOBS_WORKER_ALIVE_SECONDS)
         return self.stopped_at is None and self.last_heartbeat_at >= horizon
 
+    @property
+    def gpu_problem(self) -> str:
+        """Why this host cannot do the gpu queue's work, or "" (the admin and the dashboard flag it).
+
+        Routing sends gpu inference only to hosts reporting the CUDA provider; a `gpu` worker
+        without it (onnxruntime without CUDA, no driver) looks alive and gets no such work, and
+        what it does take (a compile validation on `gpu`) runs on the CPU.
+        """
+        if "gpu" not in (self.queues or []):
+            return ""
+        providers = (self.capabilities or {}).get("providers") or []
+        if "CUDAExecutionProvider" in providers:
+            return ""
+        return (
+            f"serves the gpu queue but reports no GPU provider (providers: {', '.join(providers) or 'none'}); "
+            "gpu inference goes to cpu: install onnxruntime-gpu (REQUIREMENTS=gpu.txt) and the CUDA libraries"
+        )
+
 
 # The Schedule model has a field named `timezone`, which shadows the module in its class body.
 _now = timezone.now

@@ -20,7 +20,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from apps.core.db import mark_connections_used
 from apps.core.logs import log_context
-from apps.jobs import services
+from apps.jobs import services, task_events
 from apps.jobs.kinds import AwaitChildren, JobKind, PermanentJobError, get_kind
 from apps.jobs.models import Job, JobStatus
 
@@ -175,30 +175,40 @@ def _claim(claim) -> Job | None:
         return claim()
 
 
-def run_next(*, queue: str, worker: str, task_id: str | None = None) -> str:
-    """A doorbell rang for `queue`: run its best eligible jobs, one after another. Returns what happened.
+def run_next(*, queue: str, worker: str, task_id: str | None = None) -> dict:
+    """A doorbell rang for `queue`: run its best eligible jobs, one after another. Returns what it ran.
 
     One doorbell serves a turn of up to JOBS_DOORBELL_TURN_SECONDS: after each job the next
     best eligible one is claimed right away, with no broker round trip, so short jobs run
     back to back. A turn that ends with work left rings once for the queue, so the slot's
-    chain of turns goes on; a claim that finds nothing ends it.
+    chain of turns goes on; a claim that finds nothing ends it. The result (the doorbell's
+    in Flower, next to each job's own task, apps.jobs.task_events) names the jobs it ran.
     """
     # Connections were healed by the task_prerun handler (project/celery.py) before this.
-    started, ran, outcome = time.monotonic(), 0, "nothing_eligible"
+    started, ran = time.monotonic(), []
     claim = partial(services.job_claim_next, queue=queue, worker=worker, task_id=task_id)
     while (job := _claim(claim)) is not None:
-        ran += 1
         with log_context(job_id=str(job.id)):
-            outcome = _run_claimed(job, worker)
+            outcome = _run_claimed(job, worker, doorbell_id=task_id)
         mark_connections_used()
+        ran.append(
+            {
+                "job_id": str(job.id),
+                "kind": job.kind,
+                "attempt": job.attempt,
+                "task": task_events.task_uuid(job.id, job.attempt),
+                "outcome": str(outcome),
+            }
+        )
         if time.monotonic() - started >= settings.JOBS_DOORBELL_TURN_SECONDS:
             services.ring_doorbells(queue, 1)
             break
     if not ran:
         logger.info("job.nothing_eligible", extra={"queue": queue, "worker": worker})
         mark_connections_used()
-        return outcome
-    return outcome if ran == 1 else f"{ran} jobs, the last {outcome}"
+        return {"queue": queue, "job_id": None, "outcome": "nothing_eligible", "jobs": []}
+    # The first job's fields at the top level: what a doorbell that ran one job always said.
+    return {"queue": queue, **ran[0], "jobs": ran}
 
 
 def _claim_and_run(*, job_id: str, worker: str) -> str:
@@ -215,7 +225,19 @@ def _claim_and_run(*, job_id: str, worker: str) -> str:
     return _run_claimed(job, worker)
 
 
-def _run_claimed(job: Job, worker: str) -> str:
+def _run_claimed(job: Job, worker: str, *, doorbell_id: str | None = None) -> str:
+    events = task_events.AttemptEvents(job, worker=worker, doorbell_id=doorbell_id)
+    events.started()
+    try:
+        outcome = _run_attempt(job, worker)
+    except BaseException:
+        events.ended("crashed")  # the doorbell fails too; the lease decides what becomes of the job
+        raise
+    events.ended(outcome)
+    return outcome
+
+
+def _run_attempt(job: Job, worker: str) -> str:
     kind = get_kind(job.kind)
     if kind is None:
         services.job_finish(

@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from apps.core.logs import log_context
-from apps.jobs import services, services_retention, services_schedules
+from apps.jobs import services, services_retention, services_schedules, task_events
 from apps.jobs.services_control import control_run
 
 
@@ -49,7 +49,8 @@ def children_changed(self, parent_id: str) -> str:
 @shared_task(name="jobs.sandbox_started", ignore_result=True)
 def sandbox_started(job_id: str, task_id: str, worker: str) -> None:
     with log_context(job_id=job_id):
-        services.remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
+        job = services.remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
+        task_events.remote_attempt_started(job, worker=worker)
 
 
 @shared_task(name="jobs.sandbox_output", ignore_result=True, acks_late=True)
@@ -67,7 +68,7 @@ SANDBOX_OUTPUT_WAIT_RETRIES = 40
 def sandbox_finished(self, job_id: str, task_id: str, worker: str, outcome: dict) -> None:
     with log_context(job_id=job_id):
         try:
-            services.remote_run_finished(
+            recorded = services.remote_run_finished(
                 job_id=job_id,
                 task_id=task_id,
                 worker=worker,
@@ -76,6 +77,8 @@ def sandbox_finished(self, job_id: str, task_id: str, worker: str, outcome: dict
             )
         except services.RemoteOutputIncomplete as exc:
             raise self.retry(exc=exc, countdown=0.5, max_retries=SANDBOX_OUTPUT_WAIT_RETRIES) from exc
+        if recorded:
+            task_events.remote_attempt_ended(job_id=job_id, worker=worker)
 
 
 @shared_task(name="jobs.worker_host_report", ignore_result=True)

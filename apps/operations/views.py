@@ -14,6 +14,7 @@ from prometheus_client.exposition import choose_encoder
 
 from apps.operations import charts, selectors
 from apps.operations.metrics import REGISTRY
+from apps.operations.templatetags.operations import run_time
 
 
 @lru_cache(maxsize=8)
@@ -91,3 +92,20 @@ def dashboard(request):
         "flower_url": settings.FLOWER_URL,
     }
     return TemplateResponse(request, "operations/dashboard.html", context)
+
+
+@never_cache
+def dashboard_live(request):
+    """The dashboard's "Queues now" numbers as JSON, for its polling script (staff only, wrapped in admin_view).
+
+    Counted over the user's organizations' jobs like the page itself (selectors.queue_overview).
+    """
+    rows = [
+        {
+            **row,
+            "oldest_wait": run_time(row["oldest_wait"]),
+            "broker": "broker unreachable" if row["broker"] is None else row["broker"],
+        }
+        for row in selectors.queue_overview(user=request.user)
+    ]
+    return JsonResponse({"queues": rows})

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from apps.accounts.permissions import COMPILE_MODELS, PROMOTE_MODELS, READ_MODELS, UPLOAD_MODELS
-from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline, admin_actor
+from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline, admin_actor, json_block
 from apps.core.errors import DomainError
 from apps.registry import services
 from apps.registry.models import MLModel, ModelAlias, ModelAliasEvent, ModelVersion
@@ -88,19 +88,28 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
         "file",
         "sha256",
         "size_bytes",
-        "signature",
+        "signature_display",
         "ir_version",
         "opset",
         "producer",
         "stage",
         "derived_from",
-        "report",
+        "report_display",
         "created_by",
         "created_at",
     ]
+    exclude = ["signature", "report"]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="signature")
+    def signature_display(self, version):
+        return json_block(version.signature)
+
+    @admin.display(description="report")
+    def report_display(self, version):
+        return json_block(version.report, open_up_to=2000)
 
     @admin.display(description="report", boolean=True)
     def report_passed(self, version):

@@ -35,10 +35,12 @@ def test_job_list_shows_progress_bar_status_and_attempts(staff_client):
 def test_job_page_shows_events_and_the_flower_link(staff_client):
     client, membership = staff_client
     job = submit(membership)
+    services.job_claim(job_id=job.id, worker="cpu@host1")
     response = client.get(f"/admin/jobs/job/{job.id}/change/")
     assert response.status_code == 200
     html = response.content.decode()
-    assert f"/task/{job.task_id}" in html
+    # The attempt's own task in Flower (apps.jobs.task_events), not the doorbell that ran it.
+    assert f"/task/{job.id}:1" in html
     assert "submitted" in html  # the first JobEvent, inline
 
 

@@ -28,8 +28,9 @@ def test_no_admin_page_shows_or_changes_another_organization(client, world, role
     before = snapshot(admin.site, world.away)
 
     violations = sweep(client, admin.site, world)
-    dashboard = client.get("/admin/operations/").content.decode()
-    violations += [f"operations dashboard shows {needle}" for needle in world.forbidden if needle in dashboard]
+    for url in ("/admin/operations/", "/admin/operations/live/"):
+        page = client.get(url).content.decode()
+        violations += [f"{url} shows {needle}" for needle in world.forbidden if needle in page]
 
     assert violations == []
     assert snapshot(admin.site, world.away) == before
