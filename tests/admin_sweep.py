@@ -36,7 +36,7 @@ def build_world(tmp_path) -> World:
     from apps.accounts.services import api_token_create, invitation_create, organization_quota_set
     from apps.agents.services import agent_create, memory_create, scenario_create
     from apps.jobs.services import artifact_upload, job_submit, worker_host_register
-    from apps.jobs.services_schedules import schedule_create
+    from apps.jobs.services.schedules import schedule_create
     from apps.registry.services import model_version_promote, model_version_upload
     from tests.factories import MembershipFactory, OrganizationFactory
     from workers.testing_models import build_test_model

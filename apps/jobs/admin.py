@@ -25,7 +25,7 @@ from apps.core.admin import (
     organizations_where,
 )
 from apps.core.errors import DomainError, PermissionDenied
-from apps.jobs import services, services_schedules, task_events
+from apps.jobs import services, task_events
 from apps.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, JobStatus, QueueState, Schedule, WorkerHost
 
 # The live view answers for at most this many jobs per poll (a change list page shows 100).
@@ -618,7 +618,7 @@ class ScheduleAdmin(OrganizationScopedAdmin):
         done, refused = 0, []
         for schedule in queryset:
             try:
-                services_schedules.schedule_update(
+                services.schedule_update(
                     actor=admin_actor(request, schedule.organization), schedule=schedule, enabled=enabled
                 )
                 done += 1
@@ -639,7 +639,7 @@ class ScheduleAdmin(OrganizationScopedAdmin):
 
     def delete_model(self, request, obj):
         self.check_may_change(request, obj)
-        services_schedules.schedule_delete(actor=admin_actor(request, obj.organization), schedule=obj)
+        services.schedule_delete(actor=admin_actor(request, obj.organization), schedule=obj)
 
     def delete_queryset(self, request, queryset):
         for obj in queryset:

@@ -14,7 +14,7 @@ from django.db import connection, connections
 
 from apps.accounts.models import Organization
 from apps.core.worker_process import WorkerProcess
-from apps.jobs import services, services_retention
+from apps.jobs import services
 from apps.jobs.bench import _bench_membership, _wait
 from apps.jobs.models import UNFINISHED_STATUSES, Job
 
@@ -89,7 +89,7 @@ def run(stdout, *, old_jobs: int, rate: float, baseline_s: float, concurrency: i
             began = time.monotonic()
             try:
                 # Only the bench's organization: a bench must not prune anyone's real history.
-                outcome["report"] = services_retention.jobs_prune(organization_id=old.pk)
+                outcome["report"] = services.jobs_prune(organization_id=old.pk)
             finally:
                 outcome["seconds"] = time.monotonic() - began
                 connections.close_all()

@@ -347,7 +347,7 @@ class Schedule(models.Model):
 
     `next_run_at` is the period the dispatcher fires next: it claims due rows with `FOR UPDATE
     SKIP LOCKED` and advances `next_run_at` in the transaction that inserts the job, so each
-    period fires once however many dispatchers run (apps/jobs/services_schedules.py).
+    period fires once however many dispatchers run (apps/jobs/services/schedules.py).
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="schedules")

@@ -3,8 +3,8 @@
 from celery import shared_task
 
 from apps.core.logs import log_context
-from apps.jobs import services, services_retention, services_schedules, task_events
-from apps.jobs.services_control import control_run
+from apps.jobs import services, task_events
+from apps.jobs.services.control import control_run
 
 
 def _reap_counts(result: dict) -> dict[str, int]:
@@ -32,12 +32,12 @@ def ring() -> dict:
 
 @shared_task(name="jobs.dispatch_schedules", ignore_result=True)
 def dispatch_schedules() -> dict:
-    return control_run("dispatch_schedules", services_schedules.schedules_dispatch, counts=dict)
+    return control_run("dispatch_schedules", services.schedules_dispatch, counts=dict)
 
 
 @shared_task(name="jobs.prune", ignore_result=True)
 def prune() -> dict:
-    return control_run("prune", services_retention.jobs_prune, counts=services_retention.prune_counts)
+    return control_run("prune", services.jobs_prune, counts=services.prune_counts)
 
 
 @shared_task(name="jobs.children_changed", bind=True, ignore_result=True, acks_late=True)

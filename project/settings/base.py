@@ -300,7 +300,7 @@ ORGANIZATION_QUOTA_DEFAULTS = {
 # How long an invitation to join an organization can be accepted (apps/accounts/services.py).
 INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
 
-# --- Schedules and retention (apps/jobs/services_schedules.py, services_retention.py) ------
+# --- Schedules and retention (apps/jobs/services/schedules.py, retention.py) ------
 # How often beat runs the schedule dispatcher; a schedule fires within about this much of its time.
 SCHEDULES_DISPATCH_INTERVAL_SECONDS = env.float("SCHEDULES_DISPATCH_INTERVAL_SECONDS", default=1.0)
 # A `skip` schedule fires a late period only if it is at most this late and no later period

@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 
 from apps.jobs.models import ControlCount, ControlRun, Job, Schedule
-from apps.jobs.services_schedules import schedule_create, schedule_update
+from apps.jobs.services.schedules import schedule_create, schedule_update
 from tests.acceptance.test_job_contract import wait_for
 
 SOAK_S = float(os.environ.get("SWITCHYARD_SCHEDULE_SOAK_SECONDS", "60"))

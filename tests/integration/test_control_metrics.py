@@ -8,8 +8,8 @@ from django.utils import timezone
 
 from apps.jobs import services, tasks
 from apps.jobs.models import ControlRun, Job, Schedule
-from apps.jobs.services_control import control_run
-from apps.jobs.services_schedules import schedule_create
+from apps.jobs.services.control import control_run
+from apps.jobs.services.schedules import schedule_create
 
 pytestmark = pytest.mark.django_db
 

@@ -13,9 +13,9 @@ from django.utils import timezone
 
 from apps.accounts.models import AuditEvent
 from apps.accounts.services import organization_quota_set
-from apps.jobs import services, services_retention, tasks
+from apps.jobs import services, tasks
 from apps.jobs.models import Artifact, ControlCount, Job, JobEvent, Schedule
-from apps.jobs.services_schedules import schedule_create
+from apps.jobs.services.schedules import schedule_create
 
 # Transactional: files are removed once their rows' transaction commits (on_commit).
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -121,7 +121,7 @@ def test_prune_removes_rows_and_files_past_retention_and_nothing_else(world, med
     kept_files = [path for job in kept_jobs for path in files_of(job, media)]
     assert len(pruned_files) == 8 and len(kept_files) == 7
 
-    report = services_retention.jobs_prune()
+    report = services.jobs_prune()
 
     assert not Job.objects.filter(pk__in=[job.pk for job in pruned_jobs]).exists()
     assert not JobEvent.objects.filter(job_id__in=[job.pk for job in pruned_jobs]).exists()
@@ -143,7 +143,7 @@ def test_prune_removes_rows_and_files_past_retention_and_nothing_else(world, med
     assert report["artifacts"] == 8
     assert report["artifact_bytes"] == sum(1000 + i for i in (0, 1)) + 6 * 1000
     assert (report["orphan_files"], report["orphan_bytes"], report["audit_events"]) == (1, 500, 1)
-    assert services_retention.jobs_prune()["jobs"] == 0  # nothing left to do
+    assert services.jobs_prune()["jobs"] == 0  # nothing left to do
 
 
 def test_a_dry_run_reports_the_same_figures_and_removes_nothing(world, media, capsys):

@@ -10,9 +10,9 @@ from django.utils import timezone
 
 from apps.accounts.models import AuditEvent
 from apps.accounts.services import organization_quota_set
-from apps.jobs import services_schedules
+from apps.jobs import services
 from apps.jobs.models import Job, Schedule
-from apps.jobs.services_schedules import next_period_after, schedule_create, schedules_dispatch
+from apps.jobs.services.schedules import next_period_after, schedule_create, schedules_dispatch
 
 pytestmark = pytest.mark.django_db
 
@@ -204,7 +204,7 @@ def test_a_skip_schedule_still_fires_a_period_that_is_only_a_little_late(member)
 def test_a_firing_refused_by_a_quota_is_recorded_on_the_schedule_and_not_retried(member):
     membership, _ = member("developer")
     organization_quota_set(organization=membership.organization, actor=None, concurrent_jobs={"sleep": 1})
-    services_schedules.services.job_submit(membership=membership, **SLEEP)  # takes the one slot
+    services.job_submit(membership=membership, **SLEEP)  # takes the one slot
     schedule = due(make_schedule(membership), 1)
     period = schedule.next_run_at
 
@@ -231,7 +231,7 @@ def test_a_schedule_whose_creator_left_records_why_and_fires_nothing(member):
 def test_a_paused_schedule_does_not_fire(member):
     membership, _ = member("developer")
     schedule = due(make_schedule(membership), 1)
-    services_schedules.schedule_update(actor=membership, schedule=schedule, enabled=False)
+    services.schedule_update(actor=membership, schedule=schedule, enabled=False)
     assert schedules_dispatch()["fired"] == 0
     assert not Job.objects.exists()
 

@@ -1,4 +1,4 @@
-"""REST endpoints for schedules: thin wrappers over apps.jobs.services_schedules and selectors."""
+"""REST endpoints for schedules: thin wrappers over apps.jobs.services.schedules and selectors."""
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.selectors import request_membership
 from apps.core.pagination import PAGE_PARAMETERS, page_of, paginate
-from apps.jobs import selectors, services_schedules
+from apps.jobs import selectors, services
 from apps.jobs.api.serializers import ScheduleOutputSerializer
 from apps.jobs.models import CatchUp
 
@@ -51,7 +51,7 @@ class ScheduleListCreateApi(APIView):
         membership = request_membership(request)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        schedule = services_schedules.schedule_create(membership=membership, **data.validated_data)
+        schedule = services.schedule_create(membership=membership, **data.validated_data)
         return Response(ScheduleOutputSerializer(schedule).data, status=status.HTTP_201_CREATED)
 
 
@@ -87,12 +87,12 @@ class ScheduleDetailApi(APIView):
         schedule = selectors.schedule_get(membership=membership, schedule_id=schedule_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        schedule = services_schedules.schedule_update(actor=membership, schedule=schedule, **data.validated_data)
+        schedule = services.schedule_update(actor=membership, schedule=schedule, **data.validated_data)
         return Response(ScheduleOutputSerializer(schedule).data)
 
     @extend_schema(responses={204: None}, operation_id="schedules_delete")
     def delete(self, request, schedule_id):
         membership = request_membership(request)
         schedule = selectors.schedule_get(membership=membership, schedule_id=schedule_id)
-        services_schedules.schedule_delete(actor=membership, schedule=schedule)
+        services.schedule_delete(actor=membership, schedule=schedule)
         return Response(status=status.HTTP_204_NO_CONTENT)

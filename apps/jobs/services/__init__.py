@@ -9,12 +9,16 @@
 - hosts:         the worker host registry
 - sandbox_runs:  outcomes reported by hosts without database access
 - artifacts:     files jobs produce and inputs users upload
+- schedules:     periodic jobs, fired once per period by the dispatcher
+- retention:     pruning finished jobs, their events and files
+- control:       the record of each housekeeping run (for /metrics)
 
 Callers use the names below (`from apps.jobs import services; services.job_submit(...)`).
 """
 
 from apps.jobs.services.actions import job_cancel, job_requeue, job_retry, jobs_retry_many, queue_set_paused
 from apps.jobs.services.artifacts import artifact_upload, job_artifact_add, job_output_dir
+from apps.jobs.services.control import control_run, control_run_record
 from apps.jobs.services.dispatch import (
     DOORBELL_TASK,
     PAUSABLE_QUEUES,
@@ -45,11 +49,19 @@ from apps.jobs.services.lifecycle import (
     job_snooze,
     retry_backoff_s,
 )
+from apps.jobs.services.retention import jobs_prune, prune_counts
 from apps.jobs.services.sandbox_runs import (
     RemoteOutputIncomplete,
     remote_run_finished,
     remote_run_output,
     remote_run_started,
+)
+from apps.jobs.services.schedules import (
+    next_period_after,
+    schedule_create,
+    schedule_delete,
+    schedule_update,
+    schedules_dispatch,
 )
 from apps.jobs.services.submit import job_submit, jobs_submit_bulk
 
@@ -60,6 +72,8 @@ __all__ = [
     "RUN_JOB_TASK",
     "RemoteOutputIncomplete",
     "artifact_upload",
+    "control_run",
+    "control_run_record",
     "doorbell_time_limit_s",
     "is_pulled",
     "job_artifact_add",
@@ -79,18 +93,25 @@ __all__ = [
     "job_retry_later",
     "job_snooze",
     "job_submit",
+    "jobs_prune",
     "jobs_publish_group",
     "jobs_reap",
     "jobs_retry_many",
     "jobs_ring",
     "jobs_submit_bulk",
     "leader_turn",
+    "next_period_after",
+    "prune_counts",
     "queue_set_paused",
     "remote_run_finished",
     "remote_run_output",
     "remote_run_started",
     "retry_backoff_s",
     "ring_doorbells",
+    "schedule_create",
+    "schedule_delete",
+    "schedule_update",
+    "schedules_dispatch",
     "worker_host_heartbeat",
     "worker_host_register",
     "worker_host_report",

@@ -34,7 +34,7 @@ from project import queues
 logger = logging.getLogger(__name__)
 
 
-def _validate_params(kind_name: str, params, membership: Membership) -> tuple:
+def validate_params(kind_name: str, params, membership: Membership) -> tuple:
     kind = get_kind(kind_name)
     if kind is None:
         from apps.jobs.kinds import all_kinds
@@ -74,7 +74,7 @@ def _prepared_job(
     parent: Job | None = None,
 ) -> Job:
     """Everything about one job that can be checked without writing (after `_check_may_submit`): a Job to insert."""
-    job_kind, clean_params = _validate_params(kind, params, membership)
+    job_kind, clean_params = validate_params(kind, params, membership)
     if max_attempts is not None and not (
         isinstance(max_attempts, int) and not isinstance(max_attempts, bool) and 1 <= max_attempts <= 20
     ):

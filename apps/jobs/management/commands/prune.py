@@ -4,8 +4,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
-from apps.jobs import services_retention
-from apps.jobs.services_control import control_run
+from apps.jobs import services
+from apps.jobs.services.control import control_run
 
 
 class Command(BaseCommand):
@@ -34,9 +34,9 @@ class Command(BaseCommand):
             bar.refresh()
 
         def run():
-            return services_retention.jobs_prune(dry_run=dry_run, batch_size=batch_size, progress=progress)
+            return services.jobs_prune(dry_run=dry_run, batch_size=batch_size, progress=progress)
 
-        report = run() if dry_run else control_run("prune", run, counts=services_retention.prune_counts)
+        report = run() if dry_run else control_run("prune", run, counts=services.prune_counts)
         bar.close()
         verb = "would remove" if dry_run else "removed"
         self.stdout.write(f"{'TABLE':22} {verb.upper():>14}")

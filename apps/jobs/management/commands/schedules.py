@@ -3,7 +3,7 @@
 from django.core.management.base import CommandError
 
 from apps.accounts.cli import USAGE_ERROR, MemberCommand, add_actor_arguments
-from apps.jobs import selectors, services_schedules
+from apps.jobs import selectors, services
 from apps.jobs.cli import load_json_argument
 from apps.jobs.kinds import all_kinds
 from apps.jobs.models import CatchUp, Schedule
@@ -73,7 +73,7 @@ class Command(MemberCommand):
             )
 
     def _create(self, membership, options):
-        schedule = services_schedules.schedule_create(
+        schedule = services.schedule_create(
             membership=membership,
             name=options["name"],
             kind=options["kind"],
@@ -89,15 +89,15 @@ class Command(MemberCommand):
 
     def _pause(self, membership, options):
         schedule = self._find(membership, options["schedule"])
-        services_schedules.schedule_update(actor=membership, schedule=schedule, enabled=False)
+        services.schedule_update(actor=membership, schedule=schedule, enabled=False)
         self.stdout.write(f"schedule {schedule.pk} {schedule.name}: paused")
 
     def _resume(self, membership, options):
         schedule = self._find(membership, options["schedule"])
-        schedule = services_schedules.schedule_update(actor=membership, schedule=schedule, enabled=True)
+        schedule = services.schedule_update(actor=membership, schedule=schedule, enabled=True)
         self.stdout.write(f"schedule {schedule.pk} {schedule.name}: next run {schedule.next_run_at}")
 
     def _delete(self, membership, options):
         schedule = self._find(membership, options["schedule"])
-        services_schedules.schedule_delete(actor=membership, schedule=schedule)
+        services.schedule_delete(actor=membership, schedule=schedule)
         self.stdout.write(f"schedule {options['schedule']}: deleted")

@@ -31,9 +31,9 @@ from apps.accounts.permissions import (
 )
 from apps.accounts.services import audit_record
 from apps.core.errors import DomainError, PermissionDenied
-from apps.jobs import services
 from apps.jobs.models import CatchUp, Schedule
 from apps.jobs.quotas import organization_quota, quota_check_params
+from apps.jobs.services.submit import job_submit, validate_params
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _clean_job(*, membership: Membership, kind: str, params, priority) -> dict:
         )
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
         raise DomainError("priority: must be an integer from 0 to 9.", fields={"priority": ["Must be 0-9."]})
-    _kind, clean_params = services._validate_params(kind, params, membership)
+    _kind, clean_params = validate_params(kind, params, membership)
     quota_check_params(quota=organization_quota(membership.organization), kind=kind, params=clean_params)
     return clean_params
 
@@ -375,7 +375,7 @@ def _submit(schedule: Schedule, *, due: datetime, now: datetime) -> str:
     try:
         with transaction.atomic():  # a savepoint: a refused submit leaves the schedule's advance
             # The key names the period: even a second firing of it would find the first job.
-            job, created = services.job_submit(
+            job, created = job_submit(
                 membership=runner,
                 kind=schedule.kind,
                 params=schedule.params,
