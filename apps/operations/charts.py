@@ -10,6 +10,7 @@ LEFT, RIGHT, TOP, BOTTOM = 40, 10, 10, 24
 # Colour-blind-safe palette (Okabe-Ito), one colour per series in order.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 OUTCOME_COLOURS = {"succeeded": "#009E73", "failed": "#D55E00", "cancelled": "#999999"}
+FAILURE_COLOURS = {"system failed": "#D55E00", "job's own failure": "#E69F00"}
 
 
 def _nice_max(value: float) -> float:

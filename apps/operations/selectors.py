@@ -34,6 +34,7 @@ from apps.jobs.models import (
     UNFINISHED_STATUSES,
     ControlCount,
     ControlRun,
+    FailureOrigin,
     Job,
     JobStatus,
     WorkerHost,
@@ -252,21 +253,27 @@ def _organization_filter(user: User) -> tuple[str, list]:
     )
 
 
+# Failed jobs per minute, apart by whose failure it was (Job.failure).
+FAILURE_SERIES = {FailureOrigin.SYSTEM: "system failed", FailureOrigin.USER: "job's own failure"}
+
+
 def throughput_by_minute(*, user: User, minutes: int = 60) -> Minutes:
     """Jobs finished per minute by outcome (succeeded, failed, cancelled), and jobs submitted."""
     starts = _minute_starts(minutes)
     index = {start: i for i, start in enumerate(starts)}
-    series = {name: [0] * minutes for name in ("submitted", *TERMINAL_STATUSES)}
+    series = {name: [0] * minutes for name in ("submitted", *TERMINAL_STATUSES, *FAILURE_SERIES.values())}
     jobs = jobs_for_staff(user=user)
     finished = (
         jobs.filter(status__in=TERMINAL_STATUSES, finished_at__gte=starts[0])
         .order_by()
-        .values_list("finished_at", "status")
+        .values_list("finished_at", "status", "failure")
     )
-    for finished_at, status in finished.iterator():
+    for finished_at, status, failure in finished.iterator():
         i = index.get(finished_at.replace(second=0, microsecond=0))
         if i is not None:
             series[status][i] += 1
+            if status == JobStatus.FAILED:
+                series[FAILURE_SERIES[failure or FailureOrigin.SYSTEM]][i] += 1
     for created_at in jobs.filter(created_at__gte=starts[0]).order_by().values_list("created_at", flat=True):
         i = index.get(created_at.replace(second=0, microsecond=0))
         if i is not None:
@@ -357,15 +364,15 @@ def failing_jobs(*, user: User, since: timedelta = timedelta(hours=1), limit: in
 
 
 def failures_by_code(*, user: User, since: timedelta = timedelta(hours=1)) -> list[dict]:
-    """Failed jobs within `since` grouped by kind and error code, most frequent first."""
+    """Failed jobs within `since` grouped by whose failure it was, kind and error code, most frequent first."""
     return list(
         jobs_for_staff(user=user)
         .filter(status=JobStatus.FAILED, finished_at__gte=timezone.now() - since)
         .annotate(code=Coalesce(KeyTextTransform("code", "error"), Value("unknown"), output_field=TextField()))
         .order_by()
-        .values("kind", "code")
+        .values("failure", "kind", "code")
         .annotate(n=Count("id"))
-        .order_by("-n", "kind", "code")
+        .order_by("failure", "-n", "kind", "code")
     )
 
 

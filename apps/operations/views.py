@@ -69,7 +69,8 @@ def dashboard(request):
     throughput = selectors.throughput_by_minute(user=user)
     backlog = selectors.backlog_by_minute(user=user)
     outcomes = {name: throughput.series[name] for name in ("succeeded", "failed", "cancelled")}
-    failures = {"failed": throughput.series["failed"]}
+    # The system's failures (dead letters: operations must act) apart from the jobs' own.
+    failures = {name: throughput.series[name] for name in selectors.FAILURE_SERIES.values()}
     context = {
         **admin.site.each_context(request),
         "title": "Operations",
@@ -82,8 +83,9 @@ def dashboard(request):
         ),
         "throughput_legend": charts.legend(list(outcomes), charts.OUTCOME_COLOURS),
         "failures_chart": charts.stacked_bars(
-            throughput.starts, failures, title="Jobs failed per minute, last hour", colours=charts.OUTCOME_COLOURS
+            throughput.starts, failures, title="Jobs failed per minute, last hour", colours=charts.FAILURE_COLOURS
         ),
+        "failures_legend": charts.legend(list(failures), charts.FAILURE_COLOURS),
         "totals": {name: sum(values) for name, values in throughput.series.items()},
         "failures_by_code": selectors.failures_by_code(user=user),
         "slowest": selectors.slowest_jobs(user=user),

@@ -70,3 +70,18 @@ def test_dead_letters_are_listed_and_retried_in_bulk_from_the_cli(member, capsys
         job.refresh_from_db()
         assert (job.status, job.failure, job.error) == ("queued", "", None)
     assert Job.objects.get(pk=own.pk).status == "failed"
+
+
+def test_the_dashboard_separates_the_systems_failures_from_the_jobs_own(member, client):
+    from tests.factories import UserFactory
+
+    membership, _ = member("developer")
+    dead_letter(membership)
+    own_failure(membership)
+    client.force_login(UserFactory(username="ops", is_staff=True, is_superuser=True))
+    response = client.get("/admin/operations/")
+    assert response.status_code == 200
+    rows = {(row["failure"], row["code"]): row["n"] for row in response.context["failures_by_code"]}
+    assert rows == {("system", "attempts_exhausted"): 1, ("user", "runtime_error"): 1}
+    html = response.content.decode()
+    assert "(dead letter)" in html and "the job&#x27;s own" in html and "system failed" in html
