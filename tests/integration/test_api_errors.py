@@ -165,3 +165,10 @@ def test_database_down_in_a_middleware_is_still_a_json_503(member, monkeypatch):
     assert int(response["Retry-After"]) > 0
     page = APIClient(raise_request_exception=False).get("/admin/")
     assert page.status_code == 500 and not page["Content-Type"].startswith("application/json")
+
+
+def test_a_time_filter_in_any_offset_is_compared_in_utc_not_a_500(member):
+    """PostgreSQL refuses offsets past 15:59; schemathesis sent +23:51 and got a 500."""
+    _, client = member("developer")
+    response = client.get("/api/v1/jobs/", {"created_before": "3480-10-13T15:38:00+23:51"})
+    assert response.status_code == 200, response.content

@@ -84,4 +84,4 @@ def test_the_dashboard_separates_the_systems_failures_from_the_jobs_own(member, 
     rows = {(row["failure"], row["code"]): row["n"] for row in response.context["failures_by_code"]}
     assert rows == {("system", "attempts_exhausted"): 1, ("user", "runtime_error"): 1}
     html = response.content.decode()
-    assert "(dead letter)" in html and "the job&#x27;s own" in html and "system failed" in html
+    assert "(dead letter)" in html and "the job's own" in html and "system failed" in html

@@ -1,5 +1,7 @@
 """REST endpoints for jobs: thin wrappers over apps.jobs.services and selectors."""
 
+from datetime import UTC
+
 import django_filters
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -32,6 +34,13 @@ from apps.jobs.models import FailureOrigin, Job, JobStatus
 from apps.jobs.quotas import quota_usage
 
 
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 time in any offset, compared in UTC: PostgreSQL refuses offsets past 15:59 (e.g. +23:51)."""
+
+    def filter(self, qs, value):
+        return super().filter(qs, value.astimezone(UTC) if value is not None else value)
+
+
 class JobFilter(django_filters.FilterSet):
     kind = django_filters.CharFilter()
     status = django_filters.MultipleChoiceFilter(choices=JobStatus.choices)
@@ -39,8 +48,8 @@ class JobFilter(django_filters.FilterSet):
     queue = django_filters.CharFilter()
     owner = django_filters.CharFilter(field_name="owner__username")
     parent = django_filters.UUIDFilter(field_name="parent_id")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Job
