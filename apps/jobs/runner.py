@@ -159,6 +159,7 @@ def run_job(*, job_id: str, worker: str) -> str:
     """Claim and run one job. Returns what happened, for logs and tests."""
     with log_context(job_id=str(job_id)):
         outcome = _claim_and_run(job_id=job_id, worker=worker)
+    task_events.flush(worker)
     mark_connections_used()
     return outcome
 
@@ -203,6 +204,7 @@ def run_next(*, queue: str, worker: str, task_id: str | None = None) -> dict:
         if time.monotonic() - started >= settings.JOBS_DOORBELL_TURN_SECONDS:
             services.ring_doorbells(queue, 1)
             break
+    task_events.flush(worker)  # the turn's last attempt's end
     if not ran:
         logger.info("job.nothing_eligible", extra={"queue": queue, "worker": worker})
         mark_connections_used()
@@ -232,6 +234,7 @@ def _run_claimed(job: Job, worker: str, *, doorbell_id: str | None = None) -> st
         outcome = _run_attempt(job, worker)
     except BaseException:
         events.ended("crashed")  # the doorbell fails too; the lease decides what becomes of the job
+        task_events.flush(worker)
         raise
     events.ended(outcome)
     return outcome
