@@ -6,10 +6,27 @@ from apps.core.worker_process import WorkerProcess
 # Tests using these fixtures talk to the broker; `make test-rabbitmq` runs them (-m broker)
 # a second time against RabbitMQ.
 BROKER_FIXTURES = {"broker", "start_worker", "queue_depth"}
+# Modules whose subject is a job kind or a surface, not the broker: their workers only carry
+# jobs, which the contract, scheduling, sandbox, chaos and Flower tests prove on both brokers.
+# They run once, on the default broker, to keep CI's second pass short.
+RUN_ON_ONE_BROKER = {
+    "test_backend_conformance_jobs",
+    "test_browser",
+    "test_cli",
+    "test_cli_output",
+    "test_compile_jobs",
+    "test_inference_jobs",
+    "test_log_context",
+    "test_make_run",
+    "test_memory_import",
+    "test_simulations",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in RUN_ON_ONE_BROKER:
+            continue
         if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.broker)
 
