@@ -138,6 +138,20 @@ def test_flower_shows_each_job_attempt_as_a_task_named_after_its_kind_and_failur
 def test_flower_broker_page_lists_every_queue(start_worker, start_flower):
     # Flower inspects the workers once, when it starts: the queues of workers that came up
     # later, or that have none (no gpu host), must still be listed with their lengths.
+    from urllib.parse import urlsplit
+
+    from project.flowerconfig import rabbitmq_management_api
+
+    api = rabbitmq_management_api(settings.CELERY_BROKER_URL)
+    if api is not None:
+        host, port = urlsplit(api).hostname, urlsplit(api).port
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            if probe.connect_ex((host, port)) != 0:
+                pytest.skip(
+                    f"Flower reads RabbitMQ queue lengths only through the management API ({api}), "
+                    "and this broker has no rabbitmq_management plugin listening (docs/operations.md)"
+                )
     worker = start_worker("cpu")
     flower = start_flower()
     # As under `make run`: Flower has inspected the one worker that was up when it started.
