@@ -126,10 +126,10 @@ def _jobs_claimed_first(job: Job) -> tuple[int, int]:
     """
     from django.conf import settings
 
-    from apps.jobs.services.lifecycle import KEY_HELD_SQL, LIMITS_CTES
+    from apps.jobs.services.lifecycle import ELIGIBLE_SQL, LIMITS_CTES
 
     sql = (
-        "WITH"  # noqa: S608 - constant SQL fragments only, values are parameters
+        "WITH"
         + LIMITS_CTES
         + """
 SELECT count(*) FILTER (
@@ -138,11 +138,8 @@ SELECT count(*) FILTER (
        count(DISTINCT job.organization_id) FILTER (
            WHERE job.priority = %(priority)s AND job.organization_id <> %(organization)s)
   FROM jobs_job AS job
- WHERE job.queue = %(queue)s AND job.status = 'queued' AND job.id <> %(id)s AND job.priority >= %(priority)s
-   AND job.attempt < job.max_attempts AND (job.run_after IS NULL OR job.run_after <= now())
-   AND job.organization_id NOT IN (SELECT organization_id FROM organization_full)
-   AND NOT """
-        + KEY_HELD_SQL
+ WHERE job.id <> %(id)s AND job.priority >= %(priority)s AND """
+        + ELIGIBLE_SQL
     )
     params = {
         "queue": job.queue,

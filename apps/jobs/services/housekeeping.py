@@ -22,7 +22,7 @@ from apps.jobs.models import (
     QueueState,
 )
 from apps.jobs.services.dispatch import PULLED_QUEUES, is_pulled, job_dispatch, ring_doorbells, send_children_changed
-from apps.jobs.services.lifecycle import KEY_HELD_SQL, LIMITS_CTES, move_queue, reap_expired_leases
+from apps.jobs.services.lifecycle import ELIGIBLE_SQL, LIMITS_CTES, move_queue, reap_expired_leases
 from project import queues
 
 logger = logging.getLogger(__name__)
@@ -162,11 +162,8 @@ _ELIGIBLE_SQL = (
     + """
 SELECT count(*) FROM (
     SELECT 1 FROM jobs_job AS job
-     WHERE job.queue = %(queue)s AND job.status = 'queued' AND job.kind = ANY(%(kinds)s)
-       AND job.attempt < job.max_attempts AND (job.run_after IS NULL OR job.run_after <= now())
-       AND job.organization_id NOT IN (SELECT organization_id FROM organization_full)
-       AND NOT """
-    + KEY_HELD_SQL
+     WHERE job.kind = ANY(%(kinds)s) AND """
+    + ELIGIBLE_SQL
     + """
      LIMIT %(limit)s
 ) AS eligible

@@ -205,6 +205,14 @@ KEY_HELD_SQL = """(EXISTS (
 ) OR EXISTS (
     SELECT 1 FROM kind_rate_full AS r WHERE r.organization_id = job.organization_id AND r.kind = job.kind
 ))"""
+# A queued job of `queue` that a claim could take now, by every rule but the queue's pause
+# (`job` is the row; needs LIMITS_CTES): the ring's count and the wait reason use it.
+ELIGIBLE_SQL = (
+    "job.queue = %(queue)s AND job.status = 'queued'"  # noqa: S608 - constant SQL fragments only
+    " AND job.attempt < job.max_attempts AND (job.run_after IS NULL OR job.run_after <= now())"
+    " AND job.organization_id NOT IN (SELECT organization_id FROM organization_full)"
+    " AND NOT " + KEY_HELD_SQL
+)
 
 _CLAIM_NEXT_SQL = (
     "WITH RECURSIVE"  # noqa: S608 - constant SQL fragments only, values are parameters
