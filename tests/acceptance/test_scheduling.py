@@ -99,10 +99,12 @@ def test_one_doorbell_runs_a_whole_backlog_turn_after_turn(start_worker, member,
     jobs = [sleep_job(membership, duration_s=0.02) for _ in range(60)]
     assert queue_depth("cpu") == 1
     # No beat: nothing but the turns themselves can ring again.
-    start_worker("cpu", concurrency=1, env={**FAST_CONTRACT, "JOBS_DOORBELL_TURN_SECONDS": "0.3"})
+    start_worker("cpu", concurrency=1, env={**FAST_CONTRACT, "JOBS_DOORBELL_TURN_SECONDS": "1"})
     wait_for(lambda: Job.objects.filter(pk__in=[j.pk for j in jobs], status="succeeded").count() == 60, 90, "jobs")
     workers = set(Job.objects.filter(pk__in=[j.pk for j in jobs]).values_list("task_id", flat=True))
-    assert 2 <= len(workers) < 60  # several turns (0.3 s each), each running several jobs
+    # 60 jobs of 0.02 s outlast one 1 s turn; a turn runs jobs until its second is up, so
+    # even a loaded machine runs several jobs per turn.
+    assert 2 <= len(workers) < 60
 
 
 def test_a_delayed_retry_is_not_claimed_early_and_rings_when_due(start_worker, member):
