@@ -25,7 +25,7 @@ from django.db.utils import InterfaceError, OperationalError
 
 from apps.accounts.models import Organization, Role, User
 from apps.accounts.services import membership_set
-from apps.jobs import services
+from apps.jobs import selectors, services
 from apps.jobs.models import Job, JobEvent, JobStatus
 
 DESTRUCTIVE = {"flush", "pg-restart", "kill-mains"}
@@ -65,12 +65,16 @@ def run_drill(name: str, *, jobs: int, duration_s: float, settle_timeout_s: floa
         services.job_submit(membership=membership, kind="sleep", params={"duration_s": duration_s})[0].pk
         for _ in range(jobs)
     ]
-    if not _wait(lambda: _count(pk__in=ids, status__in=[JobStatus.RUNNING, JobStatus.SUCCEEDED]) > 0, 60):
+    unfinished = {"pk__in": ids, "status__in": [JobStatus.QUEUED, *_active()]}
+    # The fault lands while jobs run: one injected after the backlog ended would prove nothing.
+    if not _wait(lambda: _count(pk__in=ids, status=JobStatus.RUNNING) > 0 or _count(**unfinished) == 0, 60):
         outcome.stuck = jobs
         outcome.note = "no worker took a job within 60 s: is a cpu worker running for this database and broker?"
         return outcome
+    if _count(**unfinished) == 0:
+        outcome.skipped = "every job ended before the fault could land: raise --jobs or --duration"
+        return outcome
     injected = time.monotonic()
-    unfinished = {"pk__in": ids, "status__in": [JobStatus.QUEUED, *_active()]}
     try:
         with fault() as note:
             outcome.note = note
@@ -190,20 +194,22 @@ FAULTS: dict[str, Callable] = {
 
 
 def _signal_workers(*, children: bool, mains: bool) -> int:
-    """SIGKILL this stack's cpu workers on this host, found through the broker (only this stack's answer)."""
-    from project.celery import app
+    """SIGKILL this stack's live cpu workers on this host, found in its WorkerHost rows.
 
-    stats = app.control.inspect(timeout=3).stats() or {}
+    No broker round trip (an inspect waits out its whole timeout): the fault lands while the
+    jobs seen running are still running, or the drill would prove nothing.
+    """
     killed = 0
-    for node, info in stats.items():
-        if not node.startswith("cpu") or not _is_local_worker(node, info.get("pid")):
+    for host in selectors.live_worker_hosts(queue="cpu"):
+        if not _is_local_worker(host.hostname, host.pid):
             continue
-        pids = list(info.get("pool", {}).get("processes", [])) if children else []
+        main = psutil.Process(host.pid)
+        processes = main.children() if children else []
         if mains:
-            pids.append(info["pid"])
-        for pid in pids:
-            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                psutil.Process(pid).send_signal(signal.SIGKILL)
+            processes.append(main)
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGKILL)
                 killed += 1
     return killed
 

@@ -70,12 +70,22 @@ def _cmdline(pid: int) -> str:
         return "(gone)"
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
 def _session_processes(sid: int) -> list[int]:
+    """Live processes of the session: a zombie has exited and holds nothing; reaping an orphan
+    is up to whatever it was reparented to (in a container, a PID 1 that may never reap)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.getsid(int(entry)) == sid:
+                if os.getsid(int(entry)) == sid and not _is_zombie(int(entry)):
                     pids.append(int(entry))
             except ProcessLookupError:
                 pass
