@@ -79,6 +79,8 @@ def celery_config() -> dict:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_max_memory_per_child": 4 * 1024 * 1024,  # KiB: recycle a child past 4 GiB
+        # The schedule file, readable after beat's stop signal closed it (project/beat_scheduler.py).
+        "beat_scheduler": "project.beat_scheduler:Scheduler",
     }
 
 

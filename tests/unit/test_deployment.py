@@ -1,7 +1,11 @@
 """docker/: compose names every service of a deployment; the image builds its Python layer from requirements/."""
 
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -118,3 +122,130 @@ def test_dockerignore_keeps_local_state_out_of_the_image():
 def test_procfile_flower_uses_the_same_flower_config():
     flower = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("flower:"))
     assert "--conf=project/flowerconfig.py" in shlex.split(flower.split(":", 1)[1])
+
+
+# --- `docker compose config` without Docker ----------------------------------------------------
+# No Docker engine or compose CLI can be installed here (Debian's docker-compose is v1 and rejects
+# the Compose Specification's `cgroup` and `configs.content`). What `docker compose config`
+# checks is done the same way: interpolate the variables, merge the YAML anchors, validate against
+# the Compose Specification's own JSON schema (docker/compose-spec.json, vendored from
+# github.com/compose-spec/compose-spec). Where `docker compose` is installed, it runs as well.
+
+COMPOSE_ENV = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "REDIS_PASSWORD": "redis-secret",
+    "SECRET_KEY": "a-secret-key",
+    "FLOWER_BASIC_AUTH": "admin:secret",
+}
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(text: str, env: dict) -> str:
+    """Compose's variable interpolation: $$, $VAR, ${VAR}, ${VAR:-x}, ${VAR-x}, ${VAR:?x}, ${VAR?x}, ${VAR:+x}, ${VAR+x}."""
+    value, _ = _interpolate(text, env, 0, stop=None)
+    return value
+
+
+def _interpolate(text: str, env: dict, i: int, stop: str | None) -> tuple[str, int]:
+    out = []
+    while i < len(text):
+        char = text[i]
+        if stop is not None and char == stop:
+            return "".join(out), i
+        if char != "$":
+            out.append(char)
+            i += 1
+            continue
+        following = text[i + 1 : i + 2]
+        if following == "$":
+            out.append("$")
+            i += 2
+        elif following == "{":
+            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i + 2 :]).group(0)
+            i += 2 + len(name)
+            operator = re.match(r":-|-|:\?|\?|:\+|\+|", text[i:]).group(0)
+            word, i = _interpolate(text, env, i + len(operator), stop="}")
+            i += 1  # the closing brace
+            out.append(_substitute(name, operator, word, env))
+        elif re.match(r"[A-Za-z_]", following):
+            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i + 1 :]).group(0)
+            out.append(env.get(name, ""))
+            i += 1 + len(name)
+        else:
+            out.append("$")
+            i += 1
+    return "".join(out), i
+
+
+def _substitute(name: str, operator: str, word: str, env: dict) -> str:
+    value = env.get(name)
+    unset_or_empty = not value
+    if operator in (":-", "-"):
+        return word if (unset_or_empty if operator == ":-" else value is None) else value
+    if operator in (":?", "?"):
+        if unset_or_empty if operator == ":?" else value is None:
+            raise MissingVariable(f"required variable {name} is missing a value: {word}")
+        return value
+    if operator in (":+", "+"):
+        return word if not (unset_or_empty if operator == ":+" else value is None) else ""
+    return value or ""
+
+
+def compose_config(env: dict) -> dict:
+    """docker/compose.yaml as `docker compose config` resolves it (anchors merged, variables in)."""
+    return yaml.safe_load(interpolate((ROOT / "docker" / "compose.yaml").read_text(), env))
+
+
+def test_compose_interpolation_follows_the_specification():
+    env = {"SET": "v", "EMPTY": ""}
+    assert interpolate("$$HOME ${SET} $SET ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${SET:+alt} ${UNSET+alt}", env) == (
+        "$HOME v v d d  alt "
+    )
+    assert interpolate("${UNSET:-redis://:${SET:?need SET}@redis}", env) == "redis://:v@redis"
+    with pytest.raises(MissingVariable, match="EMPTY.*need it"):
+        interpolate("${EMPTY:?need it}", env)
+
+
+def test_compose_file_is_valid_under_the_compose_specification():
+    import jsonschema
+
+    schema = json.loads((ROOT / "docker" / "compose-spec.json").read_text())
+    config = compose_config(COMPOSE_ENV)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    assert not errors, [f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors]
+    # Every `depends_on` names a service, every named volume and config is declared.
+    for name, service in config["services"].items():
+        assert set(service.get("depends_on", {})) <= set(config["services"]), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source.startswith(("/", ".")) or source in config["volumes"], (name, volume)
+        for used in service.get("configs", []):
+            assert used["source"] in config["configs"], (name, used)
+
+
+def test_compose_refuses_to_start_without_its_secrets():
+    for secret in COMPOSE_ENV:
+        with pytest.raises(MissingVariable, match=secret):
+            compose_config({key: value for key, value in COMPOSE_ENV.items() if key != secret})
+
+
+def _docker_compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(
+    not _docker_compose_available(), reason="no `docker compose` here: the schema test above stands in for it"
+)
+def test_docker_compose_config_accepts_the_file():
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "docker" / "compose.yaml"), "config", "--quiet"],
+        env={**os.environ, **COMPOSE_ENV},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr

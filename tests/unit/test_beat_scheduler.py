@@ -1,0 +1,30 @@
+"""Beat's stop signal closes the schedule file mid-tick; the tick's last steps must not crash beat."""
+
+import pytest
+from celery.beat import PersistentScheduler
+
+from project.beat_scheduler import Scheduler
+from project.celery import app
+
+
+def _closed_twice_then_used(scheduler_class, tmp_path):
+    scheduler = scheduler_class(app=app, schedule_filename=str(tmp_path / "celerybeat-schedule"), lazy=False)
+    entry = next(iter(scheduler.schedule.values()))  # the housekeeping entries of CELERY_BEAT_SCHEDULE
+    scheduler.close()  # beat's signal handler
+    scheduler.reserve(entry)  # the interrupted tick goes on with the schedule
+    scheduler.close()  # the main loop's `finally`
+    return scheduler, entry.name
+
+
+def test_celerys_persistent_scheduler_fails_on_a_schedule_read_after_close(tmp_path):
+    with pytest.raises(ValueError, match="closed shelf"):
+        _closed_twice_then_used(PersistentScheduler, tmp_path)
+
+
+def test_the_projects_scheduler_closes_once_and_keeps_its_entries_readable(tmp_path):
+    scheduler, name = _closed_twice_then_used(Scheduler, tmp_path)
+    assert name in scheduler.schedule
+    reopened = Scheduler(app=app, schedule_filename=str(tmp_path / "celerybeat-schedule"), lazy=False)
+    assert name in reopened.schedule  # what was synced at the first close is on disk
+    reopened.close()
+    assert app.conf.beat_scheduler == "project.beat_scheduler:Scheduler"
