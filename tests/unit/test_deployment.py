@@ -144,7 +144,7 @@ class MissingVariable(Exception):
 
 
 def interpolate(text: str, env: dict) -> str:
-    """Compose's variable interpolation: $$, $VAR, ${VAR}, ${VAR:-x}, ${VAR-x}, ${VAR:?x}, ${VAR?x}, ${VAR:+x}, ${VAR+x}."""
+    """Compose's variable interpolation: $$, $VAR, ${VAR}, ${VAR:-x}, ${VAR-x}, ${VAR:?x}, ${VAR?x}, ${VAR:+x}."""
     value, _ = _interpolate(text, env, 0, stop=None)
     return value
 
@@ -205,7 +205,7 @@ def test_compose_interpolation_follows_the_specification():
         "$HOME v v d d  alt "
     )
     assert interpolate("${UNSET:-redis://:${SET:?need SET}@redis}", env) == "redis://:v@redis"
-    with pytest.raises(MissingVariable, match="EMPTY.*need it"):
+    with pytest.raises(MissingVariable, match=r"EMPTY.*need it"):
         interpolate("${EMPTY:?need it}", env)
 
 
