@@ -25,7 +25,7 @@ RUN_ON_ONE_BROKER = {
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in RUN_ON_ONE_BROKER:
+        if item.module.__name__.rsplit(".", 1)[-1] in RUN_ON_ONE_BROKER or item.get_closest_marker("one_broker"):
             continue
         if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.broker)

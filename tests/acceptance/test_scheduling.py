@@ -213,6 +213,7 @@ def test_one_organizations_flood_does_not_starve_another(start_worker, member):
     assert max(waits) < 10, waits
 
 
+@pytest.mark.one_broker
 def test_bench_fairness_reports_waits_and_shares_and_cleans_up(broker):
     import io
 
@@ -250,6 +251,7 @@ def _a_start_rate_holds(start_worker, member, tmp_path, *, per_minute: int, star
     assert Job.objects.filter(pk__in=[j.pk for j in jobs], status="queued").exists()
 
 
+@pytest.mark.one_broker
 def test_a_start_rate_holds_with_real_workers(start_worker, member, tmp_path):
     """starts_per_minute 3, enough jobs for 2 minutes: never 4 starts in 60 s, and the 4th starts once allowed."""
     _a_start_rate_holds(start_worker, member, tmp_path, per_minute=3, starts=4)
