@@ -19,6 +19,7 @@ from django.conf import settings
 from kombu import Connection, Exchange, Queue
 
 from apps.accounts.models import AuditEvent
+from apps.core.worker_process import WorkerProcess
 from apps.jobs import services
 from apps.jobs.models import Job, WorkerHost
 from project import queues
@@ -328,6 +329,38 @@ def test_a_rabbitmq_sandbox_user_cannot_publish_to_control_or_cpu_nor_read_them(
             message = conn.default_channel.basic_get(queues.CONTROL, no_ack=True)
             assert message is not None and json.loads(message.body) == {"secret": 1}
             assert conn.default_channel.basic_get(queues.CONTROL, no_ack=True) is None
+        # And these permissions are enough for a sandbox worker: it starts, runs a run, reports it.
+        worker = WorkerProcess(
+            "sandbox", app="workers.sandbox.app", broker_only=True, env={"CELERY_BROKER_URL": sandbox}
+        )
+        seen: list[list] = []
+
+        def reported(kind: str) -> bool:
+            with Connection(admin) as conn:
+                while (message := conn.default_channel.basic_get(queues.SANDBOX_REPORTS, no_ack=True)) is not None:
+                    seen.append(json.loads(json.loads(message.body)["payload"]))
+            return any(args[0] == kind for args in seen)
+
+        worker.start(ready=lambda: reported(reports.HOST))
+        try:
+            from project.celery import app
+
+            job_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+            token = services.sandbox_run_token(job_id=job_id, task_id=task_id)
+            with Connection(admin) as conn:
+                app.send_task(
+                    "sandbox.execute",
+                    args=[job_id, {"source": "print(6 * 7)"}, token],
+                    task_id=task_id,
+                    queue=queues.direct_queue(queues.SANDBOX),
+                    connection=conn,
+                )
+            wait_for(lambda: reported(reports.FINISHED), 60, f"no outcome:\n{worker.log()[-3000:]}")
+        finally:
+            worker.stop()
+        outcome = next(args for args in seen if args[0] == reports.FINISHED)[4]
+        assert (outcome["verdict"], outcome["stdout"]) == ("ok", "42\n")
+        assert "AccessRefused" not in worker.log() and "ACCESS_REFUSED" not in worker.log()
     finally:
         rabbitmqctl("delete_user", user)
         rabbitmqctl("delete_vhost", vhost)
