@@ -364,3 +364,24 @@ def test_a_rabbitmq_sandbox_user_cannot_publish_to_control_or_cpu_nor_read_them(
     finally:
         rabbitmqctl("delete_user", user)
         rabbitmqctl("delete_vhost", vhost)
+
+
+@needs_redis_sandbox_user
+def test_stale_sandbox_deliveries_are_dropped_by_the_reaper_never_put_back_with_full_rights(broker):
+    from apps.jobs.services.dispatch import sandbox_stale_deliveries_drop
+
+    sandbox = redis_as(settings.SANDBOX_BROKER_URL)
+    admin = redis_as(settings.CELERY_BROKER_URL)
+    keys = queues.SANDBOX_UNACKED_KEYS
+    # What a hostile sandbox host can plant: an "in-flight" message that, put back, would go to `control`.
+    planted = json.dumps([{"body": "forged", "properties": {}}, "", queues.CONTROL])
+    sandbox.hset(keys["unacked_key"], "old-tag", planted)
+    sandbox.zadd(keys["unacked_index_key"], {"old-tag": time.time() - queues.VISIBILITY_TIMEOUT_S - 60})
+    sandbox.hset(keys["unacked_key"], "fresh-tag", planted)
+    sandbox.zadd(keys["unacked_index_key"], {"fresh-tag": time.time()})
+    try:
+        assert sandbox_stale_deliveries_drop() == 1
+        assert admin.hkeys(keys["unacked_key"]) == [b"fresh-tag"]
+        assert admin.llen(queues.CONTROL) == 0
+    finally:
+        admin.delete(keys["unacked_key"], keys["unacked_index_key"])

@@ -76,7 +76,7 @@ class QuietNode(Node):
 
 class SandboxCelery(Celery):
     @cached_property
-    def Worker(self):  # noqa: N802 (Celery's name)
+    def Worker(self):
         return self.subclass_with_self(SandboxWorker)
 
 

@@ -36,7 +36,7 @@ from workers.sandbox import reports
 
 logger = logging.getLogger(__name__)
 
-RUN_TOKEN_SALT = "switchyard.sandbox.run-token"
+RUN_TOKEN_SALT = "switchyard.sandbox.run-token"  # noqa: S105 (a salt, not a secret)
 # The shape of each run report's arguments after its name: (job_id, task_id, ...).
 RUN_REPORT_TYPES = {
     reports.STARTED: (str, str, str),
@@ -67,7 +67,9 @@ def sandbox_report_open(*, report: str, payload: str, mac) -> list | None:
         or not isinstance(args, list)
         or args[:1] != [report]
         or len(args) != len(types) + 1
-        or not all(isinstance(arg, kind) and not isinstance(arg, bool) for arg, kind in zip(args[1:], types))
+        or not all(
+            isinstance(arg, kind) and not isinstance(arg, bool) for arg, kind in zip(args[1:], types, strict=True)
+        )
     ):
         sandbox_report_refuse(report=report, reason="malformed", args=args)
         return None
