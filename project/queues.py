@@ -142,7 +142,9 @@ def sandbox_redis_acl(*, sep: str = ":") -> list[str]:
     keys = [
         SANDBOX,
         f"{SANDBOX}{sep}{priorities}",
-        *SANDBOX_UNACKED_KEYS.values(),
+        # (not the mutex: only the sweep this transport never runs takes it)
+        SANDBOX_UNACKED_KEYS["unacked_key"],
+        SANDBOX_UNACKED_KEYS["unacked_index_key"],
         SANDBOX_REPORTS,
         f"{SANDBOX_REPORTS}{sep}{priorities}",
         f"_kombu.binding.{SANDBOX}",
