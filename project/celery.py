@@ -17,6 +17,16 @@ app.conf.update(queues.celery_config())
 app.autodiscover_tasks(["apps.core", "apps.jobs", "workers"])
 
 
+def _add_sandbox_report_gate() -> None:
+    # Control workers also read what sandbox hosts report (they may not write `control` itself).
+    from apps.jobs.report_gate import SandboxReportGate
+
+    app.steps["consumer"].add(SandboxReportGate)
+
+
+_add_sandbox_report_gate()
+
+
 @worker_init.connect
 def refuse_unsafe_time_limits(sender=None, **kwargs):
     """A hard limit past the broker's redelivery window would get a running job delivered twice."""

@@ -92,3 +92,110 @@ def direct_queue(name: str) -> Queue:
     exchange would then vanish without an error.
     """
     return Queue(name, Exchange(""), routing_key=name, queue_arguments={"x-max-priority": MAX_PRIORITY})
+
+
+# --- sandbox hosts: least privilege on the broker (docs/decisions/0046) -------------------------
+
+# Where sandbox hosts send what they report (started, output chunks, outcome, host upkeep). Not a
+# Celery task queue: a gate on each control worker (apps.jobs.report_gate) reads it, checks each
+# report's shape and forwards it to `control` as the one task it may be. A sandbox host's broker
+# user may write this queue and no other (it cannot reach `control`, `cpu` or `gpu`).
+SANDBOX_REPORTS = "sandbox_reports"
+# The sandbox transport's own unacked keys: with kombu's defaults every consumer shares one
+# `unacked` hash holding every in-flight message of every queue, which a sandbox user could read.
+SANDBOX_UNACKED_KEYS = {
+    "unacked_key": "sandbox_unacked",
+    "unacked_index_key": "sandbox_unacked_index",
+    "unacked_mutex_key": "sandbox_unacked_mutex",
+}
+
+
+def sandbox_reports_queue() -> Queue:
+    """The reports queue as its consumer (the control side) declares it, with its own direct exchange.
+
+    On RabbitMQ a sandbox user publishes through this exchange: write permission on the default
+    exchange would let it publish to every queue by name.
+    """
+    return Queue(SANDBOX_REPORTS, Exchange(SANDBOX_REPORTS, type="direct"), routing_key=SANDBOX_REPORTS)
+
+
+def sandbox_reports_route(broker_url: str) -> dict:
+    """Exchange and routing key a sandbox host publishes a report with.
+
+    Redis: the default exchange (a plain LPUSH to the queue's key, which the ACL allows; a flushed
+    Redis cannot lose a binding that is not used). RabbitMQ: the reports exchange.
+    """
+    if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        return {"exchange": SANDBOX_REPORTS, "routing_key": SANDBOX_REPORTS}
+    return {"exchange": "", "routing_key": SANDBOX_REPORTS}
+
+
+def sandbox_redis_acl(*, sep: str = ":") -> list[str]:
+    """The Redis 6.2+ ACL rules of a sandbox host's user (after `ACL SETUSER <name> reset on >password`).
+
+    Keys: the `sandbox` queue (and its priority lists), the sandbox transport's unacked hash and
+    index, the reports queue, and the binding sets of `sandbox` and of the remote-control fanout
+    (`celery.pidbox`). Channels: the remote-control broadcast only (revoke reaches a running sandbox
+    run). Commands: exactly what kombu's Redis transport runs for these; nothing that lists keys or
+    reads a list, hash or sorted set whole (no LRANGE, HGETALL, ZRANGE, SCAN, KEYS, DUMP), so an
+    in-flight message is readable only by the host that popped it (it knows its delivery tag).
+    """
+    priorities = f"[1-{MAX_PRIORITY}]"
+    keys = [
+        SANDBOX,
+        f"{SANDBOX}{sep}{priorities}",
+        # (not the mutex: only the sweep this transport never runs takes it)
+        SANDBOX_UNACKED_KEYS["unacked_key"],
+        SANDBOX_UNACKED_KEYS["unacked_index_key"],
+        SANDBOX_REPORTS,
+        f"{SANDBOX_REPORTS}{sep}{priorities}",
+        f"_kombu.binding.{SANDBOX}",
+        f"_kombu.binding_permanent.{SANDBOX}",
+        "_kombu.binding.celery.pidbox",
+        "_kombu.binding_permanent.celery.pidbox",
+        # Its remote-control queue, declared (LLEN) though never used on Redis (the broadcast is
+        # pub/sub); node names of sandbox workers start with `sandbox` (the Procfile's `-n sandbox-…`),
+        # which no reply queue (`<uuid>.reply.celery.pidbox`) does.
+        "sandbox*.celery.pidbox",
+        f"sandbox*.celery.pidbox{sep}{priorities}",
+    ]
+    commands = [
+        # connection upkeep
+        "ping",
+        "select",
+        "client|setname",
+        # consume `sandbox`, publish reports, declare (queue size)
+        "brpop",
+        "rpop",
+        "lpush",
+        "rpush",
+        "llen",
+        # kombu's ack emulation, by delivery tag
+        "hset",
+        "hget",
+        "hdel",
+        "zadd",
+        "zrem",
+        "watch",
+        "unwatch",
+        "multi",
+        "exec",
+        "discard",
+        # bindings (SADD when it starts consuming; SREM, DEL of its remote-control queue when it stops)
+        "sadd",
+        "srem",
+        "exists",
+        "del",
+        # the remote-control broadcast, receive only (no PUBLISH: it cannot broadcast)
+        "psubscribe",
+        "punsubscribe",
+        "subscribe",
+        "unsubscribe",
+    ]
+    return [
+        *(f"~{key}" for key in keys),
+        # The broadcast channel of each database (`/<db>.celery.pidbox`; tests use database 15),
+        # each named: Redis 6.2 lets PSUBSCRIBE use a pattern only if an ACL pattern is identical.
+        *(f"&/{db}.celery.pidbox" for db in range(16)),
+        *(f"+{command}" for command in commands),
+    ]

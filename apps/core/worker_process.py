@@ -55,12 +55,14 @@ class WorkerProcess:
             f"--loglevel={loglevel}",
             *extra_args,
         ]
+        self.broker_only = broker_only
         if broker_only:
-            # What a sandbox host gets: the broker and nothing else (no database, no secrets).
+            # What a sandbox host gets: the broker and nothing else (no database, no secrets), as
+            # its least-privileged broker user where there is one (SANDBOX_BROKER_URL).
             self.env = {
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "LANG": "C.UTF-8",
-                "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+                "CELERY_BROKER_URL": settings.SANDBOX_BROKER_URL or settings.CELERY_BROKER_URL,
                 **(env or {}),
             }
             self.process: subprocess.Popen | None = None
@@ -75,9 +77,15 @@ class WorkerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0, ready=None) -> "WorkerProcess":
-        """Start and wait until it answers a ping, or until `ready()` is true (a worker on another broker)."""
+        """Start and wait until it answers a ping, or until `ready()` is true (a worker on another broker).
+
+        A broker-only (sandbox) worker answers no ping: it is ready when its WorkerHost row says so,
+        which takes a control worker to record its `ready` report.
+        """
         from project.celery import app
 
+        if ready is None and self.broker_only:
+            ready = self._registered_since(time.time())
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 self.command,
@@ -99,6 +107,16 @@ class WorkerProcess:
                 return self
         self.stop()
         raise RuntimeError(f"worker {self.name} did not answer ping in {timeout}s:\n{self.log()[-3000:]}")
+
+    def _registered_since(self, started: float):
+        from datetime import UTC, datetime
+
+        from apps.jobs.models import WorkerHost
+
+        since = datetime.fromtimestamp(started - 1, tz=UTC)
+        return lambda: WorkerHost.objects.filter(
+            hostname=self.name, started_at__gte=since, stopped_at__isnull=True
+        ).exists()
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

@@ -237,8 +237,11 @@ def sandbox_announced_artifacts(outcome: dict) -> list[tuple[str, str, object, d
 
 
 def _message(job) -> tuple[str, list]:
-    # The sandbox host has no database: the request travels in the message.
-    return "sandbox.execute", [str(job.id), job.params]
+    # The sandbox host has no database: the request travels in the message, with the run's token
+    # (its key for reporting this dispatch, and only this one: services.sandbox_runs).
+    from apps.jobs.services.sandbox_runs import sandbox_run_token
+
+    return "sandbox.execute", [str(job.id), job.params, sandbox_run_token(job_id=str(job.id), task_id=job.task_id)]
 
 
 def _never_runs_here(context) -> dict:

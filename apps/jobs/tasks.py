@@ -46,15 +46,28 @@ def children_changed(self, parent_id: str) -> str:
         return services.job_children_changed(parent_id=parent_id, worker=self.request.hostname or "control")
 
 
+# A sandbox host's reports arrive on `sandbox_reports`; the gate (apps.jobs.report_gate) forwards
+# each as one of these tasks with the payload and MAC untouched, and they act only on a report
+# whose MAC checks out (services.sandbox_report_open; anything else is refused and audited).
+
+
 @shared_task(name="jobs.sandbox_started", ignore_result=True)
-def sandbox_started(job_id: str, task_id: str, worker: str) -> None:
+def sandbox_started(payload: str, mac: str | None) -> None:
+    args = services.sandbox_report_open(report="started", payload=payload, mac=mac)
+    if args is None:
+        return
+    job_id, task_id, worker = args
     with log_context(job_id=job_id):
         job = services.remote_run_started(job_id=job_id, task_id=task_id, worker=worker)
         task_events.remote_attempt_started(job, worker=worker)
 
 
 @shared_task(name="jobs.sandbox_output", ignore_result=True, acks_late=True)
-def sandbox_output(job_id: str, task_id: str, stream: str, index: int, chunk: str) -> None:
+def sandbox_output(payload: str, mac: str | None) -> None:
+    args = services.sandbox_report_open(report="output", payload=payload, mac=mac)
+    if args is None:
+        return
+    job_id, task_id, stream, index, chunk = args
     with log_context(job_id=job_id):
         services.remote_run_output(job_id=job_id, task_id=task_id, stream=stream, index=index, chunk=chunk)
 
@@ -65,7 +78,11 @@ SANDBOX_OUTPUT_WAIT_RETRIES = 40
 
 
 @shared_task(name="jobs.sandbox_finished", bind=True, ignore_result=True, acks_late=True)
-def sandbox_finished(self, job_id: str, task_id: str, worker: str, outcome: dict) -> None:
+def sandbox_finished(self, payload: str, mac: str | None) -> None:
+    args = services.sandbox_report_open(report="finished", payload=payload, mac=mac)
+    if args is None:
+        return
+    job_id, task_id, worker, outcome = args
     with log_context(job_id=job_id):
         try:
             recorded = services.remote_run_finished(
@@ -79,6 +96,17 @@ def sandbox_finished(self, job_id: str, task_id: str, worker: str, outcome: dict
             raise self.retry(exc=exc, countdown=0.5, max_retries=SANDBOX_OUTPUT_WAIT_RETRIES) from exc
         if recorded:
             task_events.remote_attempt_ended(job_id=job_id, worker=worker)
+
+
+@shared_task(name="jobs.sandbox_host_report", ignore_result=True)
+def sandbox_host_report(payload: str) -> None:
+    services.sandbox_host_report(payload=payload)
+
+
+@shared_task(name="jobs.sandbox_report_refused", ignore_result=True)
+def sandbox_report_refused(report: str, reason: str) -> None:
+    """What the gate could not even forward (not a report, or one of no known kind), audited."""
+    services.sandbox_report_refuse(report=report, reason=reason)
 
 
 @shared_task(name="jobs.worker_host_report", ignore_result=True)

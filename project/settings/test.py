@@ -17,6 +17,15 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
 # Celery prefers the CELERY_BROKER_URL environment variable to settings: make the two agree,
 # here and in the worker processes the tests start (they inherit the environment).
 os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
+# The sandbox workers the tests start connect as the embedded Redis's `sandbox` ACL user
+# (devservices), in database 15 too; on another broker, as SANDBOX_BROKER_URL says, if it does.
+SANDBOX_BROKER_URL = env.str("SANDBOX_BROKER_URL", default="") or (
+    devservices.sandbox_broker_url() if not env.str("CELERY_BROKER_URL", default="") else ""
+)
+if SANDBOX_BROKER_URL.split(":", 1)[0] != CELERY_BROKER_URL.split(":", 1)[0]:
+    SANDBOX_BROKER_URL = ""
+elif SANDBOX_BROKER_URL.startswith(("redis://", "rediss://")):
+    SANDBOX_BROKER_URL = urlunsplit(urlsplit(SANDBOX_BROKER_URL)._replace(path="/15"))
 # Throttle counters in their own database (14), emptied before each test (tests/conftest.py).
 CACHES = {
     "default": cache_config(CELERY_BROKER_URL.rsplit("/", 1)[0] + "/14")

@@ -67,6 +67,18 @@ def test_the_sandbox_worker_gets_the_broker_and_nothing_else(services):
         assert script.index("setpriv --bounding-set -sys_admin") < script.index("celery")
 
 
+def test_the_sandbox_worker_connects_as_the_redis_sandbox_user_with_the_projects_acl_rules(services):
+    from project.queues import sandbox_redis_acl
+
+    assert services["worker-sandbox"]["environment"]["CELERY_BROKER_URL"].startswith(
+        "${SANDBOX_BROKER_URL:-redis://sandbox:"
+    )
+    command = services["redis"]["command"]
+    user = command[command.index("--user") + 1 :]
+    assert user[:4] == ["sandbox", "on", ">${SANDBOX_BROKER_PASSWORD:?set SANDBOX_BROKER_PASSWORD}", "resetchannels"]
+    assert user[4:] == sandbox_redis_acl()
+
+
 def test_flower_is_authenticated_and_keeps_its_state_on_a_volume(services):
     flower = services["flower"]
     assert "--conf=project/flowerconfig.py" in flower["command"]

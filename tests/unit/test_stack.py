@@ -115,3 +115,26 @@ def test_a_malformed_procfile_line_is_named(tmp_path, bad):
     procfile.write_text(f"# comment\n\n{bad}\n")
     with pytest.raises(ValueError, match="Procfile:3"):
         stack.read_procfile(procfile)
+
+
+def test_the_procfiles_sandbox_worker_connects_as_the_sandbox_broker_user_of_the_embedded_redis(monkeypatch):
+    from apps.core import devservices
+
+    line = stack.read_procfile(stack.REPO_ROOT / "Procfile")["worker-sandbox"]
+    # `env -i` gives the worker nothing but these; its broker URL is the sandbox user's when there is one.
+    env_part = line.split(" celery ", 1)[0]
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("SANDBOX_BROKER_URL", raising=False)
+    variables = devservices.environment()
+    assert variables["SANDBOX_BROKER_URL"].startswith(f"redis://{devservices.SANDBOX_BROKER_USER}:")
+    shown = subprocess.run(
+        ["/bin/sh", "-c", f"{env_part} /usr/bin/env"],
+        env={"PATH": os.environ["PATH"], **variables},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert f"CELERY_BROKER_URL={variables['SANDBOX_BROKER_URL']}" in shown
+    # A configured broker gives no sandbox URL unless the operator sets one (docs/operations-sandbox-broker.md).
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@rabbit//")
+    assert "SANDBOX_BROKER_URL" not in devservices.environment()

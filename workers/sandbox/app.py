@@ -1,8 +1,17 @@
 """The sandbox host's Celery app: broker only, no Django, no database, no secrets.
 
 Run with `celery -A workers.sandbox.app worker -Q sandbox`. A run's request arrives in
-the message (this host cannot read the Job row); the outcome goes back as tasks on the
-`control` queue, where a worker with database access claims and finishes the job.
+the message (this host cannot read the Job row); what the host has to say goes back as
+reports on the `sandbox_reports` queue, which a gate on the control workers forwards to
+`control`, where a worker with database access claims and finishes the job.
+
+Least privilege (docs/decisions/0046): the host's broker user (SANDBOX_BROKER_URL) may consume
+`sandbox`, write `sandbox_reports` and receive remote-control broadcasts, nothing more. So this
+worker sends no events (no heartbeat, gossip or mingle: they publish to, or read, the event
+stream every worker shares, whose task events carry task arguments), answers no remote-control
+request (replies go to queues it may not write; it still obeys broadcasts such as revoke), and
+leaves stale deliveries to the reaper (workers.sandbox.broker). Each run report carries a MAC
+under the run's token (workers.sandbox.reports): a host can only report runs it was given.
 """
 
 import base64
@@ -16,10 +25,13 @@ from functools import partial
 
 import celery
 from celery import Celery
-from celery.signals import heartbeat_sent, worker_init, worker_ready, worker_shutdown
+from celery.apps.worker import Worker
+from celery.signals import worker_init, worker_ready, worker_shutdown
+from kombu.pidbox import Node
+from kombu.utils.objects import cached_property
 
 from project import queues
-from workers.sandbox import cgroups
+from workers.sandbox import cgroups, reports
 from workers.sandbox.judge import JudgeCase, JudgeRequest, JudgeResult, run_judge
 from workers.sandbox.runner import (
     EXIT_NO_WHOLE_RUN_LIMITS,
@@ -38,26 +50,75 @@ from workers.sandbox.slots import NoFreeSlot, process_slot
 
 logger = logging.getLogger(__name__)
 
-app = Celery("switchyard-sandbox")
+
+class SandboxWorker(Worker):
+    """A worker that publishes no events and exchanges nothing with other workers, however started.
+
+    Heartbeat and task events go to the event stream every worker shares, gossip reads it (task
+    events carry task arguments), mingle asks other workers for their state; a sandbox host's broker
+    user may do none of it. Forced here rather than left to `--without-*` flags on every command line.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.update(without_heartbeat=True, without_gossip=True, without_mingle=True, task_events=False)
+        super().__init__(*args, **kwargs)
+
+
+class QuietNode(Node):
+    """This host's remote-control node: obeys broadcasts (a revoke stops a run) and answers none.
+
+    A reply goes to the asker's reply queue, which a sandbox user may not write.
+    """
+
+    def reply(self, *args, **kwargs) -> None:
+        return None
+
+
+class SandboxCelery(Celery):
+    @cached_property
+    def Worker(self):
+        return self.subclass_with_self(SandboxWorker)
+
+
+app = SandboxCelery("switchyard-sandbox")
 app.conf.update(queues.celery_config())
 app.conf.broker_url = os.environ.get("CELERY_BROKER_URL")
+app.conf.worker_send_task_events = False
+# The remote-control queue without an expiry: an expiring queue's binding is kept alive through a
+# sorted set that every queue's bindings share, which a sandbox user may not write.
+app.conf.control_queue_expires = None
+if (app.conf.broker_url or "").startswith(("redis://", "rediss://")):
+    app.conf.broker_transport = "workers.sandbox.broker:Transport"
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **queues.SANDBOX_UNACKED_KEYS}
+app.control.mailbox.node_cls = QuietNode
 
-CONTROL = queues.direct_queue(queues.CONTROL)
+REPORT_ROUTE = queues.sandbox_reports_route(app.conf.broker_url or "")
+REPORT_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
 
 
-def _report(task_name: str, *args) -> None:
+def _report(report: str, token: str | None, *args) -> None:
+    """Send one report to `sandbox_reports` (never `control`: this host's broker user cannot write it)."""
     try:
-        app.send_task(task_name, args=list(args), queue=CONTROL)
+        with app.producer_or_acquire() as producer:
+            producer.publish(
+                reports.report_body(report, list(args), token),
+                serializer="json",
+                declare=[],
+                retry=True,
+                retry_policy=REPORT_RETRY,
+                **REPORT_ROUTE,
+            )
     except Exception:
         # A lost report is recovered on the control side: the job's lease expires and the
         # reaper requeues or fails it.
-        logger.exception("sandbox.report_failed", extra={"task": task_name})
+        logger.exception("sandbox.report_failed", extra={"report": report})
 
 
 @app.task(name="sandbox.execute", bind=True, acks_late=True, reject_on_worker_lost=True)
-def execute(self, job_id: str, request: dict) -> str:
+def execute(self, job_id: str, request: dict, token: str = "") -> str:
+    """Run one request; `token` is the run's key for its reports (workers.sandbox.reports)."""
     task_id, worker = self.request.id, self.request.hostname
-    _report("jobs.sandbox_started", job_id, task_id, worker)
+    _report(reports.STARTED, token, job_id, task_id, worker)
     try:
         sandbox_request = _request(request)
     except (SandboxRequestError, TypeError, KeyError, AttributeError) as exc:
@@ -82,11 +143,11 @@ def execute(self, job_id: str, request: dict) -> str:
                 signal.signal(signal.SIGTERM, previous)
             if isinstance(sandbox_request, JudgeRequest):
                 outcome = judged.to_message()
-                _send_output_files(job_id, task_id, judged, outcome)
+                _send_output_files(job_id, task_id, token, judged, outcome)
             else:
                 outcome = result.to_message()
-                _send_long_streams(job_id, task_id, result, outcome)
-    _report("jobs.sandbox_finished", job_id, task_id, worker, outcome)
+                _send_long_streams(job_id, task_id, token, result, outcome)
+    _report(reports.FINISHED, token, job_id, task_id, worker, outcome)
     return outcome["verdict"]
 
 
@@ -115,7 +176,7 @@ def _request(request: dict) -> SandboxRequest | JudgeRequest:
     )
 
 
-def _send_output_files(job_id: str, task_id: str, judged: JudgeResult, outcome: dict) -> None:
+def _send_output_files(job_id: str, task_id: str, token: str, judged: JudgeResult, outcome: dict) -> None:
     """Each file a case left in its output folder goes to `control` in chunks, before the outcome.
 
     The outcome names each file's stream (`file-<case>-<n>`) and chunk count; `control` keeps it as
@@ -128,11 +189,11 @@ def _send_output_files(job_id: str, task_id: str, judged: JudgeResult, outcome: 
             starts = range(0, max(len(data), 1), OUTPUT_CHUNK_BYTES)
             for index, start in enumerate(starts):
                 chunk = base64.b64encode(data[start : start + OUTPUT_CHUNK_BYTES]).decode()
-                _report("jobs.sandbox_output", job_id, task_id, stream, index, chunk)
+                _report(reports.OUTPUT, token, job_id, task_id, stream, index, chunk)
             entry["stream"], entry["chunks"] = stream, len(starts)
 
 
-def _send_long_streams(job_id: str, task_id: str, result: SandboxResult, outcome: dict) -> None:
+def _send_long_streams(job_id: str, task_id: str, token: str, result: SandboxResult, outcome: dict) -> None:
     """A stream longer than the inline head goes to `control` whole, in chunks, before the outcome.
 
     This host has no storage and no database; `control` stages the chunks and keeps the stream
@@ -145,7 +206,7 @@ def _send_long_streams(job_id: str, task_id: str, result: SandboxResult, outcome
         chunks = range(0, len(raw), OUTPUT_CHUNK_BYTES)
         for index, start in enumerate(chunks):
             chunk = base64.b64encode(raw[start : start + OUTPUT_CHUNK_BYTES]).decode()
-            _report("jobs.sandbox_output", job_id, task_id, stream, index, chunk)
+            _report(reports.OUTPUT, token, job_id, task_id, stream, index, chunk)
         outcome[f"{stream}_artifact_chunks"] = len(chunks)
 
 
@@ -220,11 +281,16 @@ def _refuse_without_whole_run_limits(sender=None, **kwargs):
         os._exit(EXIT_NO_WHOLE_RUN_LIMITS)
 
 
+# The WorkerHost row's heartbeat: often enough for it, rarely enough to cost nothing.
+HOST_HEARTBEAT_SECONDS = 16.0
+
+
 @worker_ready.connect
 def _register(sender=None, **kwargs):
     queue_names = [q.name for q in sender.task_consumer.queues] if sender.task_consumer else []
     _report(
-        "jobs.worker_host_report",
+        reports.HOST,
+        None,
         sender.hostname,
         "ready",
         queue_names,
@@ -232,19 +298,14 @@ def _register(sender=None, **kwargs):
         f"celery {celery.__version__}",
         os.getpid(),
     )
+    # This worker sends no event heartbeats (SandboxWorker): its own timer keeps the row fresh.
+    sender.timer.call_repeatedly(HOST_HEARTBEAT_SECONDS, _heartbeat, (sender.hostname,))
 
 
-_last_beat = {"count": 0}
-
-
-@heartbeat_sent.connect
-def _heartbeat(sender=None, **kwargs):
-    # Every 8th event heartbeat (~16 s): the WorkerHost row needs no more.
-    _last_beat["count"] += 1
-    if _last_beat["count"] % 8 == 0:
-        _report("jobs.worker_host_report", sender.eventer.hostname, "heartbeat", [], {}, "", 0)
+def _heartbeat(hostname: str) -> None:
+    _report(reports.HOST, None, hostname, "heartbeat", [], {}, "", 0)
 
 
 @worker_shutdown.connect
 def _stopped(sender=None, **kwargs):
-    _report("jobs.worker_host_report", sender.hostname, "stopped", [], {}, "", 0)
+    _report(reports.HOST, None, sender.hostname, "stopped", [], {}, "", 0)

@@ -32,6 +32,7 @@ from apps.jobs.services.dispatch import (
 )
 from apps.jobs.services.fanout import job_children_changed, job_children_submit
 from apps.jobs.services.hosts import (
+    sandbox_host_report,
     worker_host_heartbeat,
     worker_host_register,
     worker_host_report,
@@ -55,6 +56,9 @@ from apps.jobs.services.sandbox_runs import (
     remote_run_finished,
     remote_run_output,
     remote_run_started,
+    sandbox_report_open,
+    sandbox_report_refuse,
+    sandbox_run_token,
 )
 from apps.jobs.services.schedules import (
     next_period_after,
@@ -108,6 +112,10 @@ __all__ = [
     "remote_run_started",
     "retry_backoff_s",
     "ring_doorbells",
+    "sandbox_host_report",
+    "sandbox_report_open",
+    "sandbox_report_refuse",
+    "sandbox_run_token",
     "schedule_create",
     "schedule_delete",
     "schedule_update",

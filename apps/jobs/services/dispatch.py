@@ -244,3 +244,33 @@ def send_children_changed(parent_id: str) -> None:
     except Exception:
         # The reaper looks at every waiting parent anyway.
         logger.exception("job.children_changed_not_sent", extra={"job_id": parent_id})
+
+
+def sandbox_stale_deliveries_drop(*, limit: int = 1000) -> int:
+    """Forget sandbox deliveries held past the visibility timeout by a host that is gone; how many.
+
+    Sandbox hosts may not list their transport's unacked index (workers.sandbox.broker), so kombu's
+    own sweep never runs for it. This one never puts a message back: any sandbox host can write that
+    hash, so an entry may name any queue (`control` included) and would be published with this
+    side's full rights. The job needs none of it: the reaper dispatches it again (new task id, new
+    token) once its lease expires or its dispatch is found unclaimed. Redis only (RabbitMQ returns
+    an unacked message itself when its consumer's connection closes).
+    """
+    from project.celery import app
+
+    if not settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        return 0
+    keys = queues.SANDBOX_UNACKED_KEYS
+    horizon = time.time() - queues.VISIBILITY_TIMEOUT_S
+    try:
+        with app.connection_for_write() as conn:
+            client = conn.default_channel.client
+            tags = client.zrangebyscore(keys["unacked_index_key"], "-inf", horizon, start=0, num=limit)
+            if tags:
+                client.pipeline().hdel(keys["unacked_key"], *tags).zrem(keys["unacked_index_key"], *tags).execute()
+    except Exception:
+        logger.exception("jobs.sandbox_stale_deliveries_failed")
+        return 0
+    if tags:
+        logger.info("jobs.sandbox_stale_deliveries_dropped", extra={"count": len(tags)})
+    return len(tags)

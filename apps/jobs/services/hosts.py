@@ -43,3 +43,47 @@ def worker_host_report(
         worker_host_heartbeat(hostname=hostname)
     elif event == "stopped":
         worker_host_stopped(hostname=hostname)
+
+
+def sandbox_host_report(*, payload: str) -> bool:
+    """WorkerHost upkeep reported by a sandbox host (through `sandbox_reports`, which any sandbox host can write).
+
+    Such a report speaks only for sandbox hosts: it may register a host that consumes `sandbox` and
+    nothing else, and never touches the row of a host with other queues (a forged `ready` listing
+    `gpu` would steer inference routing; a forged `stopped` would hide a live cpu worker). A refused
+    one is audited like a refused run report.
+    """
+    import json
+
+    from apps.jobs.models import WorkerHost
+    from apps.jobs.services.sandbox_runs import sandbox_report_refuse
+    from project import queues as queue_names
+    from workers.sandbox import reports
+
+    try:
+        args = json.loads(payload)
+        _, hostname, event, queues, capabilities, version, pid = args
+        valid = (
+            args[0] == reports.HOST
+            and isinstance(hostname, str)
+            and 0 < len(hostname) <= 255
+            and event in ("ready", "heartbeat", "stopped")
+            and isinstance(queues, list)
+            and isinstance(capabilities, dict)
+            and isinstance(version, str)
+            and isinstance(pid, int)
+        )
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
+        sandbox_report_refuse(report=reports.HOST, reason="malformed")
+        return False
+    sandbox_only = [queue_names.SANDBOX]
+    other_row = WorkerHost.objects.filter(hostname=hostname).exclude(queues=sandbox_only).exists()
+    if other_row or (event == "ready" and queues != sandbox_only):
+        sandbox_report_refuse(report=reports.HOST, reason="not_a_sandbox_host", worker=hostname)
+        return False
+    worker_host_report(
+        hostname=hostname, event=event, queues=queues, capabilities=capabilities, version=version[:64], pid=pid
+    )
+    return True

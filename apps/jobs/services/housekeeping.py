@@ -21,7 +21,14 @@ from apps.jobs.models import (
     JobStatus,
     QueueState,
 )
-from apps.jobs.services.dispatch import PULLED_QUEUES, is_pulled, job_dispatch, ring_doorbells, send_children_changed
+from apps.jobs.services.dispatch import (
+    PULLED_QUEUES,
+    is_pulled,
+    job_dispatch,
+    ring_doorbells,
+    sandbox_stale_deliveries_drop,
+    send_children_changed,
+)
 from apps.jobs.services.lifecycle import ELIGIBLE_SQL, LIMITS_CTES, move_queue, reap_expired_leases
 from project import queues
 
@@ -78,6 +85,7 @@ def jobs_reap(*, limit: int = 1000) -> dict:
         waiting_parents = _waiting_parents(limit=limit)
         for parent_id in waiting_parents:
             send_children_changed(str(parent_id))
+        sandbox_stale_deliveries_drop(limit=limit)
     if expired["requeued"] or expired["failed"] or expired["cancelled"] or redispatched or moved:
         logger.info("jobs.reaped", extra={**expired, "redispatched": redispatched, "moved_to_cpu": moved})
     return {

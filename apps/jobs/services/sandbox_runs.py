@@ -1,13 +1,21 @@
-"""Runs reported by hosts without database access (sandbox): start, output chunks, outcome."""
+"""Runs reported by hosts without database access (sandbox): start, output chunks, outcome.
+
+A report counts only when its MAC checks out under the run's token (workers/sandbox/reports.py):
+the token is derived from this side's secret and the dispatch (job id, task id), travels only in
+the run's message to the host that takes it, and never comes back. A report that fails the check,
+a forged outcome or one for another host's run, changes nothing and leaves an audit event.
+"""
 
 import base64
 import hashlib
+import json
 import logging
 import shutil
 import uuid
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.crypto import salted_hmac
 
 from apps.jobs.models import (
     ACTIVE_STATUSES,
@@ -24,8 +32,86 @@ from apps.jobs.sandbox_kind import (
 )
 from apps.jobs.services.artifacts import job_artifact_add, job_output_dir
 from apps.jobs.services.lifecycle import job_claim, job_finish, job_retry_later
+from workers.sandbox import reports
 
 logger = logging.getLogger(__name__)
+
+RUN_TOKEN_SALT = "switchyard.sandbox.run-token"  # noqa: S105 (a salt, not a secret)
+# The shape of each run report's arguments after its name: (job_id, task_id, ...).
+RUN_REPORT_TYPES = {
+    reports.STARTED: (str, str, str),
+    reports.OUTPUT: (str, str, str, int, str),
+    reports.FINISHED: (str, str, str, dict),
+}
+REFUSED_ACTION = "sandbox.report_refused"
+
+
+def sandbox_run_token(*, job_id: str, task_id: str, secret: str | None = None) -> str:
+    """The key of one dispatch's reports: only this side (it holds the secret) and the host given the run know it."""
+    return salted_hmac(RUN_TOKEN_SALT, f"{job_id}:{task_id}", secret=secret, algorithm="sha256").hexdigest()
+
+
+def sandbox_report_open(*, report: str, payload: str, mac) -> list | None:
+    """The arguments of a run report (job_id, task_id, ...) if its MAC proves its host was given the run.
+
+    Otherwise None, after an audit event: the report is refused and changes nothing. Tokens made
+    under SECRET_KEY_FALLBACKS still count, so rotating the secret refuses no run in flight.
+    """
+    try:
+        args = json.loads(payload) if isinstance(payload, str) else None
+    except ValueError:
+        args = None
+    types = RUN_REPORT_TYPES.get(report)
+    if (
+        types is None
+        or not isinstance(args, list)
+        or args[:1] != [report]
+        or len(args) != len(types) + 1
+        or not all(
+            isinstance(arg, kind) and not isinstance(arg, bool) for arg, kind in zip(args[1:], types, strict=True)
+        )
+    ):
+        sandbox_report_refuse(report=report, reason="malformed", args=args)
+        return None
+    job_id, task_id = args[1], args[2]
+    for secret in [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]:
+        if reports.report_mac_matches(sandbox_run_token(job_id=job_id, task_id=task_id, secret=secret), payload, mac):
+            return args[1:]
+    sandbox_report_refuse(report=report, reason="bad_mac", args=args)
+    return None
+
+
+def sandbox_report_refuse(*, report: str, reason: str, args=None, worker: str | None = None) -> None:
+    """Refuse a report from the sandbox tier: log it and record an audit event (platform-wide, no tenant).
+
+    The job it names (if any) is the audit event's target; what the report claimed is in its details.
+    """
+    from apps.accounts.services import audit_record
+
+    args = args if isinstance(args, list) else []
+    job_id = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+    details = {"report": str(report)[:32], "reason": reason}
+    if len(args) > 2 and isinstance(args[2], str):
+        details["task_id"] = args[2][:64]
+    if report in (reports.STARTED, reports.FINISHED) and len(args) > 3 and isinstance(args[3], str):
+        worker = args[3]
+    if worker:
+        details["worker"] = worker[:255]
+    job = Job.objects.filter(pk=job_id).only("organization_id").first() if _is_uuid(job_id) else None
+    if job is not None:
+        details["organization"] = job.organization_id
+    logger.warning("sandbox.report_refused", extra={"job_id": job_id[:64], **details})
+    audit_record(
+        organization=None, actor=None, action=REFUSED_ACTION, target=job or Job(pk=job_id[:64] or None), details=details
+    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
 
 
 def remote_run_started(*, job_id: str, task_id: str, worker: str) -> Job | None:
