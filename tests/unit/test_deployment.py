@@ -148,6 +148,7 @@ COMPOSE_ENV = {
     "REDIS_PASSWORD": "redis-secret",
     "SECRET_KEY": "a-secret-key",
     "FLOWER_BASIC_AUTH": "admin:secret",
+    "SANDBOX_BROKER_PASSWORD": "sandbox-secret",
 }
 
 
