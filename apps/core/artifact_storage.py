@@ -67,7 +67,7 @@ class StreamedFile(File):
 
     def __init__(self, body, name: str, size: int):
         super().__init__(body, name)
-        self._size = size
+        self.size = size  # File.size is a cached_property: the object's length, known without reading it
         self._closed = False
 
     @property
@@ -222,9 +222,14 @@ def stored_objects(prefix: str) -> Iterator[StoredObject]:
         yield from stored_objects(f"{prefix.rstrip('/')}/{folder}")
 
 
+def stored_open(name: str) -> File:
+    """The stored file, open for reading as a stream (FileNotFoundError when nothing is stored under `name`)."""
+    return default_storage.open(name, "rb")
+
+
 def stored_chunks(name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The stored file's bytes in chunks, as they arrive."""
-    with default_storage.open(name, "rb") as source:
+    with stored_open(name) as source:
         yield from iter(lambda: source.read(chunk_bytes), b"")
 
 
