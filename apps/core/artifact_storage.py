@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as StorageConnectionError
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, default_storage
@@ -43,6 +44,12 @@ CHUNK_BYTES = 1 << 20
 CACHE_MIN_IDLE_SECONDS = 300
 # A download left half-written by a killed process is removed once this old.
 STALE_PARTIAL_SECONDS = 3600
+
+
+# The object storage did not answer (down, restarting, a network cut): the job kinds that read or
+# write files retry these with backoff, like a database outage. A 4xx/5xx answer is not here:
+# boto3 already retries throttling and 5xx itself.
+TRANSIENT_STORAGE_ERRORS: tuple[type[BaseException], ...] = (StorageConnectionError, HTTPClientError)
 
 
 @dataclass(frozen=True)
