@@ -332,7 +332,7 @@ PRUNE_BATCH_SIZE = env.int("PRUNE_BATCH_SIZE", default=1000)
 # job path shares that core (docs/benchmarks.md, `bench prune`).
 PRUNE_BATCH_PAUSE_SECONDS = env.float("PRUNE_BATCH_PAUSE_SECONDS", default=0.2)
 PRUNE_INTERVAL_SECONDS = env.float("PRUNE_INTERVAL_SECONDS", default=3600.0)
-# A file under MEDIA_ROOT/artifacts/ that no row names is removed once it is this old: a
+# A stored file under artifacts/ that no row names is removed once it is this old: a
 # running job writes its files before it records them, and no job runs longer than 3 h.
 PRUNE_ORPHAN_MIN_AGE_SECONDS = env.float("PRUNE_ORPHAN_MIN_AGE_SECONDS", default=6 * 3600.0)
 
