@@ -391,8 +391,8 @@ def stored_file_response(
     response = StoredFileResponse(
         default_storage.open(name, "rb"), as_attachment=as_attachment, filename=filename, content_type=content_type
     )
-    if "Content-Length" not in response.headers:
-        response.headers["Content-Length"] = str(size)
+    # From the row: a stream cannot tell its length (FileResponse would guess from a local path by the same name).
+    response.headers["Content-Length"] = str(size)
     return response
 
 

@@ -8,7 +8,6 @@ from functools import partial
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files import File
 from django.db import IntegrityError, transaction
 
 from apps.accounts.models import Membership
@@ -163,20 +162,24 @@ def artifact_upload(*, membership: Membership, source, name: str) -> tuple[Artif
                 meta=meta,
             )
             storage_name = f"artifacts/uploads/{membership.organization.slug}/{sha256[:2]}/{sha256}.{file_format}"
-            with staged.open("rb") as handle:
-                artifact.file.save(storage_name, File(handle), save=False)
+            # Streamed from the staged file (S3: multipart, parts read from the file as they are sent), under
+            # this name as such: FieldFile.save used to put the field's dated upload_to in front of it.
+            artifact.file.name = artifact_storage.store_local_file(storage_name, staged)
             # The submit check on this host reads its headers from here instead of fetching it back.
             artifact_storage.local_cache_put(staged, sha256=sha256, name=artifact.file.name)
             try:
                 with transaction.atomic():
                     artifact.save()
             except IntegrityError:
-                # The same bytes were uploaded at the same moment: theirs is kept, this copy goes.
-                artifact.file.storage.delete(artifact.file.name)
+                # The same bytes were uploaded at the same moment: theirs is kept. Both stored them under
+                # the same name (by digest), so the object is theirs too and stays.
                 kept = Artifact.objects.get(organization=membership.organization, job__isnull=True, sha256=sha256)
+                if kept.file.name != artifact.file.name:
+                    artifact.file.storage.delete(artifact.file.name)
                 return kept, False
             except Exception:
-                artifact.file.storage.delete(artifact.file.name)
+                if not Artifact.objects.filter(file=artifact.file.name).exists():
+                    artifact.file.storage.delete(artifact.file.name)
                 raise
     logger.info(
         "artifact.uploaded",
