@@ -277,3 +277,33 @@ def test_a_200_mib_file_is_stored_fetched_and_downloaded_with_bounded_memory(s3_
     assert s3_storage.names() == ["big/big.bin", "warm-up/small.bin"]
     growth = figures["after_download_mib"] - figures["baseline_mib"]
     assert growth < STREAMING_RSS_MARGIN_MIB, figures
+
+
+def test_a_worker_that_cannot_reach_the_storage_sends_the_job_back_to_be_retried(
+    s3_storage, member, settings, tmp_path
+):
+    from apps.jobs.runner import run_job
+    from workers.testing_models import build_test_model
+
+    _, client = member("developer")
+    with build_test_model("multi_io", tmp_path / "multi_io.onnx").open("rb") as handle:
+        assert client.post("/api/v1/models/", {"file": handle, "name": "scorer"}, format="multipart").status_code == 201
+    response = client.post(
+        "/api/v1/jobs/",
+        {"kind": "inference", "params": {"model": "scorer@1", "inputs": {"x": [[0.0] * 4], "ids": [[1, 2, 3]]}}},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    # This "worker" is another host (empty cache) whose storage endpoint does not answer.
+    settings.ARTIFACT_CACHE_DIR = tmp_path / "worker-cache"
+    unreachable = {
+        **s3_storage.storage,
+        "OPTIONS": {**s3_storage.storage["OPTIONS"], "endpoint_url": "http://127.0.0.1:1"},
+    }
+    settings.STORAGES = {**settings.STORAGES, "default": unreachable}
+
+    outcome = run_job(job_id=response.json()["id"], worker="cpu@storage-outage")
+
+    job = Job.objects.get(pk=response.json()["id"])
+    assert outcome == "queued" and job.status == "queued", (outcome, job.error)
+    assert job.error["code"] == "transient_error" and job.error["details"]["exception"] == "EndpointConnectionError"
