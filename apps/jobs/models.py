@@ -195,7 +195,7 @@ class ArtifactRole(models.TextChoices):
 
 
 class Artifact(models.Model):
-    """A file a job consumed or produced, or one uploaded as a job's input, under MEDIA_ROOT with size and digest.
+    """A file a job consumed or produced, or one uploaded as a job's input: stored (artifact storage), size, digest.
 
     Uploaded inputs belong to the organization, not to a job (`job` is NULL): several jobs
     may read one upload, and a job names it in its params (`inputs_artifact`).

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files import File
 from django.db import transaction
 from django.db.models import Max
 
@@ -23,6 +22,7 @@ from apps.accounts.permissions import (
     has_permission,
 )
 from apps.accounts.services import audit_record
+from apps.core.artifact_storage import local_cache_put, store_local_file
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
 from apps.registry.models import (
     AliasName,
@@ -171,9 +171,11 @@ def _register(
         created_by=user,
     )
     storage_name = f"{organization.slug}/{name}/{number}-{info.sha256[:12]}.onnx"
-    with staged.open("rb") as handle:
-        version.file.save(storage_name, File(handle), save=False)
-    stored = version.file.name
+    # Streamed from the staged file (S3: multipart, parts read from the file as they are sent).
+    stored = store_local_file(version.file.field.generate_filename(version, storage_name), staged)
+    version.file.name = stored
+    # Text embedding in this process (search, personas) then needs no fetch of the model back.
+    local_cache_put(staged, sha256=info.sha256, name=stored)
     try:
         version.save()
     except Exception:

@@ -90,12 +90,13 @@ def test_the_same_bytes_give_back_the_first_upload(member):
 def test_bad_uploads_are_400_with_the_reason_and_leave_nothing_behind(member, settings, name, data, words):
     settings.ARTIFACTS_MAX_UPLOAD_BYTES = 100_000
     _, client = member("developer")
+    before = stored_uploads()  # other tests' uploads stay in the shared MEDIA_ROOT
 
     response = upload(client, data, name=name)
 
     assert response.status_code == 400, response.json()
     assert words in " ".join(response.json()["fields"]["file"])
-    assert Artifact.objects.count() == 0 and stored_uploads() == set()
+    assert Artifact.objects.count() == 0 and stored_uploads() == before
 
 
 def test_a_viewer_may_not_upload(member):

@@ -12,9 +12,9 @@ class Command(BaseCommand):
     help = (
         "Remove what is past retention: finished jobs (with their events and artifact files) older than their "
         "organization's retention (quota job_retention_days, else JOBS_RETENTION_DAYS), audit rows older than "
-        "AUDIT_RETENTION_DAYS, and files under MEDIA_ROOT/artifacts/ that no row names. Queued and running jobs "
-        "are never pruned; a sweep goes with its children. Deletes run in batches of PRUNE_BATCH_SIZE rows, one "
-        "short transaction each. Beat runs the same every PRUNE_INTERVAL_SECONDS. Exit 0."
+        "AUDIT_RETENTION_DAYS, and stored files under artifacts/ (ARTIFACT_STORAGE_URL) that no row names. "
+        "Queued and running jobs are never pruned; a sweep goes with its children. Deletes run in batches of "
+        "PRUNE_BATCH_SIZE rows, one short transaction each. Beat runs the same every PRUNE_INTERVAL_SECONDS. Exit 0."
     )
 
     def add_arguments(self, parser):
