@@ -31,7 +31,9 @@ PG_PORT = int(os.environ.get("SWITCHYARD_PG_PORT", "55432"))
 REDIS_PORT = int(os.environ.get("SWITCHYARD_REDIS_PORT", "56379"))
 # Comma-separated listen addresses; the first is the one URLs name. Off loopback, PostgreSQL
 # also accepts password logins from the subnets it is attached to (pg_hba `samenet`).
-LISTEN_ADDRESSES = [a.strip() for a in os.environ.get("SWITCHYARD_SERVICES_ADDRESS", "127.0.0.1").split(",") if a.strip()]
+LISTEN_ADDRESSES = [
+    a.strip() for a in os.environ.get("SWITCHYARD_SERVICES_ADDRESS", "127.0.0.1").split(",") if a.strip()
+]
 ADDRESS = LISTEN_ADDRESSES[0]
 PG_DATABASE = "switchyard"
 PG_USER = "postgres"

@@ -26,7 +26,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -106,8 +105,9 @@ class Host:
         ]
 
 
-def _ip(*args: str, namespace: str | None = None) -> None:
-    argv = ["ip", *(["-n", namespace] if namespace else []), *args]
+def _ip(command: str, namespace: str | None = None) -> None:
+    """`ip COMMAND` (words split on spaces), in `namespace` when given."""
+    argv = ["ip", *(["-n", namespace] if namespace else []), *command.split()]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
@@ -209,7 +209,7 @@ class Cluster:
         """A 198.18.N.0/24 (the benchmarking range, RFC 2544) that no interface here uses yet."""
         used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
         for _ in range(100):
-            n = random.randint(1, 254)  # noqa: S311 (not a secret)
+            n = random.randint(1, 254)
             if f" 198.18.{n}." not in used and f" 198.19.{n}." not in used:
                 return n
         raise RuntimeError("no free 198.18.N.0/24 subnet for the multi-host test")
@@ -218,7 +218,8 @@ class Cluster:
         return (self.hosts[host].data_dir / name).read_text().strip()
 
     def database_url(self) -> str:
-        return f"postgres://postgres:{self.password('web', 'postgres.password')}@{self.hosts['web'].address}:{PG_PORT}/switchyard"
+        password = self.password("web", "postgres.password")
+        return f"postgres://postgres:{password}@{self.hosts['web'].address}:{PG_PORT}/switchyard"
 
     def broker_url(self, *, via: str = "lan") -> str:
         address = self.broker_sandbox_address if via == "sandbox" else self.hosts["broker"].address
@@ -231,39 +232,37 @@ class Cluster:
     # --- network ------------------------------------------------------------------------
 
     def _network_up(self) -> None:
-        n = self.subnet
         for namespace in [self.lan, *(h.namespace for h in self.hosts.values())]:
-            _ip("netns", "add", namespace)
-            _ip("link", "set", "lo", "up", namespace=namespace)
-        _ip("link", "add", "br0", "type", "bridge", namespace=self.lan)
-        _ip("link", "set", "br0", "up", namespace=self.lan)
+            _ip(f"netns add {namespace}")
+            _ip("link set lo up", namespace=namespace)
+        _ip("link add br0 type bridge", namespace=self.lan)
+        _ip("link set br0 up", namespace=self.lan)
         for name in ("web", "broker", "cpu"):
             host = self.hosts[name]
             # One cable from the host to the switch; its switch end is named after the host.
-            _ip("link", "add", "eth0", "netns", host.namespace, "type", "veth", "peer", "name", name, "netns", self.lan)
-            _ip("link", "set", name, "master", "br0", "up", namespace=self.lan)
-            _ip("addr", "add", f"{host.address}/24", "dev", "eth0", namespace=host.namespace)
-            _ip("link", "set", "eth0", "up", namespace=host.namespace)
+            _ip(f"link add eth0 netns {host.namespace} type veth peer name {name} netns {self.lan}")
+            _ip(f"link set {name} master br0 up", namespace=self.lan)
+            _ip(f"addr add {host.address}/24 dev eth0", namespace=host.namespace)
+            _ip("link set eth0 up", namespace=host.namespace)
         # The operator's cable: this process reaches web (REST) and PostgreSQL (to watch) over it.
-        _ip("link", "add", self.operator_link, "type", "veth", "peer", "name", "operator", "netns", self.lan)
-        _ip("link", "set", "operator", "master", "br0", "up", namespace=self.lan)
-        _ip("addr", "add", f"{self.operator_address}/24", "dev", self.operator_link)
-        _ip("link", "set", self.operator_link, "up")
+        _ip(f"link add {self.operator_link} type veth peer name operator netns {self.lan}")
+        _ip("link set operator master br0 up", namespace=self.lan)
+        _ip(f"addr add {self.operator_address}/24 dev {self.operator_link}")
+        _ip(f"link set {self.operator_link} up")
         # Host 4's only cable ends in host 2; host 2 forwards nothing (new namespaces start with
         # ip_forward 0; said again here so the isolation does not rest on a default).
         broker, sandbox = self.hosts["broker"], self.hosts["sandbox"]
-        _ip("link", "add", "eth1", "netns", broker.namespace, "type", "veth", "peer", "name", "eth0", "netns", sandbox.namespace)
-        _ip("addr", "add", f"{self.broker_sandbox_address}/32", "peer", sandbox.address, "dev", "eth1", namespace=broker.namespace)
-        _ip("addr", "add", f"{sandbox.address}/32", "peer", self.broker_sandbox_address, "dev", "eth0", namespace=sandbox.namespace)
-        _ip("link", "set", "eth1", "up", namespace=broker.namespace)
-        _ip("link", "set", "eth0", "up", namespace=sandbox.namespace)
+        _ip(f"link add eth1 netns {broker.namespace} type veth peer name eth0 netns {sandbox.namespace}")
+        _ip(f"addr add {self.broker_sandbox_address}/32 peer {sandbox.address} dev eth1", namespace=broker.namespace)
+        _ip(f"addr add {sandbox.address}/32 peer {self.broker_sandbox_address} dev eth0", namespace=sandbox.namespace)
+        _ip("link set eth1 up", namespace=broker.namespace)
+        _ip("link set eth0 up", namespace=sandbox.namespace)
         for host in self.hosts.values():
             subprocess.run(
                 ["ip", "netns", "exec", host.namespace, "sysctl", "-qw", "net.ipv4.ip_forward=0"],
                 check=True,
                 capture_output=True,
             )
-        assert n  # the subnet is recorded in the topology below
 
     def _write_topology(self) -> None:
         """What `manage.py chaos --drills partition` reads (CHAOS_NETNS_TOPOLOGY): which cable is whose."""
@@ -308,7 +307,9 @@ class Cluster:
             self.hosts[host].command(argv), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )
         if result.returncode != 0:
-            raise RuntimeError(f"{host}: {' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(
+                f"{host}: {' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def manage(self, host: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -362,7 +363,10 @@ class Cluster:
         started = time.monotonic()
         # PostgreSQL on host 1 and Redis on host 2, both by the embedded services of `make run`, at once.
         services = {
-            "web": {"SWITCHYARD_SERVICES_ADDRESS": self.hosts["web"].address, "CELERY_BROKER_URL": "configured-elsewhere"},
+            "web": {
+                "SWITCHYARD_SERVICES_ADDRESS": self.hosts["web"].address,
+                "CELERY_BROKER_URL": "configured-elsewhere",
+            },
             "broker": {
                 "SWITCHYARD_SERVICES_ADDRESS": f"{self.hosts['broker'].address},{self.broker_sandbox_address}",
                 "DATABASE_URL": "configured-elsewhere",
@@ -454,7 +458,7 @@ class Cluster:
                 "SELECT queues FROM jobs_workerhost WHERE stopped_at IS NULL"
                 " AND last_heartbeat_at > now() - interval '30 seconds'"
             )
-        except Exception:  # noqa: BLE001 (not migrated yet, or not up: not ready)
+        except Exception:  # not migrated yet, or not up: not ready
             return set()
         return {queue for (queues,) in rows for queue in queues}
 
