@@ -1,11 +1,10 @@
 """Which model embeds an organization's text (its production model of task `embedding`), and embedding with it."""
 
-from pathlib import Path
-
 import numpy as np
 from django.conf import settings
 
 from apps.accounts.models import Organization
+from apps.core.artifact_storage import local_copy
 from apps.core.errors import Conflict
 from apps.registry.models import AliasName, ModelTask, ModelVersion
 from workers.embedding import EmbeddingModelUnusable, embed_texts, embedding_dimension
@@ -48,7 +47,9 @@ def embedding_model_get(*, organization: Organization) -> ModelVersion:
 
 
 def embed_with(version: ModelVersion, texts: list[str], **kwargs) -> np.ndarray:
-    return embed_texts(texts, model_path=Path(version.file.path), sha256=version.sha256, **kwargs)
+    # Through this host's cache of stored files (fetched once by sha256, reused by every later call).
+    model_path = local_copy(version.file.name, sha256=version.sha256)
+    return embed_texts(texts, model_path=model_path, sha256=version.sha256, **kwargs)
 
 
 def text_embed(*, organization: Organization, texts: list[str]) -> tuple[np.ndarray, str]:

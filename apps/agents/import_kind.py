@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import OperationalError
 from rest_framework import serializers
 
+from apps.core import artifact_storage
 from apps.jobs.kinds import JobKind, PermanentJobError
 from project import queues
 from workers.memory_file import FORMATS, MemoryFileError, detect_format, read_memory_rows
@@ -29,6 +30,11 @@ class MemoryImportParams(serializers.Serializer):
     source = serializers.CharField(
         help_text="The uploaded file as stored by POST /api/v1/agents/<id>/memories/import (imports/<org>/...)."
     )
+    source_sha256 = serializers.RegexField(
+        r"^[0-9a-f]{64}$",
+        required=False,
+        help_text="The stored file's sha256 (filled in at submit when not given); hosts check their copies against it.",
+    )
     format = serializers.ChoiceField(choices=FORMATS, required=False, help_text="Default: from the file name.")
     batch_size = serializers.IntegerField(
         min_value=1, max_value=1024, default=64, help_text="Rows embedded and inserted per step (progress, cancel)."
@@ -46,18 +52,26 @@ class MemoryImportParams(serializers.Serializer):
         membership = self.context["membership"]
         if not Agent.objects.filter(pk=attrs["agent_id"], organization=membership.organization).exists():
             raise serializers.ValidationError({"agent_id": ["No such agent."]})
-        # Only files stored for this organization: `source` must not reach any other path.
-        root = (Path(settings.MEDIA_ROOT) / "imports" / str(membership.organization_id)).resolve()
-        path = (Path(settings.MEDIA_ROOT) / attrs["source"]).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        # Only files stored for this organization: `source` must not name any other stored file.
+        source = attrs["source"]
+        folder = f"imports/{membership.organization_id}/"
+        if not (
+            artifact_storage.safe_storage_name(source)
+            and source.startswith(folder)
+            and artifact_storage.stored_exists(source)
+        ):
             raise serializers.ValidationError({"source": ["No such uploaded file for this organization."]})
-        fmt = attrs.get("format") or detect_format(path.name)
+        fmt = attrs.get("format") or detect_format(source)
         if fmt is None:
             raise serializers.ValidationError({"format": ["Give jsonl or csv."]})
+        if not attrs.get("source_sha256"):
+            attrs["source_sha256"] = artifact_storage.stored_sha256(source)
         try:
-            rows = _read(path, fmt)
+            rows = _read(artifact_storage.local_copy(source, sha256=attrs["source_sha256"]), fmt)
         except MemoryFileError as exc:
             raise serializers.ValidationError({"source": exc.errors}) from exc
+        except artifact_storage.StoredFileCorrupt as exc:
+            raise serializers.ValidationError({"source_sha256": [str(exc)]}) from exc
         attrs.update(format=fmt, rows=len(rows), embedding_model="", embedding_model_version_id=None)
         missing = sum(1 for row in rows if row.embedding is None)
         if missing:
@@ -82,8 +96,10 @@ def _execute(context) -> dict:
     if not Agent.objects.filter(pk=params["agent_id"], organization_id=context.organization_id).exists():
         raise PermanentJobError("agent_gone", "The agent was deleted before its memories were imported.")
     try:
-        rows = _read(Path(settings.MEDIA_ROOT) / params["source"], params["format"])
-    except (MemoryFileError, FileNotFoundError) as exc:
+        # Jobs submitted before files were stored by digest carry no source_sha256.
+        sha256 = params.get("source_sha256") or artifact_storage.stored_sha256(params["source"])
+        rows = _read(artifact_storage.local_copy(params["source"], sha256=sha256), params["format"])
+    except (MemoryFileError, FileNotFoundError, artifact_storage.StoredFileCorrupt) as exc:
         raise PermanentJobError("bad_file", f"The import file cannot be read: {exc}") from exc
     done = set(Memory.objects.filter(import_job_id=context.job_id).values_list("import_line", flat=True))
     todo = [row for row in rows if row.line not in done]

@@ -1,9 +1,9 @@
 """Writes for agents and memories: create, add, import (as a job), and installing the shipped embedder."""
 
+import hashlib
 import json
 import logging
 import re
-import shutil
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +15,7 @@ from apps.accounts.models import Membership
 from apps.accounts.permissions import MANAGE_AGENTS, MANAGE_SCENARIOS, has_permission, require
 from apps.agents.embeddings import SHIPPED_MODEL_NAME, NoEmbeddingModel, text_embed
 from apps.agents.models import Agent, AgentKind, Memory, MemoryKind, Scenario
+from apps.core import artifact_storage
 from apps.core.errors import DomainError, PermissionDenied
 from apps.jobs.models import ACTIVE_STATUSES, Job
 from apps.registry.models import DevicePreference, ModelTask, ModelVersion, Stage
@@ -157,8 +158,9 @@ def memory_import_submit(
     """Store an uploaded JSONL/CSV file and submit a `memory_import` job for it.
 
     The whole file is checked at submit (the job's params validation), so a bad line is
-    a 400 naming it, not a failed job later. The stored file stays under
-    MEDIA_ROOT/imports/<organization id>/ for the worker (and for a retry).
+    a 400 naming it, not a failed job later. The file is stored in the artifact storage
+    under imports/<organization id>/ for the worker (and for a retry), with its sha256 in
+    the params so every host can check the copy it fetches.
     """
     from apps.jobs.services import job_submit
 
@@ -170,17 +172,17 @@ def memory_import_submit(
             fields={"format": ["Give jsonl or csv (the file name ends in neither .jsonl nor .csv)."]},
         )
     relative = f"{IMPORTS_DIR}/{membership.organization_id}/{uuid.uuid4().hex}.{fmt}"
-    stored = Path(settings.MEDIA_ROOT) / relative
-    stored.parent.mkdir(parents=True, exist_ok=True)
-    _store_upload(source, stored)
+    with artifact_storage.local_workdir(prefix="memory-import-") as workdir:
+        staged = workdir / f"upload.{fmt}"
+        sha256 = _store_upload(source, staged)
+        # The params check reads the file here: from the staged copy, not fetched back.
+        artifact_storage.local_cache_put(staged, sha256=sha256, name=relative)
+        stored = artifact_storage.store_local_file(relative, staged, move=True)
+    params = {"agent_id": agent.pk, "source": stored, "source_sha256": sha256, "format": fmt, "batch_size": batch_size}
     try:
-        job, _ = job_submit(
-            membership=membership,
-            kind="memory_import",
-            params={"agent_id": agent.pk, "source": relative, "format": fmt, "batch_size": batch_size},
-        )
+        job, _ = job_submit(membership=membership, kind="memory_import", params=params)
     except DomainError as exc:
-        stored.unlink(missing_ok=True)
+        artifact_storage.delete_stored([stored])
         # The caller sent a file, not job params: name its fields, not the job's.
         renamed = {"params.source": "file", "params.format": "format", "params.batch_size": "batch_size"}
         exc.fields = {renamed.get(name, name): errors for name, errors in exc.fields.items()}
@@ -188,31 +190,32 @@ def memory_import_submit(
             exc.message = exc.message.replace(f"{old}:", f"{new}:", 1)
         raise
     except Exception:
-        stored.unlink(missing_ok=True)
+        artifact_storage.delete_stored([stored])
         raise
     return job
 
 
-def _store_upload(source, target: Path) -> None:
+def _store_upload(source, target: Path) -> str:
+    """Write the upload to the local file `target`, within AGENTS_IMPORT_MAX_BYTES; returns its sha256."""
+    if isinstance(source, str | Path):
+        with Path(source).open("rb") as handle:
+            return _write_within_limit(iter(lambda: handle.read(1 << 20), b""), target)
+    chunks = source.chunks() if hasattr(source, "chunks") else iter(lambda: source.read(1 << 20), b"")
+    return _write_within_limit(chunks, target)
+
+
+def _write_within_limit(chunks, target: Path) -> str:
     limit = settings.AGENTS_IMPORT_MAX_BYTES
     written = 0
-    try:
-        with target.open("wb") as out:
-            if isinstance(source, str | Path):
-                with Path(source).open("rb") as handle:
-                    shutil.copyfileobj(handle, out)
-                written = target.stat().st_size
-            else:
-                for chunk in source.chunks() if hasattr(source, "chunks") else iter(lambda: source.read(1 << 20), b""):
-                    written += len(chunk)
-                    if written > limit:
-                        break
-                    out.write(chunk)
-        if written > limit:
-            raise DomainError(f"file: larger than {limit} bytes.", fields={"file": [f"At most {limit} bytes."]})
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        for chunk in chunks:
+            written += len(chunk)
+            if written > limit:
+                raise DomainError(f"file: larger than {limit} bytes.", fields={"file": [f"At most {limit} bytes."]})
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
 
 
 def memory_import_batch(

@@ -184,19 +184,27 @@ def memory_similarity(agent_ids: list[int], fallback: dict[int, list[float] | No
     return similarity
 
 
-def _workdir(job_id, attempt: int) -> Path:
-    from apps.jobs.services import job_output_dir
+def _workdir(job_id, attempt: int):
+    from apps.jobs.services import job_output_workdir
 
-    return job_output_dir(job_id=job_id, attempt=attempt)
+    return job_output_workdir(job_id=job_id, attempt=attempt)
 
 
 def _add_artifact(context_job_id, attempt: int, path: Path, content_type: str) -> None:
     from apps.jobs.runner import LeaseLost
     from apps.jobs.services import job_artifact_add
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
     if not job_artifact_add(
-        job_id=context_job_id, attempt=attempt, path=path, name=path.name, sha256=digest, content_type=content_type
+        job_id=context_job_id,
+        attempt=attempt,
+        path=path,
+        name=path.name,
+        sha256=digest.hexdigest(),
+        content_type=content_type,
     ):
         raise LeaseLost()
 
@@ -235,20 +243,20 @@ def _execute_simulation(context) -> dict:
         raise PermanentJobError("invalid_spec", str(exc), {"fields": exc.errors}) from exc
     elapsed = time.perf_counter() - started
 
-    workdir = _workdir(context.job_id, context.attempt)
-    arrays = workdir / "results.npz"
-    np.savez(
-        arrays,
-        agent_ids=np.asarray(ids, dtype=np.int64),
-        compatibility=result.compatibility,
-        affinity=result.affinity,
-        interactions=result.interactions,
-        **{f"metric_{name}": series for name, series in result.metrics.items()},
-    )
-    chart = workdir / "chart.png"
-    render_run_chart(result, names, chart, title=f"{params['scenario_name']} · seed {params['seed']}")
-    _add_artifact(context.job_id, context.attempt, arrays, "application/x-npz")
-    _add_artifact(context.job_id, context.attempt, chart, "image/png")
+    with _workdir(context.job_id, context.attempt) as workdir:
+        arrays = workdir / "results.npz"
+        np.savez(
+            arrays,
+            agent_ids=np.asarray(ids, dtype=np.int64),
+            compatibility=result.compatibility,
+            affinity=result.affinity,
+            interactions=result.interactions,
+            **{f"metric_{name}": series for name, series in result.metrics.items()},
+        )
+        chart = workdir / "chart.png"
+        render_run_chart(result, names, chart, title=f"{params['scenario_name']} · seed {params['seed']}")
+        _add_artifact(context.job_id, context.attempt, arrays, "application/x-npz")
+        _add_artifact(context.job_id, context.attempt, chart, "image/png")
 
     summary = engine.summarize(result, names)
     inline = len(ids) <= 50
@@ -371,9 +379,10 @@ def aggregate_sweep_children(parent, children: list) -> dict:
         )
     rows = engine.aggregate_sweep(points, metrics=SWEEP_METRICS)
     result["table"] = rows
-    chart = _workdir(parent.pk, parent.attempt) / "sweep.png"
-    render_sweep_chart(rows, chart, metric=params["chart_metric"], title=f"{params['scenario_name']} sweep")
-    _add_artifact(parent.pk, parent.attempt, chart, "image/png")
+    with _workdir(parent.pk, parent.attempt) as workdir:
+        chart = workdir / "sweep.png"
+        render_sweep_chart(rows, chart, metric=params["chart_metric"], title=f"{params['scenario_name']} sweep")
+        _add_artifact(parent.pk, parent.attempt, chart, "image/png")
     return result
 
 

@@ -93,5 +93,21 @@ def check_broker() -> CheckResult:
     return CheckResult("broker", True, f"broker at {where} is reachable")
 
 
+def check_artifact_storage() -> CheckResult:
+    """Write, read back and delete a small probe object in the artifact storage (ARTIFACT_STORAGE_URL)."""
+    from apps.core.artifact_storage import storage_check_roundtrip
+    from apps.core.storage_url import storage_where
+
+    where = storage_where(settings.ARTIFACT_STORAGE_URL)
+    if not settings.ARTIFACT_STORAGE_URL:
+        where = f"local disk {settings.MEDIA_ROOT}"
+    try:
+        storage_check_roundtrip()
+    except Exception as exc:  # boto3, the disk: any error means the files cannot be kept
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        return CheckResult("artifact_storage", False, f"artifact storage at {where} is unusable: {reason}")
+    return CheckResult("artifact_storage", True, f"artifact storage at {where} is writable and readable")
+
+
 def readiness() -> list[CheckResult]:
     return [check_database(), check_broker()]

@@ -2,7 +2,7 @@ import uuid
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.http import FileResponse, Http404, HttpResponseNotAllowed, JsonResponse
+from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -24,6 +24,7 @@ from apps.core.admin import (
     json_block,
     organizations_where,
 )
+from apps.core.artifact_storage import stored_file_response
 from apps.core.errors import DomainError, PermissionDenied
 from apps.jobs import services, task_events
 from apps.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, JobStatus, QueueState, Schedule, WorkerHost
@@ -330,7 +331,7 @@ class JobAdmin(OrganizationScopedAdmin):
         artifact = Artifact.objects.filter(pk=artifact_id, job=job).first()
         if artifact is None:
             raise Http404("No such artifact.")
-        return FileResponse(artifact.file.open("rb"), content_type=artifact.content_type)
+        return stored_file_response(artifact.file.name, size=artifact.size_bytes, content_type=artifact.content_type)
 
     @admin.display(description="charts")
     def charts(self, job):

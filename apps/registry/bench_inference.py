@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from django.conf import settings
 from django.utils import timezone
 
+from apps.core.artifact_storage import delete_stored
 from apps.core.worker_process import WorkerProcess
 from apps.jobs import services as job_services
 from apps.jobs.bench import _bench_membership
@@ -182,8 +182,7 @@ def _job_seconds(membership, params: dict, results: list | None = None) -> float
         results.append(job.result)
     # Removed at once: hundreds of MB of outputs per job would otherwise be written back
     # to disk by the kernel while the next rounds run.
-    for artifact in Artifact.objects.filter(job=job):
-        (Path(settings.MEDIA_ROOT) / artifact.file.name).unlink(missing_ok=True)
+    delete_stored([artifact.file.name for artifact in Artifact.objects.filter(job=job)])
     return (job.finished_at - submitted_at).total_seconds()
 
 
@@ -209,10 +208,8 @@ def _fixed_overhead(membership, reference: str, input_specs, rng, workdir: Path,
 
 
 def _clean_up(membership, uploads: list[Artifact]) -> None:
-    media_root = Path(settings.MEDIA_ROOT)
     jobs = Job.objects.filter(organization=membership.organization, kind="inference")
     outputs = Artifact.objects.filter(job__in=jobs)
-    for artifact in [*outputs, *uploads]:
-        (media_root / artifact.file.name).unlink(missing_ok=True)
+    delete_stored([artifact.file.name for artifact in [*outputs, *uploads]])
     jobs.delete()
     Artifact.objects.filter(pk__in=[artifact.pk for artifact in uploads]).delete()

@@ -1,8 +1,5 @@
 """The `compile` job kind: a model version compiled for a target, validated, registered as a new staging version."""
 
-import tempfile
-from pathlib import Path
-
 from django.conf import settings
 from rest_framework import serializers
 
@@ -103,7 +100,9 @@ def _pick_queue(params: dict) -> str:
 
 
 def _execute(context) -> dict:
+    from apps.core.artifact_storage import StoredFileCorrupt, local_copy
     from apps.jobs.runner import JobCancelled, LeaseLost
+    from apps.jobs.services import job_output_workdir
     from apps.registry.models import ModelVersion
     from apps.registry.services import model_version_register_compiled
     from workers.compile import CompileCancelled, CompileError, run_compile
@@ -117,11 +116,18 @@ def _execute(context) -> dict:
     # Compiled in a private directory that goes away whatever happens: only registration
     # below copies the file into the registry's storage, so a failed or cancelled compile
     # leaves neither a row nor a file.
-    with tempfile.TemporaryDirectory(prefix=f"compile-{context.job_id}-") as workdir:
-        output = Path(workdir) / "compiled.onnx"
+    try:
+        # Through this host's cache: fetched from the storage once, reused by later jobs.
+        source_path = local_copy(source.file.name, sha256=source.sha256)
+    except FileNotFoundError as exc:
+        raise PermanentJobError("file_missing", f"The source model's file is missing: {exc}") from exc
+    except StoredFileCorrupt as exc:
+        raise PermanentJobError("file_corrupt", str(exc)) from exc
+    with job_output_workdir(job_id=context.job_id, attempt=context.attempt) as workdir:
+        output = workdir / "compiled.onnx"
         try:
             report = run_compile(
-                Path(source.file.path),
+                source_path,
                 target=params["target"],
                 output_path=output,
                 signature_inputs=source.signature["inputs"],

@@ -1,7 +1,5 @@
 """The `inference` job kind: a registered model version over inline or uploaded inputs, outputs as an .npz artifact."""
 
-from pathlib import Path
-
 from rest_framework import serializers
 
 from apps.core.errors import DomainError
@@ -109,6 +107,7 @@ def _check_rows(version, arrays: dict, field: str) -> None:
 
 def _check_inputs_artifact(membership, version, artifact_id) -> None:
     """The upload exists in this organization and its arrays match the signature (headers only, no data read)."""
+    from apps.core.artifact_storage import StoredFileCorrupt, local_copy
     from apps.jobs.selectors import input_artifact_get
     from workers.inference import InputValidationError, load_array_inputs, validate_inputs
 
@@ -120,12 +119,13 @@ def _check_inputs_artifact(membership, version, artifact_id) -> None:
     try:
         # Headers only: the check costs the same for ten rows or ten million, and never
         # inflates a compressed member in the web process.
-        arrays = load_array_inputs(Path(artifact.file.path), names, headers_only=True)
+        path = local_copy(artifact.file.name, sha256=artifact.sha256)
+        arrays = load_array_inputs(path, names, headers_only=True)
         validate_inputs(version.signature["inputs"], arrays)
         _check_rows(version, arrays, "inputs_artifact")
     except InputValidationError as exc:
         raise serializers.ValidationError({"inputs_artifact": [exc.message]}) from exc
-    except OSError as exc:
+    except (OSError, StoredFileCorrupt) as exc:
         raise serializers.ValidationError({"inputs_artifact": [f"The upload cannot be read: {exc}"]}) from exc
 
 
@@ -140,9 +140,10 @@ def _pick_queue(params: dict) -> str:
 
 
 def _execute(context) -> dict:
+    from apps.core.artifact_storage import StoredFileCorrupt, local_copy
     from apps.jobs.models import Artifact
-    from apps.jobs.runner import JobCancelled
-    from apps.jobs.services import job_artifact_add, job_output_dir
+    from apps.jobs.runner import JobCancelled, LeaseLost
+    from apps.jobs.services import job_artifact_add, job_output_workdir
     from apps.registry.models import ModelVersion
     from workers.inference import (
         InferenceCancelled,
@@ -155,7 +156,7 @@ def _execute(context) -> dict:
     params = context.params
     version = ModelVersion.objects.select_related("model").get(pk=params["model_version_id"])
     input_names = [tensor["name"] for tensor in version.signature["inputs"]]
-    inputs_path = None
+    artifact = None
     if params.get("inputs_artifact"):
         artifact = Artifact.objects.filter(
             pk=params["inputs_artifact"], organization_id=context.organization_id, job__isnull=True
@@ -164,40 +165,51 @@ def _execute(context) -> dict:
             raise PermanentJobError(
                 "inputs_missing", f"The uploaded inputs {params['inputs_artifact']} no longer exist.", {}
             )
-        inputs_path = Path(artifact.file.path)
-    output_path = job_output_dir(job_id=context.job_id, attempt=context.attempt) / "outputs.npz"
     try:
-        if inputs_path is not None:
-            inputs = load_array_inputs(inputs_path, input_names)
-        else:
-            inputs = coerce_inline_inputs(version.signature["inputs"], params["inputs"])
-        summary = run_inference(
-            Path(version.file.path),
-            sha256=version.sha256,
-            inputs=inputs,
-            batch_size=params["batch_size"],
-            # Split only what the upload-time probe found safe to split (rows independent).
-            split_rows=bool((version.batching or {}).get("split")),
-            output_path=output_path,
-            wanted_outputs=params["outputs"] or None,
-            device_preference=version.device_preference,
-            on_progress=lambda done, total: context.report_progress(
-                done / total if total else 1.0, f"{done}/{total} rows"
-            ),
-            should_cancel=context.should_cancel,
-        )
-    except InferenceCancelled as exc:
-        raise JobCancelled() from exc
-    except InferenceError as exc:
-        raise PermanentJobError(exc.code, exc.message, exc.details) from exc
-    job_artifact_add(
-        job_id=context.job_id,
-        attempt=context.attempt,
-        path=output_path,
-        name="outputs.npz",
-        sha256=summary["output_sha256"],
-        content_type="application/x-npz",
-    )
+        # Through this host's cache: fetched from the storage once, reused by later jobs.
+        model_path = local_copy(version.file.name, sha256=version.sha256)
+        inputs_path = local_copy(artifact.file.name, sha256=artifact.sha256) if artifact is not None else None
+    except FileNotFoundError as exc:
+        raise PermanentJobError("file_missing", f"A stored file of this job is missing: {exc}", {}) from exc
+    except StoredFileCorrupt as exc:
+        raise PermanentJobError(
+            "file_corrupt", str(exc), {"expected_sha256": exc.expected, "actual_sha256": exc.actual}
+        ) from exc
+    with job_output_workdir(job_id=context.job_id, attempt=context.attempt) as workdir:
+        output_path = workdir / "outputs.npz"
+        try:
+            if inputs_path is not None:
+                inputs = load_array_inputs(inputs_path, input_names)
+            else:
+                inputs = coerce_inline_inputs(version.signature["inputs"], params["inputs"])
+            summary = run_inference(
+                model_path,
+                sha256=version.sha256,
+                inputs=inputs,
+                batch_size=params["batch_size"],
+                # Split only what the upload-time probe found safe to split (rows independent).
+                split_rows=bool((version.batching or {}).get("split")),
+                output_path=output_path,
+                wanted_outputs=params["outputs"] or None,
+                device_preference=version.device_preference,
+                on_progress=lambda done, total: context.report_progress(
+                    done / total if total else 1.0, f"{done}/{total} rows"
+                ),
+                should_cancel=context.should_cancel,
+            )
+        except InferenceCancelled as exc:
+            raise JobCancelled() from exc
+        except InferenceError as exc:
+            raise PermanentJobError(exc.code, exc.message, exc.details) from exc
+        if not job_artifact_add(
+            job_id=context.job_id,
+            attempt=context.attempt,
+            path=output_path,
+            name="outputs.npz",
+            sha256=summary["output_sha256"],
+            content_type="application/x-npz",
+        ):
+            raise LeaseLost()
     source = {"inputs_artifact": params["inputs_artifact"]} if inputs_path is not None else {}
     return {"model": params["model"], **source, **summary}
 

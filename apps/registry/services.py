@@ -23,6 +23,7 @@ from apps.accounts.permissions import (
     has_permission,
 )
 from apps.accounts.services import audit_record
+from apps.core.artifact_storage import local_cache_put
 from apps.core.errors import Conflict, DomainError, NotFound, PermissionDenied
 from apps.registry.models import (
     AliasName,
@@ -174,6 +175,8 @@ def _register(
     with staged.open("rb") as handle:
         version.file.save(storage_name, File(handle), save=False)
     stored = version.file.name
+    # Text embedding in this process (search, personas) then needs no fetch of the model back.
+    local_cache_put(staged, sha256=info.sha256, name=stored)
     try:
         version.save()
     except Exception:

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import environ
 from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
 
-from apps.core import devservices, stack
+from apps.core import devservices, stack, storage_url
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 env = environ.Env()
@@ -137,10 +138,22 @@ STATIC_URL = "static/"
 # Under the stack's data dir (`.data/` or SWITCHYARD_DATA_DIR), like everything else it writes.
 STATIC_ROOT = env.path("STATIC_ROOT", default=devservices.DATA_DIR / "static")
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=devservices.DATA_DIR / "media")
+# Where every stored file lives (uploads, models, import files, job outputs), for every host:
+# unset = the local disk under MEDIA_ROOT; file:///abs/path; s3://bucket/prefix?endpoint_url=...
+# (apps/core/storage_url.py, docs/decisions/0045). A bad URL stops the process here.
+ARTIFACT_STORAGE_URL = env.str("ARTIFACT_STORAGE_URL", default="")
+try:
+    _ARTIFACT_STORAGE = storage_url.storage_config(ARTIFACT_STORAGE_URL)
+except storage_url.StorageUrlError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _ARTIFACT_STORAGE,
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+# This host's own folder for stored files it needs on disk (copies by sha256, reused across jobs)
+# and for outputs being written before they are stored; copies beyond the bound go, oldest use first.
+ARTIFACT_CACHE_DIR = env.path("ARTIFACT_CACHE_DIR", default=devservices.DATA_DIR / "artifact-cache")
+ARTIFACT_CACHE_MAX_BYTES = env.int("ARTIFACT_CACHE_MAX_BYTES", default=20 * 1024**3)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

@@ -26,6 +26,6 @@ CACHES = {
 # Hashing cost is irrelevant to what the tests check and dominates user creation.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": STORAGES["default"],  # noqa: F405 (ARTIFACT_STORAGE_URL's, from the base settings)
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }

@@ -12,6 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.accounts.models import AuditEvent
+from apps.core.artifact_storage import store_bytes
 from apps.accounts.services import organization_quota_set
 from apps.jobs import services, tasks
 from apps.jobs.models import Artifact, ControlCount, Job, JobEvent, Schedule
@@ -41,17 +42,16 @@ def job_with_files(membership, *, days_ago: float, status: str = "succeeded", pa
         attempt=1,
     )
     JobEvent.objects.create(job=job, from_status="queued", to_status="running", attempt=1)
-    folder = services.job_output_dir(job_id=job.id, attempt=1)
     for index in range(files):
         data = os.urandom(1000 + index)
-        path = folder / f"out-{index}.bin"
-        path.write_bytes(data)
+        name = f"out-{index}.bin"
+        stored = store_bytes(services.job_output_name(job_id=job.id, attempt=1, name=name), data)
         Artifact.objects.create(
             organization=membership.organization,
             job=job,
             role="output",
-            name=path.name,
-            file=str(path.relative_to(folder.parents[2])),
+            name=name,
+            file=stored,
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
             attempt=1,

@@ -5,7 +5,6 @@ from datetime import UTC
 import django_filters
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -15,6 +14,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import READ_QUOTAS, require
 from apps.accounts.selectors import request_membership
+from apps.core.artifact_storage import stored_file_response
 from apps.core.errors import RequestTooLarge
 from apps.core.pagination import OLDEST_FIRST, PAGE_PARAMETERS, page_of, paginate
 from apps.jobs import selectors, services
@@ -310,8 +310,12 @@ class ArtifactDownloadApi(APIView):
             from apps.core.errors import NotFound
 
             raise NotFound("No such artifact.")
-        return FileResponse(
-            artifact.file.open("rb"), as_attachment=True, filename=artifact.name, content_type=artifact.content_type
+        return stored_file_response(
+            artifact.file.name,
+            size=artifact.size_bytes,
+            as_attachment=True,
+            filename=artifact.name,
+            content_type=artifact.content_type,
         )
 
 
@@ -434,6 +438,10 @@ class InputArtifactDownloadApi(APIView):
     )
     def get(self, request, artifact_id):
         artifact = selectors.input_artifact_get(membership=request_membership(request), artifact_id=artifact_id)
-        return FileResponse(
-            artifact.file.open("rb"), as_attachment=True, filename=artifact.name, content_type=artifact.content_type
+        return stored_file_response(
+            artifact.file.name,
+            size=artifact.size_bytes,
+            as_attachment=True,
+            filename=artifact.name,
+            content_type=artifact.content_type,
         )

@@ -17,7 +17,7 @@ Callers use the names below (`from apps.jobs import services; services.job_submi
 """
 
 from apps.jobs.services.actions import job_cancel, job_requeue, job_retry, jobs_retry_many, queue_set_paused
-from apps.jobs.services.artifacts import artifact_upload, job_artifact_add, job_output_dir
+from apps.jobs.services.artifacts import artifact_upload, job_artifact_add, job_output_name, job_output_workdir
 from apps.jobs.services.control import control_run, control_run_record
 from apps.jobs.services.dispatch import (
     DOORBELL_TASK,
@@ -86,7 +86,8 @@ __all__ = [
     "job_dispatch",
     "job_finish",
     "job_heartbeat",
-    "job_output_dir",
+    "job_output_name",
+    "job_output_workdir",
     "job_progress",
     "job_requeue",
     "job_retry",

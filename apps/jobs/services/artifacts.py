@@ -4,6 +4,7 @@ import hashlib
 import logging
 import tempfile
 import uuid
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -12,6 +13,7 @@ from django.db import IntegrityError, transaction
 
 from apps.accounts.models import Membership
 from apps.accounts.permissions import SUBMIT_JOBS, has_permission
+from apps.core import artifact_storage
 from apps.core.errors import DomainError, PermissionDenied
 from apps.jobs.models import (
     ACTIVE_STATUSES,
@@ -24,11 +26,21 @@ from workers import array_files
 logger = logging.getLogger(__name__)
 
 
-def job_output_dir(*, job_id, attempt: int) -> Path:
-    """Where an attempt writes its files (under MEDIA_ROOT), made if missing; one folder per attempt."""
-    path = Path(settings.MEDIA_ROOT) / "artifacts" / str(job_id) / f"attempt-{attempt}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def job_output_workdir(*, job_id, attempt: int):
+    """A private local folder where an attempt writes its files before they are stored (removed on exit).
+
+    On this host's disk, never in the storage: nothing another host (or the web) sees is half-written.
+    """
+    return artifact_storage.local_workdir(prefix=f"job-{job_id}-attempt-{attempt}-")
+
+
+def job_output_name(*, job_id, attempt: int, name: str) -> str:
+    """The storage name of an attempt's output: one folder per job, one per attempt (the orphan sweep reads it)."""
+    return f"artifacts/{job_id}/attempt-{attempt}/{name}"
+
+
+def _holds(job_id, attempt: int) -> bool:
+    return Job.objects.filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES).exists()
 
 
 def job_artifact_add(
@@ -41,26 +53,51 @@ def job_artifact_add(
     content_type: str = "application/octet-stream",
     role: str = "output",
 ) -> bool:
-    """Record a file the job produced, only while `attempt` still holds the job (fenced like every worker write)."""
-    media_root = Path(settings.MEDIA_ROOT)
-    with transaction.atomic():
-        holder = Job.objects.select_for_update().filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES)
-        owner = holder.values_list("organization_id", "owner_id").first()
-        if owner is None:
-            return False
-        Artifact.objects.filter(job_id=job_id, role=role, name=name).delete()
-        Artifact.objects.create(
-            organization_id=owner[0],
-            owner_id=owner[1],
-            job_id=job_id,
-            role=role,
-            name=name,
-            file=str(path.relative_to(media_root)),
-            size_bytes=path.stat().st_size,
-            sha256=sha256,
-            content_type=content_type,
-            attempt=attempt,
-        )
+    """Store the local file `path` as the job's artifact `name`, only while `attempt` still holds the job.
+
+    Fenced like every worker write: an attempt that no longer holds the job stores nothing (checked
+    first, so it does not upload), and when it loses the job during the upload, the uploaded
+    object is deleted and no row names it. Returns whether the artifact was recorded. The
+    artifact this one replaces (an earlier attempt's, same name) loses its file once this commits.
+    """
+    if not _holds(job_id, attempt):
+        return False
+    size = path.stat().st_size
+    stored = artifact_storage.store_local_file(
+        job_output_name(job_id=job_id, attempt=attempt, name=name), path, move=True
+    )
+    try:
+        with transaction.atomic():
+            holder = Job.objects.select_for_update().filter(pk=job_id, attempt=attempt, status__in=ACTIVE_STATUSES)
+            owner = holder.values_list("organization_id", "owner_id").first()
+            if owner is not None:
+                replaced = list(
+                    Artifact.objects.filter(job_id=job_id, role=role, name=name)
+                    .exclude(file=stored)
+                    .values_list("file", flat=True)
+                )
+                Artifact.objects.filter(job_id=job_id, role=role, name=name).delete()
+                Artifact.objects.create(
+                    organization_id=owner[0],
+                    owner_id=owner[1],
+                    job_id=job_id,
+                    role=role,
+                    name=name,
+                    file=stored,
+                    size_bytes=size,
+                    sha256=sha256,
+                    content_type=content_type,
+                    attempt=attempt,
+                )
+                transaction.on_commit(partial(artifact_storage.delete_stored, replaced))
+    except BaseException:
+        artifact_storage.delete_stored([stored])
+        raise
+    if owner is None:
+        # Fenced out while uploading: the attempt's object is never attached, and goes now.
+        artifact_storage.delete_stored([stored])
+        logger.info("artifact.fenced_out", extra={"job_id": str(job_id), "attempt": attempt, "storage_name": stored})
+        return False
     return True
 
 
@@ -128,6 +165,8 @@ def artifact_upload(*, membership: Membership, source, name: str) -> tuple[Artif
             storage_name = f"artifacts/uploads/{membership.organization.slug}/{sha256[:2]}/{sha256}.{file_format}"
             with staged.open("rb") as handle:
                 artifact.file.save(storage_name, File(handle), save=False)
+            # The submit check on this host reads its headers from here instead of fetching it back.
+            artifact_storage.local_cache_put(staged, sha256=sha256, name=artifact.file.name)
             try:
                 with transaction.atomic():
                     artifact.save()

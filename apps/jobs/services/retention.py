@@ -8,15 +8,14 @@ transaction commits; a crash between the two leaves orphans, which the orphan pa
 """
 
 import logging
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, models, transaction
 
+from apps.core import artifact_storage
 from apps.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent
 
 logger = logging.getLogger(__name__)
@@ -187,23 +186,8 @@ def _other_references() -> list:
 
 
 def _unlink(names: list[str]) -> None:
-    media_root = Path(settings.MEDIA_ROOT)
-    folders = set()
-    for name in names:
-        path = media_root / name
-        path.unlink(missing_ok=True)
-        folders.add(path.parent)
-    _remove_empty_folders(folders, stop=media_root / ARTIFACTS_DIR)
-
-
-def _remove_empty_folders(folders, *, stop: Path) -> None:
-    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        while folder != stop and stop in folder.parents:
-            try:
-                folder.rmdir()
-            except OSError:
-                break  # not empty (or already gone)
-            folder = folder.parent
+    # Through the storage: on the local disk, folders left empty go too (LocalArtifactStorage.delete).
+    artifact_storage.delete_stored(names)
 
 
 def _prune_audit(report: PruneReport, *, batch_size: int, dry_run: bool) -> None:
@@ -229,37 +213,24 @@ def _prune_audit(report: PruneReport, *, batch_size: int, dry_run: bool) -> None
 
 
 def _prune_orphans(report: PruneReport, *, dry_run: bool) -> None:
-    """Files under MEDIA_ROOT/artifacts/ that no Artifact row names (e.g. replaced outputs), once old enough.
+    """Stored files under artifacts/ that no Artifact row names (e.g. replaced outputs, a fenced-out
+    attempt's upload cut short by a crash), once old enough; listed and deleted through the storage.
 
-    A running job writes a file before recording it, so a file younger than
+    A running job stores a file before recording it, so a file younger than
     PRUNE_ORPHAN_MIN_AGE_SECONDS, or in the folder of a job still unfinished, is left alone.
     """
-    media_root = Path(settings.MEDIA_ROOT)
-    root = media_root / ARTIFACTS_DIR
-    if not root.is_dir():
-        return
     named = set(Artifact.objects.values_list("file", flat=True))
     unfinished = {str(pk) for pk in Job.objects.exclude(status__in=TERMINAL_STATUSES).values_list("id", flat=True)}
     horizon = time.time() - settings.PRUNE_ORPHAN_MIN_AGE_SECONDS
-    folders = set()
-    for folder, _subfolders, files in os.walk(root):
-        folder_path = Path(folder)
-        relative_parts = folder_path.relative_to(root).parts
-        if relative_parts and relative_parts[0] in unfinished:
+    doomed = []
+    for stored in artifact_storage.stored_objects(ARTIFACTS_DIR):
+        relative_parts = stored.name.split("/")[1:]
+        if len(relative_parts) > 1 and relative_parts[0] in unfinished:
             continue
-        for file_name in files:
-            path = folder_path / file_name
-            if path.relative_to(media_root).as_posix() in named:
-                continue
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            if stat.st_mtime > horizon:
-                continue
-            report.orphan_files += 1
-            report.orphan_bytes += stat.st_size
-            if not dry_run:
-                path.unlink(missing_ok=True)
-                folders.add(folder_path)
-    _remove_empty_folders(folders, stop=root)
+        if stored.name in named or stored.modified > horizon:
+            continue
+        report.orphan_files += 1
+        report.orphan_bytes += stored.size
+        doomed.append(stored.name)
+    if not dry_run:
+        artifact_storage.delete_stored(doomed)

@@ -3,12 +3,9 @@
 import base64
 import hashlib
 import logging
-import shutil
 import uuid
-from pathlib import Path
 
-from django.conf import settings
-
+from apps.core import artifact_storage
 from apps.jobs.models import (
     ACTIVE_STATUSES,
     Artifact,
@@ -22,7 +19,7 @@ from apps.jobs.sandbox_kind import (
     sandbox_lease_wall_seconds,
     sandbox_outcome_for_storage,
 )
-from apps.jobs.services.artifacts import job_artifact_add, job_output_dir
+from apps.jobs.services.artifacts import job_artifact_add, job_output_workdir
 from apps.jobs.services.lifecycle import job_claim, job_finish, job_retry_later
 
 logger = logging.getLogger(__name__)
@@ -50,9 +47,13 @@ MAX_OUTPUT_CHUNK_B64 = 400_000
 MAX_OUTPUT_CHUNKS = 64
 
 
-def _remote_output_staging(job_id, task_id: str) -> Path:
-    """Where the chunks of one dispatch's long streams wait for its outcome (one folder per dispatch)."""
-    return Path(settings.MEDIA_ROOT) / "artifacts" / str(job_id) / f"sandbox-{uuid.UUID(task_id).hex}"
+def _remote_output_staging(job_id, task_id: str) -> str:
+    """The storage folder where the chunks of one dispatch's long streams wait for its outcome.
+
+    In the artifact storage, not on this host's disk: the chunks and the outcome are separate
+    `control` tasks, which any control host may run.
+    """
+    return f"artifacts/{job_id}/sandbox-{uuid.UUID(task_id).hex}"
 
 
 def remote_run_output(*, job_id: str, task_id: str, stream: str, index: int, chunk: str) -> bool:
@@ -66,11 +67,9 @@ def remote_run_output(*, job_id: str, task_id: str, stream: str, index: int, chu
         return False
     if not Job.objects.filter(pk=job_id, task_id=task_id, status__in=[JobStatus.QUEUED, *ACTIVE_STATUSES]).exists():
         return False
-    staging = _remote_output_staging(job_id, task_id)
-    staging.mkdir(parents=True, exist_ok=True)
-    part = staging / f"{stream}.{index:05d}"
-    part.with_suffix(".tmp").write_bytes(base64.b64decode(chunk, validate=True))
-    part.with_suffix(".tmp").rename(part)  # whole or absent: the outcome counts complete parts
+    # Stored whole or not at all (store_bytes): the outcome counts the parts that exist.
+    name = f"{_remote_output_staging(job_id, task_id)}/{stream}.{index:05d}"
+    artifact_storage.store_bytes(name, base64.b64decode(chunk, validate=True))
     return True
 
 
@@ -80,26 +79,29 @@ def _remote_output_artifacts(job: Job, task_id: str, outcome: dict, *, allow_inc
     The outcome says which (sandbox_announced_artifacts); each one's artifact id is noted in it.
     """
     staging = _remote_output_staging(job.id, task_id)
-    for stream, name, expected, entry, key in sandbox_announced_artifacts(outcome):
-        if not isinstance(expected, int) or not 0 < expected <= MAX_OUTPUT_CHUNKS:
-            continue
-        parts = [staging / f"{stream}.{index:05d}" for index in range(expected)]
-        if not all(part.exists() for part in parts):
-            if not allow_incomplete:
-                raise RemoteOutputIncomplete(f"{stream}: {sum(p.exists() for p in parts)} of {expected} chunks")
-            entry[key] = None
-            continue
-        target = job_output_dir(job_id=job.id, attempt=job.attempt) / stream
-        digest = hashlib.sha256()
-        with target.open("wb") as whole:
-            for part in parts:
-                data = part.read_bytes()
-                digest.update(data)
-                whole.write(data)
-        job_artifact_add(job_id=job.id, attempt=job.attempt, path=target, name=name, sha256=digest.hexdigest())
-        artifact = Artifact.objects.filter(job_id=job.id, role="output", name=name).values_list("id", flat=True)
-        entry[key] = str(artifact.first()) if artifact.exists() else None
-    shutil.rmtree(staging, ignore_errors=True)
+    staged = {item.name for item in artifact_storage.stored_objects(staging)}
+    with job_output_workdir(job_id=job.id, attempt=job.attempt) as workdir:
+        for stream, name, expected, entry, key in sandbox_announced_artifacts(outcome):
+            if not isinstance(expected, int) or not 0 < expected <= MAX_OUTPUT_CHUNKS:
+                continue
+            parts = [f"{staging}/{stream}.{index:05d}" for index in range(expected)]
+            if not all(part in staged for part in parts):
+                if not allow_incomplete:
+                    arrived = sum(part in staged for part in parts)
+                    raise RemoteOutputIncomplete(f"{stream}: {arrived} of {expected} chunks")
+                entry[key] = None
+                continue
+            target = workdir / stream
+            digest = hashlib.sha256()
+            with target.open("wb") as whole:
+                for part in parts:
+                    for data in artifact_storage.stored_chunks(part):
+                        digest.update(data)
+                        whole.write(data)
+            job_artifact_add(job_id=job.id, attempt=job.attempt, path=target, name=name, sha256=digest.hexdigest())
+            artifact = Artifact.objects.filter(job_id=job.id, role="output", name=name).values_list("id", flat=True)
+            entry[key] = str(artifact.first()) if artifact.exists() else None
+    artifact_storage.delete_stored(sorted(staged))
 
 
 def remote_run_finished(
