@@ -40,6 +40,14 @@ PREFIX = "symh"
 PG_PORT = 5432
 REDIS_PORT = 6379
 WEB_PORT = 8000
+S3_PORT = 9000
+# moto's S3 server takes any key pair; the hosts send these as they would a real store's.
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "switchyard-multihost",
+    "AWS_SECRET_ACCESS_KEY": "switchyard-multihost-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+S3_BUCKET = "switchyard"
 # The job contract's timers, shortened so a partition's expired leases are reaped within seconds.
 FAST_CONTRACT = {
     "JOBS_LEASE_SECONDS": "4",
@@ -221,9 +229,25 @@ class Cluster:
         password = self.password("web", "postgres.password")
         return f"postgres://postgres:{password}@{self.hosts['web'].address}:{PG_PORT}/switchyard"
 
-    def broker_url(self, *, via: str = "lan") -> str:
-        address = self.broker_sandbox_address if via == "sandbox" else self.hosts["broker"].address
-        return f"redis://:{self.password('broker', 'redis.password')}@{address}:{REDIS_PORT}/0"
+    def broker_url(self) -> str:
+        return f"redis://:{self.password('broker', 'redis.password')}@{self.hosts['broker'].address}:{REDIS_PORT}/0"
+
+    def sandbox_broker_env(self) -> dict[str, str]:
+        """How host 4 reaches the broker: as the least-privilege ACL user where devservices made one
+        (round4-brokeracl: its Procfile line prefers SANDBOX_BROKER_URL), else as the default user."""
+        address = f"{self.broker_sandbox_address}:{REDIS_PORT}"
+        if (self.hosts["broker"].data_dir / "redis.sandbox.password").exists():
+            password = self.password("broker", "redis.sandbox.password")
+            return {"SANDBOX_BROKER_URL": f"redis://sandbox:{password}@{address}/0"}
+        return {"CELERY_BROKER_URL": f"redis://:{self.password('broker', 'redis.password')}@{address}/0"}
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.hosts['broker'].address}:{S3_PORT}"
+
+    def storage_url(self) -> str:
+        """Every host's artifact storage: an S3 server on host 2 (no folder is shared)."""
+        return f"s3://{S3_BUCKET}/media?endpoint_url={self.s3_endpoint}&region_name=us-east-1"
 
     @property
     def web_url(self) -> str:
@@ -298,6 +322,8 @@ class Cluster:
             "ALLOWED_HOSTS": self.hosts["web"].address,
             "LOG_FORMAT": "plain",
             "CHAOS_NETNS_TOPOLOGY": str(self.topology_path),
+            "ARTIFACT_STORAGE_URL": self.storage_url(),
+            **S3_CREDENTIALS,
             **FAST_CONTRACT,
         }
 
@@ -386,10 +412,18 @@ class Cluster:
             pending[name] = subprocess.Popen(
                 argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
+        # S3-compatible storage on host 2 too: moto's server, as the storage tests use it.
+        self.spawn(
+            "broker",
+            "s3",
+            [sys.executable, "-m", "moto.server", "-H", self.hosts["broker"].address, "-p", str(S3_PORT)],
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **S3_CREDENTIALS},
+        )
         for name, process in pending.items():
             output, _ = process.communicate(timeout=timeout)
             if process.returncode != 0:
                 raise RuntimeError(f"{name}: embedded services did not start:\n{output}")
+        self._create_bucket(timeout)
         # Migrate and seed from host 1; the operator's token is printed once by `tokens create`.
         env = self.base_env("web")
         result = self.run(
@@ -415,13 +449,34 @@ class Cluster:
             "worker-sandbox",
             {
                 "PATH": env["PATH"],
-                "CELERY_BROKER_URL": self.broker_url(via="sandbox"),
+                **self.sandbox_broker_env(),
                 "SANDBOX_CONCURRENCY": "1",
                 "SANDBOX_ACCEPT_WEAK_LIMITS": "1",
             },
         )
         self.wait_ready(timeout - (time.monotonic() - started))
         return self
+
+    def _create_bucket(self, timeout: float) -> None:
+        import boto3
+        import botocore.exceptions
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.create_bucket(Bucket=S3_BUCKET)
+                return
+            except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError):
+                if time.monotonic() > deadline or self.hosts["broker"].processes["s3"].poll() is not None:
+                    raise RuntimeError(f"the S3 server on host 2 did not answer\n{self.logs()}") from None
+                time.sleep(0.3)
 
     def wait_ready(self, timeout: float) -> None:
         """web answers, and a worker of each queue has registered (WorkerHost rows, read from host 1's database)."""

@@ -9,7 +9,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-from django.conf import settings
 
 from workers.testing_models import build_test_model
 
@@ -26,14 +25,6 @@ for target in sys.argv[1:]:
         sock.settimeout(2)
         print(target, sock.connect_ex((address, int(port))))
 """
-# Artifact storage (round4-storage) lets a worker read inputs and write outputs that web serves
-# without a shared folder; until it is merged, the kinds that carry files cannot cross hosts.
-STORAGE = hasattr(settings, "ARTIFACT_STORAGE_URL")
-needs_storage = pytest.mark.xfail(
-    not STORAGE,
-    reason="workers read files by path under MEDIA_ROOT until artifact storage (ARTIFACT_STORAGE_URL) lands",
-    strict=True,
-)
 
 
 def probe(cluster, host: str, targets: list[str], *, before: str = "") -> dict[str, int]:
@@ -137,7 +128,6 @@ def test_sandbox_and_simulation_jobs_run_across_hosts(cluster, api):
     assert simulation["worker_host"].endswith(f"@{cluster.hosts['cpu'].hostname}")
 
 
-@needs_storage
 def test_inference_compile_memory_import_and_artifacts_cross_hosts_with_no_shared_folder(cluster, api, tmp_path):
     model = build_test_model("multi_io", tmp_path / "multi_io.onnx")
     uploaded = api.post("/models/", data={"name": "scorer"}, files={"file": ("scorer.onnx", model.read_bytes())})
