@@ -457,17 +457,26 @@ class Cluster:
         self.wait_ready(timeout - (time.monotonic() - started))
         return self
 
-    def _create_bucket(self, timeout: float) -> None:
+    def s3_client(self):
         import boto3
-        import botocore.exceptions
 
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.s3_endpoint,
             region_name="us-east-1",
             aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
+
+    def s3_keys(self) -> list[str]:
+        """Every object stored on host 2's S3 server, as the operator lists them."""
+        pages = self.s3_client().get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET)
+        return sorted(entry["Key"] for page in pages for entry in page.get("Contents", ()))
+
+    def _create_bucket(self, timeout: float) -> None:
+        import botocore.exceptions
+
+        client = self.s3_client()
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -166,6 +166,12 @@ def test_inference_compile_memory_import_and_artifacts_cross_hosts_with_no_share
     assert [v["number"] for v in compiled["versions"]] == [2, 1]
     searched = api.get(f"/agents/{agent}/memories/search", params={"q": "weather", "k": 3}).json()["results"]
     assert len(searched) == 3
+    # Every file went through the S3 server on host 2: no host keeps one under its MEDIA_ROOT.
+    stored = cluster.s3_keys()
+    assert any(key.endswith(".onnx") for key in stored) and any(key.endswith("outputs.npz") for key in stored), stored
+    for host in ("web", "cpu"):
+        media = cluster.hosts[host].data_dir / "media"
+        assert not [p for p in media.rglob("*") if p.is_file()], (host, list(media.rglob("*")))
 
 
 def test_a_cpu_host_cut_off_mid_run_loses_doubles_and_strands_no_job(cluster):
