@@ -41,6 +41,8 @@ PG_PORT = 5432
 REDIS_PORT = 6379
 WEB_PORT = 8000
 S3_PORT = 9000
+# Not /tmp: every host gets a private /tmp. A short path: PostgreSQL's socket lives in its data dir.
+RUN_PARENT = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
 # moto's S3 server takes any key pair; the hosts send these as they would a real store's.
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "switchyard-multihost",
@@ -159,14 +161,23 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+def _run_gone(pid: int) -> bool:
+    return not _pid_alive(pid) or _is_zombie(pid)
+
+
 def sweep_stale_runs() -> list[str]:
-    """Remove namespaces of earlier runs whose test process is gone (killed before its cleanup)."""
+    """Remove namespaces and folders of earlier runs whose test process is gone (killed before its cleanup)."""
     removed = []
     for namespace in _namespaces():
         match = re.fullmatch(rf"{PREFIX}-(\d+)-[0-9a-f]+-\w+", namespace)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and _run_gone(int(match.group(1))):
             _remove_namespace(namespace)
             removed.append(namespace)
+    for folder in RUN_PARENT.glob(f"{PREFIX}-*"):
+        match = re.match(rf"{PREFIX}-(\d+)-", folder.name)
+        if match and _run_gone(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
     return removed
 
 
@@ -188,8 +199,7 @@ class Cluster:
         self.token = f"{os.getpid()}-{secrets.token_hex(3)}"
         self.lan = f"{PREFIX}-{self.token}-lan"
         self.subnet = self._free_subnet()
-        # A short path: PostgreSQL's unix socket lives in its data dir (107 bytes at most).
-        self.root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-", dir="/var/tmp" if Path("/var/tmp").is_dir() else None))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{os.getpid()}-", dir=RUN_PARENT))
         self.root.chmod(0o755)  # the embedded PostgreSQL runs as its own user when we are root
         n = self.subnet
         addresses = {"web": f"198.18.{n}.1", "broker": f"198.18.{n}.2", "cpu": f"198.18.{n}.3"}
