@@ -398,13 +398,17 @@ class Cluster:
         self._write_topology()
         started = time.monotonic()
         # PostgreSQL on host 1 and Redis on host 2, both by the embedded services of `make run`, at once.
+        # Each also listens on its host's own loopback, which no other host can reach, for
+        # whatever devservices does locally (an admin connection to 127.0.0.1).
         services = {
             "web": {
-                "SWITCHYARD_SERVICES_ADDRESS": self.hosts["web"].address,
+                "SWITCHYARD_SERVICES_ADDRESS": f"{self.hosts['web'].address},127.0.0.1",
                 "CELERY_BROKER_URL": "configured-elsewhere",
             },
             "broker": {
-                "SWITCHYARD_SERVICES_ADDRESS": f"{self.hosts['broker'].address},{self.broker_sandbox_address}",
+                "SWITCHYARD_SERVICES_ADDRESS": ",".join(
+                    [self.hosts["broker"].address, self.broker_sandbox_address, "127.0.0.1"]
+                ),
                 "DATABASE_URL": "configured-elsewhere",
             },
         }
