@@ -81,7 +81,8 @@ class Host:
 
     @property
     def hostname(self) -> str:
-        return f"{self.namespace}"
+        """Its own (UTS namespace): worker node names read `cpu-<pid>@<namespace>`."""
+        return self.namespace
 
     def log_path(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
