@@ -122,3 +122,28 @@ def _responses_match_the_schema(monkeypatch):
         return response
 
     monkeypatch.setattr(APIClient, "request", request)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server (moto's, over HTTP) for the whole session."""
+    from tests.s3 import start_server
+
+    server, endpoint = start_server()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_endpoint, settings, tmp_path, monkeypatch):
+    """This process keeps its files in a fresh S3 bucket, with its own empty MEDIA_ROOT and host cache."""
+    from tests.s3 import CREDENTIALS, new_bucket
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    bucket = new_bucket(s3_endpoint)
+    settings.ARTIFACT_STORAGE_URL = bucket.url
+    settings.STORAGES = {**settings.STORAGES, "default": bucket.storage}
+    settings.MEDIA_ROOT = str(tmp_path / "web-media")
+    settings.ARTIFACT_CACHE_DIR = tmp_path / "web-cache"
+    return bucket

@@ -152,5 +152,5 @@ MEMORY_IMPORT = JobKind(
     soft_time_limit_s=3600,
     time_limit_s=3660,
     # Rows are keyed by (job, line), so a retried attempt skips what was inserted: safe to retry.
-    transient_errors=(OperationalError,),
+    transient_errors=(OperationalError, *artifact_storage.TRANSIENT_STORAGE_ERRORS),
 )

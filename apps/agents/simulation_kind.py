@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import OperationalError, connection
 from rest_framework import serializers
 
+from apps.core.artifact_storage import TRANSIENT_STORAGE_ERRORS
 from apps.jobs.kinds import AwaitChildren, JobKind, PermanentJobError
 from project import queues
 from workers import simulation as engine
@@ -283,7 +284,7 @@ SIMULATION = JobKind(
     soft_time_limit_s=3600,
     time_limit_s=3660,
     # A run writes nothing but its own artifacts (fenced by the attempt): safe to retry.
-    transient_errors=(OperationalError,),
+    transient_errors=(OperationalError, *TRANSIENT_STORAGE_ERRORS),
 )
 
 
@@ -396,6 +397,6 @@ SIMULATION_SWEEP = JobKind(
     soft_time_limit_s=300,
     time_limit_s=360,
     # Children are keyed per parent: a second attempt finds them instead of making more.
-    transient_errors=(OperationalError,),
+    transient_errors=(OperationalError, *TRANSIENT_STORAGE_ERRORS),
     aggregate=aggregate_sweep_children,
 )

@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as StorageConnectionError
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, default_storage
@@ -43,6 +44,12 @@ CHUNK_BYTES = 1 << 20
 CACHE_MIN_IDLE_SECONDS = 300
 # A download left half-written by a killed process is removed once this old.
 STALE_PARTIAL_SECONDS = 3600
+
+
+# The object storage did not answer (down, restarting, a network cut): the job kinds that read or
+# write files retry these with backoff, like a database outage. A 4xx/5xx answer is not here:
+# boto3 already retries throttling and 5xx itself.
+TRANSIENT_STORAGE_ERRORS: tuple[type[BaseException], ...] = (StorageConnectionError, HTTPClientError)
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class StreamedFile(File):
 
     def __init__(self, body, name: str, size: int):
         super().__init__(body, name)
-        self._size = size
+        self.size = size  # File.size is a cached_property: the object's length, known without reading it
         self._closed = False
 
     @property
@@ -222,9 +229,14 @@ def stored_objects(prefix: str) -> Iterator[StoredObject]:
         yield from stored_objects(f"{prefix.rstrip('/')}/{folder}")
 
 
+def stored_open(name: str) -> File:
+    """The stored file, open for reading as a stream (FileNotFoundError when nothing is stored under `name`)."""
+    return default_storage.open(name, "rb")
+
+
 def stored_chunks(name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The stored file's bytes in chunks, as they arrive."""
-    with default_storage.open(name, "rb") as source:
+    with stored_open(name) as source:
         yield from iter(lambda: source.read(chunk_bytes), b"")
 
 

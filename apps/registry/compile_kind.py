@@ -3,6 +3,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from apps.core.artifact_storage import TRANSIENT_STORAGE_ERRORS
 from apps.core.errors import DomainError
 from apps.jobs.kinds import JobKind, PermanentJobError
 from project import queues
@@ -179,4 +180,5 @@ COMPILE = JobKind(
     time_limit_s=1860,
     # Compiling is deterministic: a model that failed once fails again.
     default_max_attempts=2,
+    transient_errors=TRANSIENT_STORAGE_ERRORS,
 )

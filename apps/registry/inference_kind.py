@@ -2,6 +2,7 @@
 
 from rest_framework import serializers
 
+from apps.core.artifact_storage import TRANSIENT_STORAGE_ERRORS
 from apps.core.errors import DomainError
 from apps.jobs.kinds import JobKind, PermanentJobError
 from project import queues
@@ -225,4 +226,5 @@ INFERENCE = JobKind(
     pick_queue=_pick_queue,
     soft_time_limit_s=3600,
     time_limit_s=3660,
+    transient_errors=TRANSIENT_STORAGE_ERRORS,
 )

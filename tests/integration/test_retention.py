@@ -12,8 +12,8 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.accounts.models import AuditEvent
-from apps.core.artifact_storage import store_bytes
 from apps.accounts.services import organization_quota_set
+from apps.core.artifact_storage import store_bytes
 from apps.jobs import services, tasks
 from apps.jobs.models import Artifact, ControlCount, Job, JobEvent, Schedule
 from apps.jobs.services.schedules import schedule_create
