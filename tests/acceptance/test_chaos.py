@@ -36,3 +36,21 @@ def test_disruptive_drills_need_destructive_and_names_are_checked():
         call_command("chaos", "--drills", "flush")
     with pytest.raises(CommandError, match="unknown nope"):
         call_command("chaos", "--drills", "kill,nope")
+    with pytest.raises(CommandError, match="partition disturb"):
+        call_command("chaos", "--drills", "partition")
+
+
+def test_the_partition_drill_says_why_it_cannot_run_outside_the_multi_host_harness(settings, tmp_path, capsys):
+    """Only tests/multihost runs hosts with cables to cut (its test runs the drill for real)."""
+    settings.CHAOS_NETNS_TOPOLOGY = ""
+    call_command("chaos", "--drills", "partition", "--destructive")
+    out, err = capsys.readouterr()
+    assert "every invariant held" in out and out.splitlines()[1].split()[:2] == ["partition", "0"]
+    assert "partition: skipped: partition cuts a host's network cable" in err
+    assert "multi-host test harness (tests/multihost)" in err and "CHAOS_NETNS_TOPOLOGY" in err
+
+    settings.CHAOS_NETNS_TOPOLOGY = str(tmp_path / "gone.json")
+    call_command("chaos", "--drills", "partition", "--destructive")
+    assert f"CHAOS_NETNS_TOPOLOGY: cannot read {tmp_path / 'gone.json'}" in capsys.readouterr().err
+    # Nothing was submitted for a drill that could not run.
+    assert not Job.objects.filter(organization__slug="chaos").exists()
