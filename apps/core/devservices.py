@@ -373,7 +373,7 @@ def environment() -> dict[str, str]:
         "FLOWER_BASIC_AUTH": os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{admin_password()}",
     }
     # Sandbox hosts connect as the least-privileged user; with a configured broker, the operator
-    # provides that user's URL (docs/operations-sandbox-broker.md).
+    # provides that user's URL (docs/operations.md, "Sandbox hosts").
     if os.environ.get("SANDBOX_BROKER_URL"):
         variables["SANDBOX_BROKER_URL"] = os.environ["SANDBOX_BROKER_URL"]
     elif not os.environ.get("CELERY_BROKER_URL"):

@@ -216,7 +216,7 @@ SPECTACULAR_SETTINGS = {
 # --- Celery (queues, routes and reliability live in project/queues.py) ---------------
 CELERY_BROKER_URL = ""  # set per environment
 # What sandbox hosts connect with: a broker user that can consume `sandbox` and write
-# `sandbox_reports`, nothing else (docs/operations-sandbox-broker.md). Only the Procfile's
+# `sandbox_reports`, nothing else (docs/operations.md, "Sandbox hosts"). Only the Procfile's
 # sandbox worker and the tests' sandbox workers use it; empty means CELERY_BROKER_URL.
 SANDBOX_BROKER_URL = env.str("SANDBOX_BROKER_URL", default="")
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=5.0)

@@ -255,7 +255,7 @@ def test_what_is_not_a_report_is_refused_and_a_host_report_cannot_claim_other_qu
 
 # --- RabbitMQ: the same denials through a user's permissions ------------------------------------
 
-# What docs/operations-sandbox-broker.md tells operators to grant (configure, write, read).
+# What docs/operations.md, "Sandbox hosts" tells operators to grant (configure, write, read).
 RABBITMQ_SANDBOX_PERMISSIONS = (
     r"^(sandbox|celery\.pidbox|sandbox.*\.celery\.pidbox)$",
     r"^(sandbox|sandbox_reports|sandbox.*\.celery\.pidbox)$",

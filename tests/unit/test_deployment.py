@@ -149,6 +149,8 @@ COMPOSE_ENV = {
     "SECRET_KEY": "a-secret-key",
     "FLOWER_BASIC_AUTH": "admin:secret",
     "SANDBOX_BROKER_PASSWORD": "sandbox-secret",
+    "AWS_ACCESS_KEY_ID": "objects-user",
+    "AWS_SECRET_ACCESS_KEY": "objects-secret",
 }
 
 
@@ -262,3 +264,23 @@ def test_docker_compose_config_accepts_the_file():
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_is_the_multi_host_reference_no_shared_volume_and_a_broker_only_sandbox():
+    config = compose_config(COMPOSE_ENV)
+    services = config["services"]
+    # No named volume is mounted by two services: hosts share the network, never a folder.
+    mounts: dict[str, list[str]] = {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            mounts.setdefault(volume.split(":", 1)[0], []).append(name)
+    assert {volume: users for volume, users in mounts.items() if len(users) > 1} == {}
+    # Every process with the database stores files in the object store, through its URL.
+    for name in ("web", "migrate", "beat", "worker-cpu", "worker-gpu", "worker-control"):
+        assert services[name]["environment"]["ARTIFACT_STORAGE_URL"].startswith("s3://"), name
+    # The sandbox worker's one network holds the brokers and nothing else, with no way out.
+    assert services["worker-sandbox"]["networks"] == ["sandbox-broker"]
+    on_it = {name for name, service in services.items() if "sandbox-broker" in service.get("networks", [])}
+    assert on_it == {"worker-sandbox", "redis", "rabbitmq"}
+    assert config["networks"]["sandbox-broker"]["internal"] is True
+    assert services["worker-sandbox"]["environment"]["CELERY_BROKER_URL"].startswith("redis://sandbox:")

@@ -135,6 +135,6 @@ def test_the_procfiles_sandbox_worker_connects_as_the_sandbox_broker_user_of_the
         check=True,
     ).stdout.splitlines()
     assert f"CELERY_BROKER_URL={variables['SANDBOX_BROKER_URL']}" in shown
-    # A configured broker gives no sandbox URL unless the operator sets one (docs/operations-sandbox-broker.md).
+    # A configured broker gives no sandbox URL unless the operator sets one (docs/operations.md, "Sandbox hosts").
     monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@rabbit//")
     assert "SANDBOX_BROKER_URL" not in devservices.environment()
