@@ -1,20 +1,38 @@
-"""celery beat's schedule file, safe to use after beat's signal handler has closed it."""
+"""celery beat that stops cleanly on SIGINT/SIGTERM, wherever in its loop the signal lands."""
 
+from celery import platforms
+from celery.apps.beat import Beat as CeleryBeat
 from celery.beat import PersistentScheduler
 
 
 class Scheduler(PersistentScheduler):
-    """PersistentScheduler that a SIGINT/SIGTERM cannot turn into exit status 1.
+    """PersistentScheduler that ends between ticks when asked to stop, and is closed once.
 
-    Beat's signal handler closes the schedule file wherever the main loop is, and the loop's
-    `finally` closes it again; whatever the interrupted tick still does with the schedule then
-    meets a closed shelf ("invalid operation on closed shelf") and beat exits 1, which
-    supervisord reports as a crash on every Ctrl-C that lands mid-tick. Closed once, the
-    entries stay readable from memory and later syncs are no-ops: the file was synced on close.
+    Celery's own stop handler closes the schedule file and raises SystemExit wherever the main
+    loop is. Landing mid-tick, the exception can be swallowed on the publishing path and the
+    tick reads the closed file ("invalid operation on closed shelf", beat exits 1), or, with the
+    file made readable, beat keeps ticking until supervisord kills it. Here a stop requested
+    mid-tick takes effect when the tick returns; otherwise at once (beat is asleep).
     """
 
     _closed = False
     _entries_at_close: dict | None = None
+    _ticking = False
+    _stop_requested = False
+
+    def tick(self, *args, **kwargs):
+        self._ticking = True
+        try:
+            return super().tick(*args, **kwargs)
+        finally:
+            self._ticking = False
+            if self._stop_requested:
+                raise SystemExit()  # the main loop's `finally` syncs and closes the file once
+
+    def request_stop(self) -> bool:
+        """Ask the loop to end; True when it may end right now (not in the middle of a tick)."""
+        self._stop_requested = True
+        return not self._ticking
 
     def get_schedule(self):
         if self._closed:
@@ -41,3 +59,20 @@ class Scheduler(PersistentScheduler):
             super().close()
         finally:
             self._closed = True
+
+
+class Beat(CeleryBeat):
+    """`celery beat` whose SIGINT/SIGTERM handler asks the scheduler to stop between ticks."""
+
+    def install_sync_handler(self, service) -> None:
+        def stop(signum, frame) -> None:
+            scheduler = service.__dict__.get("scheduler")  # None: not started, nothing to save
+            if isinstance(scheduler, Scheduler):
+                if scheduler.request_stop():
+                    raise SystemExit()
+                return
+            if scheduler is not None:
+                service.sync()
+            raise SystemExit()
+
+        platforms.signals.update(SIGTERM=stop, SIGINT=stop)

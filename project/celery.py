@@ -1,6 +1,7 @@
 """The Celery app for every host that may talk to the database (cpu, gpu, control, beat)."""
 
 import os
+from functools import cached_property
 
 from celery import Celery
 from celery.signals import task_prerun, worker_init
@@ -9,7 +10,15 @@ from project import queues
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.local")
 
-app = Celery("switchyard")
+
+class SwitchyardCelery(Celery):
+    @cached_property
+    def Beat(self):
+        """`celery beat` that stops between ticks (project.beat_scheduler.Beat)."""
+        return self.subclass_with_self("project.beat_scheduler:Beat")
+
+
+app = SwitchyardCelery("switchyard")
 # Broker URL and other per-environment values come from Django settings (CELERY_*);
 # the queue layout and reliability settings are the same everywhere.
 app.config_from_object("django.conf:settings", namespace="CELERY")

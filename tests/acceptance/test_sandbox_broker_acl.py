@@ -224,8 +224,10 @@ def test_what_is_not_a_report_is_refused_and_a_host_report_cannot_claim_other_qu
 
     route = queues.sandbox_reports_route(url)
     reports_queue = Queue(queues.SANDBOX_REPORTS, Exchange(route["exchange"]), routing_key=route["routing_key"])
-    with Connection(url) as conn:
-        app.send_task("jobs.reap", connection=conn, queue=reports_queue, declare=[])
+    # As a host would connect (the project's queue key separator and priorities), at priority 0:
+    # the sandbox user may write `sandbox_reports` and its `sandbox_reports:1-9` priority lists only.
+    with Connection(url, transport_options=app.conf.broker_transport_options) as conn:
+        app.send_task("jobs.reap", connection=conn, queue=reports_queue, declare=[], priority=0)
     publish_reports(
         url,
         reports.report_body(reports.HOST, ["gpu@evil", "ready", ["gpu"], {}, "celery", 1], None),

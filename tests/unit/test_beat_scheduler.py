@@ -28,3 +28,26 @@ def test_the_projects_scheduler_closes_once_and_keeps_its_entries_readable(tmp_p
     assert name in reopened.schedule  # what was synced at the first close is on disk
     reopened.close()
     assert app.conf.beat_scheduler == "project.beat_scheduler:Scheduler"
+
+
+def test_a_stop_requested_mid_tick_ends_beat_when_the_tick_returns(tmp_path):
+    scheduler = Scheduler(app=app, schedule_filename=str(tmp_path / "celerybeat-schedule"), lazy=False)
+    ticks = []
+
+    def tick_asked_to_stop(*args, **kwargs):
+        ticks.append(scheduler.request_stop())  # the signal lands mid-tick
+        return 1.0
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PersistentScheduler, "tick", tick_asked_to_stop)
+        with pytest.raises(SystemExit):
+            scheduler.tick()
+    assert ticks == [False]  # not at once: the tick finished first
+    assert scheduler.request_stop() is True  # between ticks it may end right away
+    scheduler.close()
+
+
+def test_celery_beat_uses_the_projects_stop_handler():
+    from project.beat_scheduler import Beat
+
+    assert issubclass(app.Beat, Beat)
