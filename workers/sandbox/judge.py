@@ -307,12 +307,11 @@ def _run_cases(
             for index in range(min(ahead, len(cases))):
                 start_ahead(index)
         for index, case in enumerate(cases):
-            prepared = pending.popleft().result() if ahead > 1 else None
+            # Asked while this case's sandbox is still pending: a cancel or an error discards it too.
             if cancelled():
-                if isinstance(prepared, PreparedSandbox):
-                    prepared.discard()
                 result.verdict, result.message = "killed", f"cancelled before test case {index}"
                 return None
+            prepared = pending.popleft().result() if ahead > 1 else None
             run = prepared.run() if isinstance(prepared, PreparedSandbox) else prepared
             if run is None or run.infrastructure_error:
                 # Not started ahead, or its start failed: the ordinary way, which retries a set-up failure.
