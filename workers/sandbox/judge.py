@@ -3,9 +3,10 @@
 Plain data in and out, no Django (like runner.py). The program is compiled to bytecode once, in a
 sandbox of its own (a syntax error is the submission's `compile_error`, and no case runs); each
 case then runs that bytecode in a fresh sandbox with the case's stdin and limits, and its stdout
-is compared with the expected output (COMPARE_RULES). The next cases' sandboxes are started ahead
-in spare slots while a case runs, and wait for their turn (SANDBOXES_AHEAD, decision 0050). With an output folder, the files the
-program leaves there come back per case (harness.py), capped in count and size.
+is compared with the expected output (COMPARE_RULES). The next cases' sandboxes are started
+ahead in spare slots while a case runs, and wait for their turn (SANDBOXES_AHEAD, decision 0050).
+With an output folder, the files the program leaves there come back per case (harness.py),
+capped in count and size.
 """
 
 import collections
