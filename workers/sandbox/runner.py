@@ -1028,9 +1028,10 @@ def held_slots(slot: int | None, spare: int) -> Iterator[list[int]]:
 
 
 class PreparedSandbox:
-    """A sandbox started and waiting: bwrap's namespaces and mounts are built and the interpreter has
-    started (workers/sandbox/starter.py), blocked on a pipe until `run()` releases the program.
+    """A started sandbox, run (supervised to its end and cleaned up) by `run()`.
 
+    Started ahead (prepare_sandbox), bwrap's namespaces and mounts are built and the interpreter has
+    started (workers/sandbox/starter.py), blocked on a pipe until `run()` releases the program.
     Judge submissions start case N+1's sandbox, in another slot, while case N runs, so the ~60 ms
     of a sandbox's start overlap the previous case (decision 0050). The case's wall clock starts
     when it is released; its CPU time and memory peak count from before the start, as a direct
