@@ -10,6 +10,7 @@ capped in count and size.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import logging
@@ -313,10 +314,11 @@ def _run_cases(
             if cancelled():
                 result.verdict, result.message = "killed", f"cancelled before test case {index}"
                 return None
-            prepared = pending.popleft().result() if ahead > 1 else None
-            run = prepared.run() if isinstance(prepared, PreparedSandbox) else prepared
+            prepared = _started(pending.popleft()) if ahead > 1 else None
+            run = prepared.run() if prepared is not None else None
             if run is None or run.infrastructure_error:
-                # Not started ahead, or its start failed: the ordinary way, which retries a set-up failure.
+                # Not started ahead, or its start or set-up failed: the ordinary way, which retries
+                # a set-up failure and reports one that persists.
                 run = run_sandbox(_case_request(request, case), slot=case_slots[index % ahead], program=program)
             if run.infrastructure_error:
                 return run.message
@@ -332,11 +334,18 @@ def _run_cases(
     return None
 
 
-def _discard(future) -> None:
+def _started(future: "concurrent.futures.Future[PreparedSandbox | SandboxResult]") -> PreparedSandbox | None:
+    """The sandbox started ahead, or None where its start failed (the case then runs the ordinary way)."""
     try:
         prepared = future.result()
-    except Exception:
+    except OSError:
+        # As run_sandbox treats it: an infrastructure failure (descriptors, a slot's files), not the program's.
         logger.exception("sandbox.prepare_failed")
-        return
-    if isinstance(prepared, PreparedSandbox):
+        return None
+    return prepared if isinstance(prepared, PreparedSandbox) else None
+
+
+def _discard(future: "concurrent.futures.Future[PreparedSandbox | SandboxResult]") -> None:
+    prepared = _started(future)
+    if prepared is not None:
         prepared.discard()
