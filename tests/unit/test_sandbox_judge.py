@@ -335,12 +335,12 @@ def test_a_case_started_ahead_sees_what_a_direct_run_of_its_bytecode_sees():
 
 @needs_bwrap
 def test_a_case_started_ahead_counts_its_wall_clock_from_its_release():
-    # Case 1's sandbox waits while case 0 sleeps 3 s; its own wall limit of 2 s starts when it runs.
-    slow = JudgeCase(stdin="3", expected_output="done")
-    quick = JudgeCase(stdin="0", expected_output="done", limits=dataclasses.replace(LIMITS, wall_seconds=2))
+    # Case 1's sandbox waits while case 0 sleeps 4 s; its own wall limit of 3 s starts when it runs.
+    slow = JudgeCase(stdin="4", expected_output="done")
+    quick = JudgeCase(stdin="0", expected_output="done", limits=dataclasses.replace(LIMITS, wall_seconds=3))
     result = judge("import time\ntime.sleep(float(input()))\nprint('done')\n", [slow, quick])
     assert [case.verdict for case in result.cases] == ["accepted", "accepted"], result.to_message()
-    assert result.cases[0].run.wall_seconds >= 3 > 2 > result.cases[1].run.wall_seconds
+    assert result.cases[0].run.wall_seconds >= 4 > 3 > result.cases[1].run.wall_seconds
 
 
 @needs_bwrap
