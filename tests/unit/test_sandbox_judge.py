@@ -317,7 +317,8 @@ def test_a_case_started_ahead_sees_what_a_direct_run_of_its_bytecode_sees():
     source = (
         "import sys\nmodules = sorted(sys.modules)\nimport os\n"
         "print(list(globals()), __file__, __cached__, __doc__, __spec__, type(__loader__).__name__, __loader__.path)\n"
-        "print(sys.argv, modules, sys.flags, os.listdir('/proc/self/fd'), os.environ.get('PYTHONDONTWRITEBYTECODE'))\n"
+        "print(sys.argv, sys.path, modules, sys.flags, os.listdir('/proc/self/fd'))\n"
+        "print(os.environ.get('PYTHONDONTWRITEBYTECODE'))\n"
         "print(sys.stdin.read())\n"
         "def fail():\n    raise ValueError('boom')\nfail()\n"
     )
