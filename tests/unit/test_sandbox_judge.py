@@ -252,6 +252,22 @@ def test_the_harness_report_is_checked_again_outside_the_sandbox():
             "test_cases[0].limits.cpu_seconds",
         ),
         ({"test_cases": (JudgeCase("1"),) * 30, "limits": SandboxLimits(wall_seconds=30)}, "test_cases"),
+        # The files fit the submission's /work but not a case's own, smaller one: refused up front,
+        # not a SandboxRequestError on the sandbox host when that case's turn comes.
+        (
+            {
+                "files": {"big.txt": "x" * 2_000_000},
+                "test_cases": (JudgeCase("1"), JudgeCase("1", limits=SandboxLimits(tmpfs_mb=1))),
+            },
+            "test_cases[1].limits",
+        ),
+        (
+            {
+                "files": {"big.txt": "x" * 2_000_000},
+                "test_cases": (JudgeCase("1", limits=SandboxLimits(file_size_mb=1)),),
+            },
+            "test_cases[0].limits",
+        ),
     ],
 )
 def test_judge_requests_are_validated_with_the_field_named(kwargs, field):

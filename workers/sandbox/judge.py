@@ -124,6 +124,12 @@ class JudgeRequest:
                             f"test_cases[{index}].limits.{limit.name}",
                             f"at most the submission's {limit.name} ({getattr(self.limits, limit.name)})",
                         )
+                # The source and files must fit the case's own, possibly smaller, /work and file size
+                # too: found here, not as an error on the sandbox host when the case's turn comes.
+                try:
+                    SandboxRequest(source=self.source, files=self.files, limits=case.limits)
+                except SandboxRequestError as error:
+                    raise SandboxRequestError(f"test_cases[{index}].limits", str(error)) from None
         if total > MAX_CASES_TEXT_BYTES:
             raise SandboxRequestError(
                 "test_cases", f"stdin and expected output together at most {MAX_CASES_TEXT_BYTES}"
