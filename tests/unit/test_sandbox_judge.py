@@ -382,3 +382,25 @@ def test_sandboxes_started_ahead_of_a_cancelled_or_broken_off_submission_are_end
     with pytest.raises(RuntimeError, match="the cancel check failed"):
         run_judge(request, SLOT, cancelled=broken)
     assert sandboxes_of_this_process() == []
+
+
+@needs_bwrap
+def test_a_cancel_that_kills_and_reaps_the_waiting_sandboxes_ends_the_submission_cleanly():
+    """As the sandbox worker's SIGTERM handler does: kill every slot the process holds (reaping bwrap)."""
+    from workers.sandbox.runner import kill_uid_processes, sandbox_uid
+    from workers.sandbox.slots import held_by_this_process
+
+    request = JudgeRequest(source="print(1)", test_cases=(JudgeCase("1"),) * 6, limits=LIMITS)
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        if len(asked) == 2:  # the next cases' sandboxes are waiting in spare slots now
+            for slot in held_by_this_process():
+                kill_uid_processes(sandbox_uid(slot))
+            return True
+        return False
+
+    result = run_judge(request, SLOT, cancelled=cancelled)
+    assert result.verdict == "killed" and len(result.cases) == 1
+    assert sandboxes_of_this_process() == []

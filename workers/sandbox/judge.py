@@ -336,7 +336,11 @@ def _run_cases(
             result.cases.append(CaseResult(index=index, verdict=_case_verdict(run, case, request.compare), run=run))
     finally:
         while pending:
-            _discard(pending.popleft())
+            # Each one, whatever another's end raised: a sandbox left waiting would hold its uid.
+            try:
+                _discard(pending.popleft())
+            except Exception:
+                logger.exception("sandbox.discard_failed")
     return None
 
 

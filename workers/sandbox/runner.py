@@ -1080,8 +1080,31 @@ class PreparedSandbox:
         if self._done:
             return
         self._close_go()
-        result = self._finish(time.monotonic(), DISCARD_GRACE_S)
+        try:
+            result = self._finish(time.monotonic(), DISCARD_GRACE_S)
+        except ProcessLookupError:
+            # A cancel killed the slot's processes and reaped bwrap (kill_uid_processes) before
+            # we could watch it end: nothing is left to end, only the slot to clean.
+            self._release_after_kill()
+            logger.info("sandbox.prepared_discarded", extra={"slot": self.slot, "verdict": "killed"})
+            return
         logger.info("sandbox.prepared_discarded", extra={"slot": self.slot, "verdict": result.verdict})
+
+    def _release_after_kill(self) -> None:
+        self._done = True
+        self.process.returncode = -signal.SIGKILL  # reaped by kill_uid_processes, not by Popen
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._switch_uid:
+            left = kill_uid_processes(sandbox_uid(self.slot))
+            if left:
+                logger.error("sandbox.processes_left", extra={"slot": self.slot, "pids": left})
+            else:
+                _clean_slots.add(self.slot)
 
     def _close_go(self) -> None:
         if self._go_write is not None:
