@@ -72,6 +72,7 @@ PRUNED_TABLES = {
     "artifacts_pruned": "jobs_artifact",
     "audit_events_pruned": "accounts_auditevent",
     "orphan_files_pruned": "orphan_files",
+    "worker_hosts_pruned": "jobs_workerhost",
 }
 
 

@@ -333,6 +333,8 @@ SCHEDULES_MAX_PER_ORGANIZATION = env.int("SCHEDULES_MAX_PER_ORGANIZATION", defau
 # quota (`job_retention_days`) overrides it. Audit rows are kept longer, on their own clock.
 JOBS_RETENTION_DAYS = env.int("JOBS_RETENTION_DAYS", default=30)
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+# A worker not heard from for this long loses its WorkerHost row at the next prune.
+WORKER_HOSTS_RETENTION_DAYS = env.int("WORKER_HOSTS_RETENTION_DAYS", default=7)
 # Rows per DELETE statement (one short transaction each), so pruning never holds the job path.
 PRUNE_BATCH_SIZE = env.int("PRUNE_BATCH_SIZE", default=1000)
 # Seconds between two batches: a batch of 1,000 jobs keeps a database core busy ~0.2 s, and the

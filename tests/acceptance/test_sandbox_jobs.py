@@ -462,7 +462,9 @@ def test_cancel_stops_a_judge_submission_before_its_next_case(sandbox_host, memb
             try:
                 in_slot = BASE_UID <= process.uids().real < BASE_UID + MAX_SLOTS
                 old_enough = time.time() - process.create_time() >= older_than_s
-                if in_slot and old_enough and "/code/main.pyc" in process.cmdline():
+                # A case running, or one started ahead and waiting for its turn (decision 0050).
+                program = {"/code/main.pyc", "/code/start.py"} & set(process.cmdline())
+                if in_slot and old_enough and program:
                     found.append(process.pid)
             except psutil.NoSuchProcess:
                 continue

@@ -15,7 +15,7 @@ from apps.accounts.models import AuditEvent
 from apps.accounts.services import organization_quota_set
 from apps.core.artifact_storage import store_bytes
 from apps.jobs import services, tasks
-from apps.jobs.models import Artifact, ControlCount, Job, JobEvent, Schedule
+from apps.jobs.models import Artifact, ControlCount, Job, JobEvent, Schedule, WorkerHost
 from apps.jobs.services.schedules import schedule_create
 
 # Transactional: files are removed once their rows' transaction commits (on_commit).
@@ -171,3 +171,21 @@ def test_the_periodic_prune_task_records_its_counts_for_metrics(world, media):
     assert 'switchyard_pruned_rows_total{table="jobs_job"} 7.0' in text
     assert 'switchyard_control_runs_total{task="prune"} 1.0' in text
     assert "switchyard_pruned_bytes_total 8501.0" in text
+
+
+def test_workers_not_heard_from_for_the_retention_lose_their_rows(media, settings, capsys):
+    settings.WORKER_HOSTS_RETENTION_DAYS = 7
+    now = timezone.now()
+    WorkerHost.objects.create(hostname="cpu-101@old", queues=["cpu"], last_heartbeat_at=now - timedelta(days=8))
+    WorkerHost.objects.create(hostname="cpu-102@recent", queues=["cpu"], last_heartbeat_at=now - timedelta(days=6))
+    WorkerHost.objects.create(hostname="cpu-103@alive", queues=["cpu"], last_heartbeat_at=now)
+
+    call_command("prune", "--dry-run")
+    assert "jobs_workerhost                     1" in capsys.readouterr().out
+    assert WorkerHost.objects.count() == 3
+
+    tasks.prune()
+    assert set(WorkerHost.objects.values_list("hostname", flat=True)) == {"cpu-102@recent", "cpu-103@alive"}
+    totals = dict(ControlCount.objects.filter(task="prune").values_list("name", "value"))
+    assert totals["worker_hosts_pruned"] == 1
+    assert 'switchyard_pruned_rows_total{table="jobs_workerhost"} 1.0' in Client().get("/metrics").content.decode()

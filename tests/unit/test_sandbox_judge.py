@@ -1,6 +1,9 @@
 """Judge mode against real sandboxes: compiled once, a verdict per case, output files that follow no link."""
 
+import dataclasses
 import json
+import os
+import time
 
 import pytest
 
@@ -9,16 +12,27 @@ from workers.sandbox.judge import (
     MAX_FILE_BYTES_PER_CASE,
     MAX_FILES_PER_CASE,
     MAX_FILES_PER_SUBMISSION,
+    SANDBOXES_AHEAD,
     JudgeCase,
     JudgeRequest,
+    compile_program,
     outputs_match,
     run_judge,
 )
-from workers.sandbox.runner import OutputFolder, SandboxLimits, SandboxRequestError, parse_collected_files
+from workers.sandbox.runner import (
+    OutputFolder,
+    PreparedProgram,
+    SandboxLimits,
+    SandboxRequest,
+    SandboxRequestError,
+    parse_collected_files,
+)
 
 SLOT = runner.slots.process_slot()
 AVAILABLE, WHY = bwrap_available()
 needs_bwrap = pytest.mark.skipif(not AVAILABLE, reason=f"sandbox unavailable: {WHY}")
+# Cases start ahead in spare slots only for a root worker (a uid per sandbox).
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes start ahead only for a root worker")
 # Wall limits far above the CPU limits: the verdicts hold on a loaded machine.
 LIMITS = SandboxLimits(cpu_seconds=2, wall_seconds=20, memory_mb=256, output_bytes=100_000)
 
@@ -238,6 +252,22 @@ def test_the_harness_report_is_checked_again_outside_the_sandbox():
             "test_cases[0].limits.cpu_seconds",
         ),
         ({"test_cases": (JudgeCase("1"),) * 30, "limits": SandboxLimits(wall_seconds=30)}, "test_cases"),
+        # The files fit the submission's /work but not a case's own, smaller one: refused up front,
+        # not a SandboxRequestError on the sandbox host when that case's turn comes.
+        (
+            {
+                "files": {"big.txt": "x" * 2_000_000},
+                "test_cases": (JudgeCase("1"), JudgeCase("1", limits=SandboxLimits(tmpfs_mb=1))),
+            },
+            "test_cases[1].limits",
+        ),
+        (
+            {
+                "files": {"big.txt": "x" * 2_000_000},
+                "test_cases": (JudgeCase("1", limits=SandboxLimits(file_size_mb=1)),),
+            },
+            "test_cases[0].limits",
+        ),
     ],
 )
 def test_judge_requests_are_validated_with_the_field_named(kwargs, field):
@@ -245,3 +275,132 @@ def test_judge_requests_are_validated_with_the_field_named(kwargs, field):
     with pytest.raises(SandboxRequestError) as raised:
         JudgeRequest(**request)
     assert raised.value.field == field
+
+
+def sandboxes_of_this_process() -> list[int]:
+    """bwrap processes that are children of any thread of this process (started, running or waiting)."""
+    found = []
+    for thread in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{thread}/children") as children:
+            for pid in children.read().split():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                        if b"bwrap" in cmdline.read().split(b"\0")[0]:
+                            found.append(int(pid))
+                except OSError:
+                    continue
+    return found
+
+
+@needs_bwrap
+@needs_root
+def test_the_next_cases_sandboxes_are_started_before_a_case_runs():
+    # Before each case runs, the cases after it have their sandbox too (decision 0050); a judge
+    # that starts each case's sandbox in its turn has no sandbox at all between two cases.
+    cases = 5
+    reached = []
+
+    def cancelled():
+        expected = min(1 + SANDBOXES_AHEAD, cases - len(reached))
+        deadline = time.monotonic() + 20
+        while len(sandboxes_of_this_process()) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reached.append(len(sandboxes_of_this_process()) >= expected)
+        return False
+
+    request = JudgeRequest(source="print(1)", test_cases=(JudgeCase("1"),) * cases, limits=LIMITS)
+    result = run_judge(request, SLOT, cancelled=cancelled)
+    assert result.verdict == "accepted", result.to_message()
+    assert reached == [True] * cases
+    assert sandboxes_of_this_process() == []
+
+
+@needs_bwrap
+@needs_root
+def test_each_case_started_ahead_runs_in_a_slot_and_uid_of_its_own():
+    result = judge("import os\nprint(os.getuid())\n", [("", "")] * 4)
+    uids = [int(case.run.stdout) for case in result.cases]
+    assert len(set(uids[: 1 + SANDBOXES_AHEAD])) == 1 + SANDBOXES_AHEAD, uids
+    assert all(runner.BASE_UID <= uid < runner.BASE_UID + runner.slots.MAX_SLOTS for uid in uids)
+    assert uids[1 + SANDBOXES_AHEAD] == uids[0]
+
+
+@needs_bwrap
+def test_a_case_started_ahead_sees_what_a_direct_run_of_its_bytecode_sees():
+    # The interpreter waited for its turn (starter.py): the program must not see it, its pipe or its
+    # names; sys.modules, globals, argv, __loader__, open descriptors and a traceback are a direct
+    # run's.
+    source = (
+        "import sys\nmodules = sorted(sys.modules)\nimport os\n"
+        "print(list(globals()), __file__, __cached__, __doc__, __spec__, type(__loader__).__name__, __loader__.path)\n"
+        "print(sys.argv, sys.path, modules, sys.flags, os.listdir('/proc/self/fd'))\n"
+        "print(os.environ.get('PYTHONDONTWRITEBYTECODE'))\n"
+        "print(sys.stdin.read())\n"
+        "def fail():\n    raise ValueError('boom')\nfail()\n"
+    )
+    result = judge(source, [("in", "")] * 3)
+    bytecode, _ = compile_program(JudgeRequest(source=source, test_cases=(JudgeCase(""),), limits=LIMITS), SLOT)
+    direct = runner.run_sandbox(
+        SandboxRequest(source=source, stdin="in", limits=LIMITS), SLOT, program=PreparedProgram(bytecode=bytecode)
+    )
+    assert direct.verdict == "runtime_error" and "['/code/main.pyc']" in direct.stdout, direct
+    for case in result.cases:
+        assert case.run.stdout == direct.stdout
+        assert case.run.stderr == direct.stderr
+        assert case.run.exit_code == direct.exit_code == 1
+
+
+@needs_bwrap
+def test_a_case_started_ahead_counts_its_wall_clock_from_its_release():
+    # Case 1's sandbox waits while case 0 sleeps 4 s; its own wall limit of 3 s starts when it runs.
+    slow = JudgeCase(stdin="4", expected_output="done")
+    quick = JudgeCase(stdin="0", expected_output="done", limits=dataclasses.replace(LIMITS, wall_seconds=3))
+    result = judge("import time\ntime.sleep(float(input()))\nprint('done')\n", [slow, quick])
+    assert [case.verdict for case in result.cases] == ["accepted", "accepted"], result.to_message()
+    assert result.cases[0].run.wall_seconds >= 4 > 3 > result.cases[1].run.wall_seconds
+
+
+@needs_bwrap
+def test_sandboxes_started_ahead_of_a_cancelled_or_broken_off_submission_are_ended():
+    request = JudgeRequest(source="print(1)", test_cases=(JudgeCase("1"),) * 6, limits=LIMITS)
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        return len(asked) > 2
+
+    result = run_judge(request, SLOT, cancelled=cancelled)
+    assert result.verdict == "killed" and len(result.cases) == 2
+    assert sandboxes_of_this_process() == []
+
+    def broken():
+        asked.append(1)
+        if len(asked) > 5:
+            raise RuntimeError("the cancel check failed")
+        return False
+
+    with pytest.raises(RuntimeError, match="the cancel check failed"):
+        run_judge(request, SLOT, cancelled=broken)
+    assert sandboxes_of_this_process() == []
+
+
+@needs_bwrap
+def test_a_cancel_that_kills_and_reaps_the_waiting_sandboxes_ends_the_submission_cleanly():
+    """As the sandbox worker's SIGTERM handler does: kill every slot the process holds (reaping bwrap)."""
+    from workers.sandbox.runner import kill_uid_processes, sandbox_uid
+    from workers.sandbox.slots import held_by_this_process
+
+    request = JudgeRequest(source="print(1)", test_cases=(JudgeCase("1"),) * 6, limits=LIMITS)
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        if len(asked) == 2:  # the next cases' sandboxes are waiting in spare slots now
+            for slot in held_by_this_process():
+                kill_uid_processes(sandbox_uid(slot))
+            return True
+        return False
+
+    result = run_judge(request, SLOT, cancelled=cancelled)
+    assert result.verdict == "killed" and len(result.cases) == 1
+    assert sandboxes_of_this_process() == []

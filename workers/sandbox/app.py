@@ -46,7 +46,7 @@ from workers.sandbox.runner import (
     run_sandbox,
     sandbox_uid,
 )
-from workers.sandbox.slots import NoFreeSlot, process_slot
+from workers.sandbox.slots import NoFreeSlot, held_by_this_process, process_slot
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,9 @@ def _kill_slot(slot: int, cancelled: threading.Event, signum, frame) -> None:
     submission runs no further case.
     """
     cancelled.set()
-    kill_uid_processes(sandbox_uid(slot))
+    # A judge submission also holds spare slots, where its next cases' sandboxes wait.
+    for held in {slot, *held_by_this_process()}:
+        kill_uid_processes(sandbox_uid(held))
 
 
 def _capabilities() -> dict:

@@ -3,12 +3,17 @@
 Plain data in and out, no Django (like runner.py). The program is compiled to bytecode once, in a
 sandbox of its own (a syntax error is the submission's `compile_error`, and no case runs); each
 case then runs that bytecode in a fresh sandbox with the case's stdin and limits, and its stdout
-is compared with the expected output (COMPARE_RULES). With an output folder, the files the
-program leaves there come back per case (harness.py), capped in count and size.
+is compared with the expected output (COMPARE_RULES). The next cases' sandboxes are started
+ahead in spare slots while a case runs, and wait for their turn (SANDBOXES_AHEAD, decision 0050).
+With an output folder, the files the program leaves there come back per case (harness.py),
+capped in count and size.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,19 +22,29 @@ from workers.sandbox.runner import (
     SYSTEM_MAXIMUM,
     OutputFolder,
     PreparedProgram,
+    PreparedSandbox,
     SandboxLimits,
     SandboxRequest,
     SandboxRequestError,
     SandboxResult,
     display_text,
+    held_slots,
+    prepare_sandbox,
     run_sandbox,
 )
+from workers.sandbox.slots import NoFreeSlot
+
+logger = logging.getLogger(__name__)
 
 CASE_VERDICTS = ("accepted", "wrong_answer", "runtime_error", "timeout", "memory_limit", "output_limit", "killed")
 # The submission's verdict adds compile_error (no case ran) and internal_error (the sandbox failed).
 SUMMARY_VERDICTS = (*CASE_VERDICTS, "compile_error", "internal_error")
 
 MAX_TEST_CASES = 64
+# Cases whose sandboxes start ahead while a case runs, each in a spare slot of its own (decision
+# 0050): a sandbox's start (~60 ms: bwrap's namespaces and mounts, the interpreter) then overlaps
+# the cases before it instead of following them.
+SANDBOXES_AHEAD = 2
 # Each case's stdin and expected output; and all cases' together, since the request travels
 # in one broker message.
 MAX_CASE_TEXT_BYTES = 1_000_000
@@ -109,6 +124,12 @@ class JudgeRequest:
                             f"test_cases[{index}].limits.{limit.name}",
                             f"at most the submission's {limit.name} ({getattr(self.limits, limit.name)})",
                         )
+                # The source and files must fit the case's own, possibly smaller, /work and file size
+                # too: found here, not as an error on the sandbox host when the case's turn comes.
+                try:
+                    SandboxRequest(source=self.source, files=self.files, limits=case.limits)
+                except SandboxRequestError as error:
+                    raise SandboxRequestError(f"test_cases[{index}].limits", str(error)) from None
         if total > MAX_CASES_TEXT_BYTES:
             raise SandboxRequestError(
                 "test_cases", f"stdin and expected output together at most {MAX_CASES_TEXT_BYTES}"
@@ -243,24 +264,17 @@ def run_judge(
         folder = OutputFolder(request.output_dir, MAX_FILES_PER_CASE, MAX_FILE_BYTES_PER_CASE)
     program = PreparedProgram(bytecode=bytecode, output_folder=folder)
     result = JudgeResult(verdict="accepted", compile_wall_seconds=compiled.wall_seconds, total=total)
-    files_left = MAX_FILES_PER_SUBMISSION
-    for index, case in enumerate(request.test_cases):
-        if cancelled():
-            result.verdict, result.message = "killed", f"cancelled before test case {index}"
-            return result
-        case_request = SandboxRequest(
-            source=request.source, files=request.files, stdin=case.stdin, limits=case.limits or request.limits
-        )
-        run = run_sandbox(case_request, slot=slot, program=program)
-        if run.infrastructure_error:
-            # Never a case's verdict: the whole submission runs again, on whichever host takes it.
-            return JudgeResult(
-                verdict="internal_error", message=run.message, infrastructure_error=True, total=total, cases=[]
-            )
-        if len(run.files) > files_left:
-            run.files, run.files_truncated = run.files[:files_left], True
-        files_left -= len(run.files)
-        result.cases.append(CaseResult(index=index, verdict=_case_verdict(run, case, request.compare), run=run))
+    try:
+        with held_slots(slot, SANDBOXES_AHEAD) as case_slots:
+            failure = _run_cases(request, program, case_slots, result, cancelled)
+    except (NoFreeSlot, OSError) as error:
+        logger.exception("sandbox.judge_slots_unavailable", extra={"slot": slot})
+        failure = f"no sandbox slot: {error}"
+    if failure is not None:
+        # Never a case's verdict: the whole submission runs again, on whichever host takes it.
+        return JudgeResult(verdict="internal_error", message=failure, infrastructure_error=True, total=total)
+    if result.verdict == "killed":
+        return result
     failed = next((case for case in result.cases if case.verdict != "accepted"), None)
     if failed is not None:
         result.verdict = failed.verdict
@@ -268,3 +282,80 @@ def run_judge(
             f" ({failed.run.message})" if failed.run.message and failed.verdict != "wrong_answer" else ""
         )
     return result
+
+
+def _case_request(request: JudgeRequest, case: JudgeCase) -> SandboxRequest:
+    return SandboxRequest(
+        source=request.source, files=request.files, stdin=case.stdin, limits=case.limits or request.limits
+    )
+
+
+def _run_cases(
+    request: JudgeRequest,
+    program: PreparedProgram,
+    case_slots: list[int],
+    result: JudgeResult,
+    cancelled: Callable[[], bool],
+) -> str | None:
+    """Run every case into `result`, case i in slot case_slots[i % len]; the infrastructure error, if any.
+
+    With more than one slot, the next cases' sandboxes are started ahead (runner.prepare_sandbox)
+    while a case runs, one per spare slot; each case still gets a fresh sandbox, uid and cgroup of
+    its own. A sandbox started ahead that does not run (cancelled, failed) is discarded.
+    """
+    cases, ahead = request.test_cases, len(case_slots)
+    pending: collections.deque = collections.deque()
+
+    def start_ahead(index: int) -> None:
+        slot = case_slots[index % ahead]
+        pending.append(prepare_sandbox(_case_request(request, cases[index]), slot, program))
+
+    files_left = MAX_FILES_PER_SUBMISSION
+    try:
+        if ahead > 1:
+            for index in range(min(ahead, len(cases))):
+                start_ahead(index)
+        for index, case in enumerate(cases):
+            # Asked while this case's sandbox is still pending: a cancel or an error discards it too.
+            if cancelled():
+                result.verdict, result.message = "killed", f"cancelled before test case {index}"
+                return None
+            prepared = _started(pending.popleft()) if ahead > 1 else None
+            run = prepared.run() if prepared is not None else None
+            if run is None or run.infrastructure_error:
+                # Not started ahead, or its start or set-up failed: the ordinary way, which retries
+                # a set-up failure and reports one that persists.
+                run = run_sandbox(_case_request(request, case), slot=case_slots[index % ahead], program=program)
+            if run.infrastructure_error:
+                return run.message
+            if ahead > 1 and index + ahead < len(cases):
+                start_ahead(index + ahead)
+            if len(run.files) > files_left:
+                run.files, run.files_truncated = run.files[:files_left], True
+            files_left -= len(run.files)
+            result.cases.append(CaseResult(index=index, verdict=_case_verdict(run, case, request.compare), run=run))
+    finally:
+        while pending:
+            # Each one, whatever another's end raised: a sandbox left waiting would hold its uid.
+            try:
+                _discard(pending.popleft())
+            except Exception:
+                logger.exception("sandbox.discard_failed")
+    return None
+
+
+def _started(future: "concurrent.futures.Future[PreparedSandbox | SandboxResult]") -> PreparedSandbox | None:
+    """The sandbox started ahead, or None where its start failed (the case then runs the ordinary way)."""
+    try:
+        prepared = future.result()
+    except OSError:
+        # As run_sandbox treats it: an infrastructure failure (descriptors, a slot's files), not the program's.
+        logger.exception("sandbox.prepare_failed")
+        return None
+    return prepared if isinstance(prepared, PreparedSandbox) else None
+
+
+def _discard(future: "concurrent.futures.Future[PreparedSandbox | SandboxResult]") -> None:
+    prepared = _started(future)
+    if prepared is not None:
+        prepared.discard()

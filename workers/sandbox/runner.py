@@ -52,6 +52,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,11 @@ SANDBOX_HARNESS = "/code/harness.py"
 HARNESS_SOURCE = (Path(__file__).parent / "harness.py").read_bytes()
 # Room for the harness's header lines on top of the files' own bytes.
 FILES_HEADER_ROOM = 64 * 1024
+# A judge case's sandbox started ahead of its turn: the interpreter that waits to run the bytecode.
+SANDBOX_STARTER = "/code/start.py"
+STARTER_SOURCE = (Path(__file__).parent / "starter.py").read_bytes()
+# How long a discarded prepared sandbox may take to end by itself (EOF on its pipe) before it is killed.
+DISCARD_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -494,14 +500,22 @@ def bwrap_command(
 
 
 def _program_command(
-    interpreter: SandboxInterpreter, program: PreparedProgram | None, collect_fd: int | None
+    interpreter: SandboxInterpreter,
+    program: PreparedProgram | None,
+    collect_fd: int | None,
+    go_fd: int | None = None,
 ) -> list[str]:
-    """What bwrap starts: the source, or a judge case's bytecode (under the harness with an output folder)."""
+    """What bwrap starts: the source, or a judge case's bytecode (under the harness with an output folder).
+
+    With `go_fd`, the bytecode runs in an interpreter started ahead that waits for a byte on it
+    (starter.py), in place of `python /code/main.pyc`.
+    """
     python = [interpreter.executable, "-I", "-S", "-u"]
     if program is None:
         return [*python, SANDBOX_SOURCE]
+    main = [*python, SANDBOX_BYTECODE] if go_fd is None else [*python, SANDBOX_STARTER, str(go_fd)]
     if program.output_folder is None or collect_fd is None:
-        return [*python, SANDBOX_BYTECODE]
+        return main
     folder = program.output_folder
     return [
         *python,
@@ -511,8 +525,7 @@ def _program_command(
         str(folder.max_files),
         str(folder.max_bytes),
         "--",
-        *python,
-        SANDBOX_BYTECODE,
+        *main,
     ]
 
 
@@ -961,12 +974,194 @@ def _run_with_retries(request: SandboxRequest, slot: int, program: PreparedProgr
 
 def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | None = None) -> SandboxResult:
     """One run in `slot`, which the caller holds; `program` for a judge case (bytecode, output folder)."""
+    started = _start_in_slot(request, slot, program)
+    return started if isinstance(started, SandboxResult) else started.run()
+
+
+# One thread per worker process starts the prepared sandboxes, and lives as long as the process:
+# bwrap's --die-with-parent is tied to the thread that forked it (PR_SET_PDEATHSIG), so a thread
+# that ended would kill the sandboxes it had started. Keyed by pid: a forked child has no threads.
+_preparers: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def prepare_sandbox(
+    request: SandboxRequest, slot: int, program: PreparedProgram
+) -> "concurrent.futures.Future[PreparedSandbox | SandboxResult]":
+    """Start a judge case's sandbox ahead of its turn, in `slot` (held by the caller), from a
+    background thread: see PreparedSandbox. The future's SandboxResult, where it is not a
+    PreparedSandbox, is the infrastructure error that kept the sandbox from starting.
+
+    Only for a root worker: every sandbox started ahead needs a uid (a slot) of its own.
+    """
+    pid = os.getpid()
+    if pid not in _preparers:
+        _preparers[pid] = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-prepare")
+    return _preparers[pid].submit(_start_in_slot, request, slot, program, gated=True)
+
+
+@contextlib.contextmanager
+def held_slots(slot: int | None, spare: int) -> Iterator[list[int]]:
+    """This process's slot (or `slot`, waited for), then up to `spare` free slots, all held for the block.
+
+    Fewer spare slots where the host has no more free (never an error): a judge submission then
+    starts fewer cases ahead. No spare slot for a worker that is not root (all its sandboxes share
+    its uid, and so one process count).
+    """
+    with contextlib.ExitStack() as stack:
+        if slot is None:
+            held = [slots.process_slot()]
+        else:
+            sandbox_uid(slot)
+            held = [stack.enter_context(slots.slot_lease(slot))]
+            if not slots.holds_process_slot(slot):
+                _clean_slots.discard(slot)
+        if os.geteuid() == 0:
+            for _ in range(spare):
+                try:
+                    extra = stack.enter_context(slots.free_slot_lease())
+                except slots.NoFreeSlot:
+                    break
+                # Another process may have held the slot since this one last ran in it.
+                _clean_slots.discard(extra)
+                held.append(extra)
+        yield held
+
+
+class PreparedSandbox:
+    """A started sandbox, run (supervised to its end and cleaned up) by `run()`.
+
+    Started ahead (prepare_sandbox), bwrap's namespaces and mounts are built and the interpreter has
+    started (workers/sandbox/starter.py), blocked on a pipe until `run()` releases the program.
+    Judge submissions start case N+1's sandbox, in another slot, while case N runs, so the ~60 ms
+    of a sandbox's start overlap the previous case (decision 0050). The case's wall clock starts
+    when it is released; its CPU time and memory peak count from before the start, as a direct
+    run's do (the interpreter's start is the program's). A sandbox that is never run must be
+    discarded: its program is never started, its processes end and its slot is left clean.
+    """
+
+    def __init__(
+        self,
+        *,
+        process: subprocess.Popen,
+        run: "_Run",
+        slot: int,
+        switch_uid: bool,
+        status_read: int,
+        collect_read: int | None,
+        go_write: int | None,
+        folder: OutputFolder | None,
+        started: float,
+        fds: list[int],
+    ):
+        self.process = process
+        self._run = run
+        self.slot = slot
+        self._switch_uid = switch_uid
+        self._status_read = status_read
+        self._collect_read = collect_read
+        self._go_write = go_write
+        self._folder = folder
+        self._started = started
+        self._fds = fds
+        self._done = False
+
+    def run(self) -> SandboxResult:
+        """Release the program (if it waits), read its output within the limits until it ends, clean up."""
+        if self._go_write is not None:
+            self._started = time.monotonic()
+            # EPIPE: the sandbox is gone already, and _supervise finds out how.
+            with contextlib.suppress(OSError):
+                os.write(self._go_write, b"\n")
+            self._close_go()
+        return self._finish(self._started, self._run.limits.wall_seconds)
+
+    def discard(self) -> None:
+        """End a sandbox that will not run: EOF on its pipe ends it without starting the program."""
+        if self._done:
+            return
+        self._close_go()
+        try:
+            result = self._finish(time.monotonic(), DISCARD_GRACE_S)
+        except ProcessLookupError:
+            # A cancel killed the slot's processes and reaped bwrap (kill_uid_processes) before
+            # we could watch it end: nothing is left to end, only the slot to clean.
+            self._release_after_kill()
+            logger.info("sandbox.prepared_discarded", extra={"slot": self.slot, "verdict": "killed"})
+            return
+        logger.info("sandbox.prepared_discarded", extra={"slot": self.slot, "verdict": result.verdict})
+
+    def _release_after_kill(self) -> None:
+        self._done = True
+        self.process.returncode = -signal.SIGKILL  # reaped by kill_uid_processes, not by Popen
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._switch_uid:
+            left = kill_uid_processes(sandbox_uid(self.slot))
+            if left:
+                logger.error("sandbox.processes_left", extra={"slot": self.slot, "pids": left})
+            else:
+                _clean_slots.add(self.slot)
+
+    def _close_go(self) -> None:
+        if self._go_write is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._go_write)
+            self._go_write = None
+
+    def _finish(self, started: float, wall_seconds: float) -> SandboxResult:
+        self._done = True
+        run, slot = self._run, self.slot
+        try:
+            result = _supervise(
+                self.process,
+                run=run,
+                status_read=self._status_read,
+                started=started,
+                collect_read=self._collect_read,
+                wall_seconds=wall_seconds,
+            )
+            if self._folder is not None:
+                result.files, result.files_truncated = parse_collected_files(bytes(run.files), self._folder)
+        finally:
+            self._close_go()
+            for fd in self._fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if self._switch_uid:
+            if run.init_reaped:
+                # We reaped bwrap's monitor and its init: the kernel empties a pid namespace before
+                # its init can be reaped, and no process of this uid lives outside it.
+                _clean_slots.add(slot)
+            else:
+                left = kill_uid_processes(sandbox_uid(slot))
+                if left:
+                    logger.error("sandbox.processes_left", extra={"slot": slot, "pids": left})
+                    result.message = f"{result.message}; processes left after the run: {left}".lstrip("; ")
+                else:
+                    _clean_slots.add(slot)
+        logger.info(
+            "sandbox.run.finished",
+            extra={"slot": slot, "verdict": result.verdict, "wall_seconds": result.wall_seconds},
+        )
+        return result
+
+
+def _start_in_slot(
+    request: SandboxRequest, slot: int, program: PreparedProgram | None = None, *, gated: bool = False
+) -> PreparedSandbox | SandboxResult:
+    """Start bwrap in `slot`; with `gated`, its program waits to be released (PreparedSandbox.run)."""
     limits = request.limits
     uid = sandbox_uid(slot)
     bwrap = find_bwrap()
     interpreter = sandbox_interpreter()
     if bwrap is None or interpreter is None:
         return _infrastructure_error("bwrap or a sandbox interpreter is missing")
+    if gated and program is None:
+        raise ValueError("only a judge case's prepared program can wait to be released")
 
     # Root drops to the slot's own uid; any other worker can only run bwrap as itself.
     switch_uid = os.geteuid() == 0
@@ -995,6 +1190,7 @@ def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | 
         logger.warning("sandbox.subreaper_failed", extra={"slot": slot})
 
     fds: list[int] = []
+    handed_over = False
     try:
         source_fd = _memfd("main.py", request.source.encode())
         fds.append(source_fd)
@@ -1005,7 +1201,7 @@ def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | 
         stdin_fd = _memfd("stdin", request.stdin.encode())
         fds.append(stdin_fd)
         bound = {}
-        collect_read = collect_write = None
+        collect_read = collect_write = go_read = go_write = None
         if program is not None:
             bound[SANDBOX_BYTECODE] = _memfd("main.pyc", program.bytecode)
             fds.append(bound[SANDBOX_BYTECODE])
@@ -1014,6 +1210,11 @@ def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | 
             fds.append(bound[SANDBOX_HARNESS])
             collect_read, collect_write = os.pipe()
             fds += [collect_read, collect_write]
+        if gated:
+            bound[SANDBOX_STARTER] = _memfd("start.py", STARTER_SOURCE)
+            fds.append(bound[SANDBOX_STARTER])
+            go_read, go_write = os.pipe()
+            fds += [go_read, go_write]
         try:
             seccomp_fd = _memfd("seccomp", seccomp_filter.filter_bpf())
         except seccomp_filter.SeccompUnavailable as error:
@@ -1031,7 +1232,7 @@ def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | 
             status_fd=status_write,
             seccomp_fd=seccomp_fd,
             bound_fds=bound,
-            command=_program_command(interpreter, program, collect_write),
+            command=_program_command(interpreter, program, collect_write, go_read),
         )
         started = time.monotonic()
         try:
@@ -1051,6 +1252,7 @@ def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | 
                         status_write,
                         seccomp_fd,
                         *([collect_write] if collect_write is not None else []),
+                        *([go_read] if go_read is not None else []),
                     ],
                     cwd="/",
                     env={},
@@ -1070,38 +1272,31 @@ def _run_in_slot(request: SandboxRequest, slot: int, program: PreparedProgram | 
             logger.exception("sandbox.start_failed", extra={"slot": slot})
             return _infrastructure_error(f"could not start bwrap: {error}")
         # Drop our copies: the status pipe must reach EOF when bwrap exits.
-        for fd in [fd for fd in fds if fd not in (status_read, collect_read)]:
+        for fd in [fd for fd in fds if fd not in (status_read, collect_read, go_write)]:
             os.close(fd)
             fds.remove(fd)
-        run = _Run(limits, host_uid=uid if switch_uid else os.getuid())
-        run.cgroup = cgroup
-        if folder is not None:
-            run.files_cap = folder.max_bytes + FILES_HEADER_ROOM
-        result = _supervise(process, run=run, status_read=status_read, started=started, collect_read=collect_read)
-        if folder is not None:
-            result.files, result.files_truncated = parse_collected_files(bytes(run.files), folder)
+        handed_over = True
     finally:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    if switch_uid:
-        if run.init_reaped:
-            # We reaped bwrap's monitor and its init: the kernel empties a pid namespace before
-            # its init can be reaped, and no process of this uid lives outside it.
-            _clean_slots.add(slot)
-        else:
-            left = kill_uid_processes(uid)
-            if left:
-                logger.error("sandbox.processes_left", extra={"slot": slot, "pids": left})
-                result.message = f"{result.message}; processes left after the run: {left}".lstrip("; ")
-            else:
-                _clean_slots.add(slot)
-    logger.info(
-        "sandbox.run.finished",
-        extra={"slot": slot, "verdict": result.verdict, "wall_seconds": result.wall_seconds},
+        if not handed_over:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    run = _Run(limits, host_uid=uid if switch_uid else os.getuid())
+    run.cgroup = cgroup
+    if folder is not None:
+        run.files_cap = folder.max_bytes + FILES_HEADER_ROOM
+    return PreparedSandbox(
+        process=process,
+        run=run,
+        slot=slot,
+        switch_uid=switch_uid,
+        status_read=status_read,
+        collect_read=collect_read,
+        go_write=go_write,
+        folder=folder,
+        started=started,
+        fds=[fd for fd in fds if fd != go_write],
     )
-    return result
 
 
 # The rusage of a process someone else reaped: nothing known.
@@ -1109,16 +1304,25 @@ _NO_USAGE = types.SimpleNamespace(ru_utime=0.0, ru_stime=0.0, ru_maxrss=0)
 
 
 def _supervise(
-    process: subprocess.Popen, *, run: _Run, status_read: int, started: float, collect_read: int | None = None
+    process: subprocess.Popen,
+    *,
+    run: _Run,
+    status_read: int,
+    started: float,
+    collect_read: int | None = None,
+    wall_seconds: float | None = None,
 ) -> SandboxResult:
-    """Read output within the limits until the sandbox ends or is killed, then reap bwrap."""
+    """Read output within the limits until the sandbox ends or is killed, then reap bwrap.
+
+    The wall clock runs from `started` for `wall_seconds` (the run's wall limit unless given).
+    """
     monitor_pidfd = os.pidfd_open(process.pid)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ, "stdout")
     selector.register(process.stderr, selectors.EVENT_READ, "stderr")
     selector.register(status_read, selectors.EVENT_READ, "status")
     selector.register(monitor_pidfd, selectors.EVENT_READ, "exited")
-    deadline = started + run.limits.wall_seconds
+    deadline = started + (run.limits.wall_seconds if wall_seconds is None else wall_seconds)
     open_streams = {"stdout", "stderr", "status"}
     if collect_read is not None:
         selector.register(collect_read, selectors.EVENT_READ, "files")

@@ -141,6 +141,13 @@ def slot_lease(slot: int, *, wait_s: float = WAIT_FOR_SLOT_S) -> Iterator[int]:
         yield slot
 
 
+def held_by_this_process() -> list[int]:
+    """Every slot this process holds now: its own, and those leased by any of its threads."""
+    pid = os.getpid()
+    held = [_process_slot.slot] if _process_slot.pid == pid and _process_slot.slot is not None else []
+    return held + [slot for (owner, slot) in list(_leases) if owner == pid and slot not in held]
+
+
 @contextlib.contextmanager
 def free_slot_lease() -> Iterator[int]:
     """Hold the first free slot for the block (for the calling thread)."""

@@ -1,5 +1,5 @@
 """Retention: prune finished jobs past their organization's retention (with their events and files),
-audit rows past theirs, and artifact files no row names (orphans).
+audit rows past theirs, artifact files no row names (orphans), and long-dead workers' rows.
 
 Deletes run in batches of PRUNE_BATCH_SIZE rows, one short transaction each, taking only rows
 they can lock at once (`SKIP LOCKED`): a job a user is retrying right now is left for the next
@@ -11,12 +11,14 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, models, transaction
+from django.utils import timezone
 
 from apps.core import artifact_storage
-from apps.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent
+from apps.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, WorkerHost
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class PruneReport:
     orphan_files: int = 0
     orphan_bytes: int = 0
     audit_events: int = 0
+    worker_hosts: int = 0
     dry_run: bool = False
 
 
@@ -48,6 +51,7 @@ def prune_counts(report: dict) -> dict[str, int]:
         "artifacts_pruned": report["artifacts"],
         "orphan_files_pruned": report["orphan_files"],
         "audit_events_pruned": report["audit_events"],
+        "worker_hosts_pruned": report["worker_hosts"],
         "bytes_pruned": report["artifact_bytes"] + report["orphan_bytes"],
     }
 
@@ -122,7 +126,8 @@ def jobs_prune(
     if organization_id is None:
         _prune_audit(report, batch_size=batch_size, dry_run=dry_run)
         _prune_orphans(report, dry_run=dry_run)
-    if not dry_run and (report.jobs or report.audit_events or report.orphan_files):
+        _prune_worker_hosts(report, dry_run=dry_run)
+    if not dry_run and (report.jobs or report.audit_events or report.orphan_files or report.worker_hosts):
         logger.info("jobs.pruned", extra=asdict(report))
     return asdict(report)
 
@@ -210,6 +215,17 @@ def _prune_audit(report: PruneReport, *, batch_size: int, dry_run: bool) -> None
             report.audit_events += cursor.rowcount
             if cursor.rowcount < batch_size:
                 return
+
+
+def _prune_worker_hosts(report: PruneReport, *, dry_run: bool) -> None:
+    """WorkerHost rows of workers not heard from for WORKER_HOSTS_RETENTION_DAYS.
+
+    Every worker process is its own node (`cpu-<pid>@host`), so each restart leaves a row
+    behind; past the retention it says nothing the admin or `manage.py workers` should list.
+    """
+    cutoff = timezone.now() - timedelta(days=settings.WORKER_HOSTS_RETENTION_DAYS)
+    stale = WorkerHost.objects.filter(last_heartbeat_at__lt=cutoff)
+    report.worker_hosts = stale.count() if dry_run else stale.delete()[0]
 
 
 def _prune_orphans(report: PruneReport, *, dry_run: bool) -> None:

@@ -12,7 +12,8 @@ class Command(BaseCommand):
     help = (
         "Remove what is past retention: finished jobs (with their events and artifact files) older than their "
         "organization's retention (quota job_retention_days, else JOBS_RETENTION_DAYS), audit rows older than "
-        "AUDIT_RETENTION_DAYS, and stored files under artifacts/ (ARTIFACT_STORAGE_URL) that no row names. "
+        "AUDIT_RETENTION_DAYS, stored files under artifacts/ (ARTIFACT_STORAGE_URL) that no row names, and the "
+        "WorkerHost rows of workers not heard from for WORKER_HOSTS_RETENTION_DAYS. "
         "Queued and running jobs are never pruned; a sweep goes with its children. Deletes run in batches of "
         "PRUNE_BATCH_SIZE rows, one short transaction each. Beat runs the same every PRUNE_INTERVAL_SECONDS. Exit 0."
     )
@@ -46,6 +47,7 @@ class Command(BaseCommand):
             ("jobs_artifact", "artifacts"),
             ("accounts_auditevent", "audit_events"),
             ("orphan files", "orphan_files"),
+            ("jobs_workerhost", "worker_hosts"),
         ):
             self.stdout.write(f"{label:22} {report[key]:>14}")
         self.stdout.write(f"{'artifact file bytes':22} {report['artifact_bytes']:>14}")
