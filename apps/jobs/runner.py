@@ -176,6 +176,40 @@ def _claim(claim) -> Job | None:
         return claim()
 
 
+class Turn:
+    """A doorbell's turn (run_next): the queue it claims from, until when, and the job its last finish claimed."""
+
+    def __init__(self, *, queue: str, worker: str, task_id: str | None):
+        self.queue, self.worker, self.task_id = queue, worker, task_id
+        self.started = time.monotonic()
+        self.claimed_with_finish = False
+        self.next_job: Job | None = None
+
+    def has_time(self) -> bool:
+        return time.monotonic() - self.started < settings.JOBS_DOORBELL_TURN_SECONDS
+
+    def claim(self) -> Job | None:
+        return services.job_claim_next(queue=self.queue, worker=self.worker, task_id=self.task_id)
+
+    def finish(self, **finish) -> bool:
+        """Record a job's end; while the turn has time, claiming the next job in the same statement and commit."""
+        self.claimed_with_finish, self.next_job = False, None
+        if not self.has_time():
+            return _through_outage(services.job_finish, **finish)
+        try:
+            finished, self.next_job = services.job_finish_and_claim_next(
+                **finish, queue=self.queue, task_id=self.task_id
+            )
+        except (InterfaceError, OperationalError):
+            # One transaction, so neither happened (or, if the connection died after the
+            # commit, a later finish is fenced and the claimed job's lease runs out): the
+            # finish alone, across the outage; the turn claims its next job as usual.
+            connections.close_all()
+            return _through_outage(services.job_finish, **finish)
+        self.claimed_with_finish = True
+        return finished
+
+
 def run_next(*, queue: str, worker: str, task_id: str | None = None) -> dict:
     """A doorbell rang for `queue`: run its best eligible jobs, one after another. Returns what it ran.
 
@@ -186,11 +220,11 @@ def run_next(*, queue: str, worker: str, task_id: str | None = None) -> dict:
     in Flower, next to each job's own task, apps.jobs.task_events) names the jobs it ran.
     """
     # Connections were healed by the task_prerun handler (project/celery.py) before this.
-    started, ran = time.monotonic(), []
-    claim = partial(services.job_claim_next, queue=queue, worker=worker, task_id=task_id)
-    while (job := _claim(claim)) is not None:
+    turn, ran = Turn(queue=queue, worker=worker, task_id=task_id), []
+    job = _claim(turn.claim)
+    while job is not None:
         with log_context(job_id=str(job.id)):
-            outcome = _run_claimed(job, worker, doorbell_id=task_id)
+            outcome = _run_claimed(job, worker, doorbell_id=task_id, turn=turn)
         mark_connections_used()
         ran.append(
             {
@@ -201,9 +235,14 @@ def run_next(*, queue: str, worker: str, task_id: str | None = None) -> dict:
                 "outcome": str(outcome),
             }
         )
-        if time.monotonic() - started >= settings.JOBS_DOORBELL_TURN_SECONDS:
+        if turn.claimed_with_finish:
+            # The finish claimed the next job (or found none eligible, which ends the turn).
+            job, turn.claimed_with_finish = turn.next_job, False
+            continue
+        if not turn.has_time():
             services.ring_doorbells(queue, 1)
             break
+        job = _claim(turn.claim)
     task_events.flush(worker)  # the turn's last attempt's end
     if not ran:
         logger.info("job.nothing_eligible", extra={"queue": queue, "worker": worker})
@@ -227,11 +266,11 @@ def _claim_and_run(*, job_id: str, worker: str) -> str:
     return _run_claimed(job, worker)
 
 
-def _run_claimed(job: Job, worker: str, *, doorbell_id: str | None = None) -> str:
+def _run_claimed(job: Job, worker: str, *, doorbell_id: str | None = None, turn: Turn | None = None) -> str:
     events = task_events.AttemptEvents(job, worker=worker, doorbell_id=doorbell_id)
     events.started()
     try:
-        outcome = _run_attempt(job, worker)
+        outcome = _run_attempt(job, worker, turn)
     except BaseException:
         events.ended("crashed")  # the doorbell fails too; the lease decides what becomes of the job
         task_events.flush(worker)
@@ -240,7 +279,7 @@ def _run_claimed(job: Job, worker: str, *, doorbell_id: str | None = None) -> st
     return outcome
 
 
-def _run_attempt(job: Job, worker: str) -> str:
+def _run_attempt(job: Job, worker: str, turn: Turn | None = None) -> str:
     kind = get_kind(job.kind)
     if kind is None:
         services.job_finish(
@@ -253,7 +292,7 @@ def _run_attempt(job: Job, worker: str) -> str:
         return JobStatus.FAILED
     # Whatever the executor and services log from here names the organization too.
     with log_context(organization_id=job.organization_id, kind=job.kind, attempt=job.attempt):
-        return _execute(job, kind, worker)
+        return _execute(job, kind, worker, turn)
 
 
 @contextmanager
@@ -310,14 +349,19 @@ def _through_outage(write, /, **kwargs):
             delay = min(delay * 2, 5.0)
 
 
-def _execute(job: Job, kind: JobKind, worker: str) -> str:
+def _execute(job: Job, kind: JobKind, worker: str, turn: Turn | None = None) -> str:
     context = JobContext(job)
-    finish = {"job_id": job.id, "attempt": job.attempt, "worker": worker}
+
+    def finish(**outcome) -> bool:
+        # Fenced by the attempt; in a turn, the next job's claim rides on the same statement.
+        written = {"job_id": job.id, "attempt": job.attempt, "worker": worker, **outcome}
+        return turn.finish(**written) if turn is not None else _through_outage(services.job_finish, **written)
+
     try:
         with Heartbeat(context), time_limits(kind):
             result = kind.execute(context)
     except JobCancelled:
-        _through_outage(services.job_finish, **finish, status=JobStatus.CANCELLED)
+        finish(status=JobStatus.CANCELLED)
         return JobStatus.CANCELLED
     except LeaseLost:
         logger.warning("job.lease_lost", extra={"job_id": str(job.id), "attempt": job.attempt})
@@ -328,11 +372,11 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
         )
     except PermanentJobError as exc:
         error = _error(exc.code, exc.message, exc.details)
-        _through_outage(services.job_finish, **finish, status=JobStatus.FAILED, error=error)
+        finish(status=JobStatus.FAILED, error=error)
         return JobStatus.FAILED
     except SoftTimeLimitExceeded:
         message = f"Exceeded the time limit of {kind.soft_time_limit_s}s for kind '{kind.name}'."
-        _through_outage(services.job_finish, **finish, status=JobStatus.FAILED, error=_error("time_limit", message))
+        finish(status=JobStatus.FAILED, error=_error("time_limit", message))
         return JobStatus.FAILED
     except kind.transient_errors as exc:
         return _through_outage(
@@ -344,9 +388,7 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
         )
     except Exception as exc:
         logger.exception("job.crashed", extra={"job_id": str(job.id), "kind": job.kind})
-        _through_outage(
-            services.job_finish,
-            **finish,
+        finish(
             status=JobStatus.FAILED,
             error=_error("internal_error", f"{type(exc).__name__}: {exc}", {"traceback": traceback.format_exc()}),
         )
@@ -359,6 +401,6 @@ def _execute(job: Job, kind: JobKind, worker: str) -> str:
             return "lease_lost"
         return "awaiting_children"
     # Fenced: if another attempt took the job over meanwhile, this write is refused.
-    if not _through_outage(services.job_finish, **finish, status=JobStatus.SUCCEEDED, result=result):
+    if not finish(status=JobStatus.SUCCEEDED, result=result):
         return "lease_lost"
     return JobStatus.SUCCEEDED
