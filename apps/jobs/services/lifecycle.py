@@ -271,8 +271,13 @@ _PICK_AND_CLAIM_CTES = (
               heads.created_at, heads.id
      LIMIT 1
 ), candidate AS (
-    SELECT job.id FROM jobs_job AS job
-     WHERE job.id = (SELECT id FROM best) AND job.status = 'queued'
+    -- By primary key alone: with `status = 'queued'` here the planner may take a partial index
+    -- of queued jobs instead (statistics from an emptier table make it look tiny) and walk the
+    -- whole backlog (1.3 ms a claim at 500 queued, docs/benchmarks.md). The locked row's
+    -- current status is checked in `claimed`: a row that changed after this statement's
+    -- snapshot (e.g. cancelled) is returned here as it is now.
+    SELECT job.id, job.status FROM jobs_job AS job
+     WHERE job.id = (SELECT id FROM best)
        FOR UPDATE OF job SKIP LOCKED
 ), claimed AS (
     UPDATE jobs_job AS job
@@ -281,7 +286,7 @@ _PICK_AND_CLAIM_CTES = (
            progress = 0, progress_message = '', updated_at = now(), run_after = NULL,
            task_id = COALESCE(%(task_id)s::text, job.task_id)
       FROM candidate
-     WHERE job.id = candidate.id
+     WHERE job.id = candidate.id AND candidate.status = 'queued'
  RETURNING job.*
 ), event AS (
     INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
