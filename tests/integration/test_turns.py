@@ -160,3 +160,17 @@ def test_a_turn_that_found_nothing_ends_at_once(member, settings):
     started = time.monotonic()
     assert runner.run_next(queue="cpu", worker="cpu@test")["outcome"] == "nothing_eligible"
     assert time.monotonic() - started < 20  # no lingering for a doorbell that ran nothing
+
+
+def test_the_submits_doorbell_count_is_the_brokers_at_every_priority(member, queue_depth):
+    """The count a submit makes on Redis (one kept client, a plain pipeline) sums the same lists as kombu's."""
+    from apps.jobs.services import dispatch
+
+    membership, _ = member("developer")
+    for priority in (0, 3, 5, 9, 9):
+        services.job_submit(membership=membership, kind="sleep", params={}, priority=priority)
+    dispatch.ring_doorbells("cpu", 2)
+    waiting = queue_depth("cpu")
+    assert waiting >= 3  # the submits' doorbells (their priorities) and the ring's
+    assert dispatch._broker_ready_count("cpu") == waiting
+    assert dispatch._broker_ready_count("gpu") == queue_depth("gpu")
