@@ -29,7 +29,8 @@ Invariants:
 2. One clock. Leases, `run_after` and expiry are judged by PostgreSQL's `now()`, never by
    a worker's or the control host's clock.
 3. Every transition writes its JobEvent in the same transaction (claim, submit and
-   finish in the same statement).
+   finish in the same statement; a turn's finish and its next claim share one statement,
+   each with its own event: tests/integration/test_turns.py).
 4. Ended is final, except through `requeue_ended` (an explicit retry), which gives a new
    budget of attempts on top of the attempts already spent.
 5. Messages follow state, not the other way round: doorbells, revokes and parent
