@@ -155,6 +155,22 @@ SELECT count(*) FILTER (
     return ahead, sharing
 
 
+def queue_has_due_work(*, queue: str) -> bool:
+    """Whether `queue` holds a queued job that is due: a probe for a lingering turn (apps.jobs.runner.Turn.linger).
+
+    One index probe, read only (no lock, no commit to wait for), against the claim's
+    advisory lock, limit CTEs and durable commit: a turn looks with this, and claims only
+    when it says yes. Limits and pause are not judged here; the claim that follows does.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs_job WHERE queue = %s AND status = 'queued'"
+            " AND (run_after IS NULL OR run_after <= now()))",
+            [queue],
+        )
+        return cursor.fetchone()[0]
+
+
 def queue_get(*, name: str) -> dict:
     """One queue of queue_list, or NotFound."""
     found = next((queue for queue in queue_list() if queue["name"] == name), None)

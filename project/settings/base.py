@@ -285,6 +285,10 @@ JOBS_RING_MAX_PER_QUEUE = env.int("JOBS_RING_MAX_PER_QUEUE", default=1000)
 # The most jobs one bulk submit may carry (POST /api/v1/jobs/bulk, `jobs submit --from-file`).
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 JOBS_DOORBELL_TURN_SECONDS = env.float("JOBS_DOORBELL_TURN_SECONDS", default=1.0)
+# A turn that finds nothing eligible after a job looks again for this long before it ends
+# (one claim per look, pauses doubling from 2 ms): jobs submitted one at a time then share a
+# turn instead of each getting a doorbell. 0 ends a turn at its first empty claim.
+JOBS_DOORBELL_LINGER_SECONDS = env.float("JOBS_DOORBELL_LINGER_SECONDS", default=0.05)
 # Keep it at least the number of worker processes that consume a queue, so every one gets a turn.
 JOBS_DOORBELLS_AHEAD = env.int("JOBS_DOORBELLS_AHEAD", default=64)
 # Fair share: an organization's recent cost on a queue (wall seconds of its attempts) halves

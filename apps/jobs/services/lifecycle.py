@@ -4,6 +4,7 @@ States and who moves a job between them (each arrow is one function here):
 
     (new)      -> queued       insert_submitted      web, through submit.job_submit
     queued     -> running      job_claim_next        a worker a doorbell woke (the scheduler's pick)
+    running -> ended, queued -> running   job_finish_and_claim_next   a turn's finish and next claim, one statement
     queued     -> running      job_claim             a pushed run's host reporting its start (by dispatch id)
     running    -> running      job_heartbeat         the attempt's worker renews its lease
     running    -> running      job_await_children    a fan-out parent gives up its lease until its children end
@@ -28,7 +29,8 @@ Invariants:
 2. One clock. Leases, `run_after` and expiry are judged by PostgreSQL's `now()`, never by
    a worker's or the control host's clock.
 3. Every transition writes its JobEvent in the same transaction (claim, submit and
-   finish in the same statement).
+   finish in the same statement; a turn's finish and its next claim share one statement,
+   each with its own event: tests/integration/test_turns.py).
 4. Ended is final, except through `requeue_ended` (an explicit retry), which gives a new
    budget of attempts on top of the attempts already spent.
 5. Messages follow state, not the other way round: doorbells, revokes and parent
@@ -128,8 +130,10 @@ SELECT * FROM claimed
 """
 
 
-_FINISH_SQL = """
-WITH previous AS (
+# The finish's CTEs (`previous`, `finished`, `finish_event`, `finish_usage`); the finish alone
+# and the finish that claims the next job in the same statement (job_finish_and_claim_next) use them.
+_FINISH_CTES = """
+previous AS (
     SELECT id, status FROM jobs_job
      WHERE id = %(job_id)s AND attempt = %(attempt)s AND status IN ('running', 'cancelling')
        FOR UPDATE
@@ -144,10 +148,10 @@ WITH previous AS (
      WHERE job.id = previous.id
  RETURNING job.id, job.attempt, job.parent_id, previous.status AS from_status, job.organization_id, job.queue,
            job.started_at
-), event AS (
+), finish_event AS (
     INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
     SELECT id, now(), from_status, %(status)s::text, attempt, %(worker)s, %(message)s::text FROM finished
-), usage AS (
+), finish_usage AS (
     -- The attempt's wall time joins its organization's decayed cost on the queue (fair share).
     INSERT INTO jobs_organizationusage AS usage (organization_id, queue, cost_s, updated_at)
     SELECT organization_id, queue, GREATEST(EXTRACT(EPOCH FROM now() - started_at)::float8, 0), now()
@@ -156,9 +160,8 @@ WITH previous AS (
        SET cost_s = usage.cost_s * exp(-EXTRACT(EPOCH FROM now() - usage.updated_at)::float8 * ln(2) / %(half_life)s)
                     + EXCLUDED.cost_s,
            updated_at = now()
-)
-SELECT count(*), max(parent_id::text) FROM finished
-"""
+)"""
+_FINISH_SQL = "WITH" + _FINISH_CTES + "\nSELECT count(*), max(parent_id::text) FROM finished\n"
 
 
 # The scheduler: the best eligible job of a queue, in one statement. Eligible: queued, with an
@@ -175,11 +178,12 @@ SELECT count(*), max(parent_id::text) FROM finished
 # (running attempts), `organization_full` (organizations at their running limit on the queue),
 # `key_running` (running jobs per concurrency key) and `kind_rate_full` (kinds at their start
 # rate, OrganizationQuota.starts_per_minute). Parameters: queue, default_running.
-LIMITS_CTES = """
+_ACTIVE_CTE = """
 active AS (
     SELECT organization_id, queue, concurrency_key, started_at FROM jobs_job
      WHERE status IN ('running', 'cancelling')
-), organization_full AS (
+)"""
+_LIMITS_ON_ACTIVE = """, organization_full AS (
     SELECT active.organization_id FROM active
       LEFT JOIN accounts_organizationquota AS quota ON quota.organization_id = active.organization_id
      WHERE active.queue = %(queue)s
@@ -197,6 +201,7 @@ active AS (
              WHERE started.organization_id = quota.organization_id AND started.kind = limits.kind
                AND started.started_at > now() - interval '60 seconds') >= limits.per_minute::int
 )"""
+LIMITS_CTES = _ACTIVE_CTE + _LIMITS_ON_ACTIVE
 # A queued job held by its concurrency key's limit or its kind's start rate (`job` is the row).
 KEY_HELD_SQL = """(EXISTS (
     SELECT 1 FROM key_running AS k
@@ -214,11 +219,14 @@ ELIGIBLE_SQL = (
     " AND NOT " + KEY_HELD_SQL
 )
 
-_CLAIM_NEXT_SQL = (
-    "WITH RECURSIVE"  # noqa: S608 - constant SQL fragments only, values are parameters
-    + LIMITS_CTES
-    + """, running_cost AS (
-    SELECT organization_id, sum(GREATEST(EXTRACT(EPOCH FROM now() - started_at)::float8, 0)) AS cost_s FROM active
+# From the running attempts' cost to the claimed row and its event; RUNNING_ATTEMPTS stands for
+# the CTE of running attempts the fair share charges (`active`, or `running_now` in the
+# statement that also finishes a job).
+_PICK_AND_CLAIM_CTES = (
+    """, running_cost AS ("""  # noqa: S608 - constant SQL fragments only, values are parameters
+    """
+    SELECT organization_id, sum(GREATEST(EXTRACT(EPOCH FROM now() - started_at)::float8, 0)) AS cost_s
+      FROM RUNNING_ATTEMPTS
      WHERE queue = %(queue)s AND started_at IS NOT NULL
      GROUP BY organization_id
 ), organizations AS (
@@ -264,8 +272,13 @@ _CLAIM_NEXT_SQL = (
               heads.created_at, heads.id
      LIMIT 1
 ), candidate AS (
-    SELECT job.id FROM jobs_job AS job
-     WHERE job.id = (SELECT id FROM best) AND job.status = 'queued'
+    -- By primary key alone: with `status = 'queued'` here the planner may take a partial index
+    -- of queued jobs instead (statistics from an emptier table make it look tiny) and walk the
+    -- whole backlog (1.3 ms a claim at 500 queued, docs/benchmarks.md). The locked row's
+    -- current status is checked in `claimed`: a row that changed after this statement's
+    -- snapshot (e.g. cancelled) is returned here as it is now.
+    SELECT job.id, job.status FROM jobs_job AS job
+     WHERE job.id = (SELECT id FROM best)
        FOR UPDATE OF job SKIP LOCKED
 ), claimed AS (
     UPDATE jobs_job AS job
@@ -274,14 +287,43 @@ _CLAIM_NEXT_SQL = (
            progress = 0, progress_message = '', updated_at = now(), run_after = NULL,
            task_id = COALESCE(%(task_id)s::text, job.task_id)
       FROM candidate
-     WHERE job.id = candidate.id
+     WHERE job.id = candidate.id AND candidate.status = 'queued'
  RETURNING job.*
 ), event AS (
     INSERT INTO jobs_jobevent (job_id, created_at, from_status, to_status, attempt, worker, message)
     SELECT id, now(), 'queued', 'running', attempt, %(worker)s, 'attempt ' || attempt || ' of ' || max_attempts
       FROM claimed
+)"""
 )
-SELECT * FROM claimed
+_CLAIM_NEXT_SQL = (
+    "WITH RECURSIVE"
+    + LIMITS_CTES
+    + _PICK_AND_CLAIM_CTES.replace("RUNNING_ATTEMPTS", "active")
+    + "\nSELECT * FROM claimed\n"
+)
+
+# Finish job N and claim the queue's next best eligible job in one statement, so a turn's
+# worker commits once per job instead of twice (`manage.py bench jobs`; decision 0049).
+# Every CTE sees the snapshot from before the statement, where the attempt being finished is
+# still running: `active` leaves it out (it holds no slot once this commits), so the limits
+# are judged as if the finish had committed first; the fair share still charges its time
+# (`running_now`), which is what the finish adds to the organization's usage. A fenced
+# finish matches no running row of that attempt, so nothing is left out.
+_FINISH_CLAIM_NEXT_SQL = (
+    "WITH RECURSIVE"  # noqa: S608 - constant SQL fragments only, values are parameters
+    + _FINISH_CTES
+    + """, running_now AS (
+    SELECT id, attempt, organization_id, queue, concurrency_key, started_at FROM jobs_job
+     WHERE status IN ('running', 'cancelling')
+), active AS (
+    SELECT organization_id, queue, concurrency_key, started_at FROM running_now
+     WHERE NOT (id = %(job_id)s AND attempt = %(attempt)s)
+)"""
+    + _LIMITS_ON_ACTIVE
+    + _PICK_AND_CLAIM_CTES.replace("RUNNING_ATTEMPTS", "running_now")
+    + """
+SELECT (SELECT count(*) FROM finished), (SELECT max(parent_id::text) FROM finished), claimed.*
+  FROM (VALUES (1)) AS one LEFT JOIN claimed ON true
 """
 )
 
@@ -295,6 +337,14 @@ def _claim_next_statement() -> PreparedStatement:
     columns = ", ".join(f"job.{connection.ops.quote_name(field.column)}" for field in Job._meta.concrete_fields)
     return PreparedStatement(
         "switchyard_job_claim_next", _CLAIM_NEXT_SQL.replace("RETURNING job.*", f"RETURNING {columns}")
+    )
+
+
+@functools.cache
+def _finish_claim_next_statement() -> PreparedStatement:
+    columns = ", ".join(f"job.{connection.ops.quote_name(field.column)}" for field in Job._meta.concrete_fields)
+    return PreparedStatement(
+        "switchyard_job_finish_claim_next", _FINISH_CLAIM_NEXT_SQL.replace("RETURNING job.*", f"RETURNING {columns}")
     )
 
 
@@ -340,6 +390,11 @@ def job_claim(
 
 def _claimed(statement: PreparedStatement, params: dict, prefix: tuple[str, list] | None = None) -> Job | None:
     """Run a claim statement (after `prefix`, a statement with positional args); the Job it took (logged), or None."""
+    return _claimed_from_row(_fetch_one(statement, params, prefix), params)
+
+
+def _fetch_one(statement: PreparedStatement, params: dict, prefix: tuple[str, list] | None = None):
+    """Execute `statement` (after `prefix`, a statement with positional args, in the same round trip); its row."""
     sql, args = statement.sql_and_args(params)
     if prefix is not None:
         if isinstance(args, dict):  # plain SQL with named placeholders (prepared statements off)
@@ -350,8 +405,11 @@ def _claimed(statement: PreparedStatement, params: dict, prefix: tuple[str, list
             sql, args = prefix[0] + sql, [*prefix[1], *args]
     with connection.cursor() as cursor:
         cursor.execute(sql, args)
-        row = cursor.fetchone()
-    if row is None:
+        return cursor.fetchone()
+
+
+def _claimed_from_row(row, params: dict) -> Job | None:
+    if row is None or row[0] is None:
         return None
     job = _job_from_row(row)
     logger.info(
@@ -371,21 +429,59 @@ def job_claim_next(
     *, queue: str, worker: str, task_id: str | None = None, lease_seconds: float | None = None
 ) -> Job | None:
     """Claim the best eligible job of `queue` (a doorbell rang); None when nothing is eligible."""
-    lease = lease_seconds or settings.JOBS_LEASE_SECONDS
-    default_running = settings.ORGANIZATION_QUOTA_DEFAULTS.get("running_jobs", {}).get(queue)
-    params = {
+    params = _claim_next_params(queue=queue, worker=worker, task_id=task_id, lease_seconds=lease_seconds)
+    return _claimed(_claim_next_statement(), params, prefix=_claim_lock(queue))
+
+
+def _claim_next_params(*, queue: str, worker: str, task_id: str | None, lease_seconds: float | None) -> dict:
+    return {
         "queue": queue,
         "worker": worker,
         "task_id": task_id,
-        "lease": lease,
-        "default_running": default_running,
+        "lease": lease_seconds or settings.JOBS_LEASE_SECONDS,
+        "default_running": settings.ORGANIZATION_QUOTA_DEFAULTS.get("running_jobs", {}).get(queue),
         "half_life": settings.JOBS_FAIR_SHARE_HALF_LIFE_SECONDS,
     }
-    # The lock and the claim go in one round trip, as two statements of one implicit
-    # transaction: the claim's snapshot is taken after the lock, so the running jobs it
-    # counts include every claim of this queue that committed before it.
-    lock = ("SELECT pg_advisory_xact_lock(%s, %s); ", [CLAIM_LOCK_CLASS, zlib.crc32(queue.encode()) & 0x7FFFFFFF])
-    return _claimed(_claim_next_statement(), params, prefix=lock)
+
+
+def _claim_lock(queue: str) -> tuple[str, list]:
+    """The queue's claim lock, sent before a claim in its round trip.
+
+    Two statements of one implicit transaction: the claim's snapshot is taken after the
+    lock, so the running jobs it counts include every claim of this queue that committed
+    before it.
+    """
+    return ("SELECT pg_advisory_xact_lock(%s, %s); ", [CLAIM_LOCK_CLASS, zlib.crc32(queue.encode()) & 0x7FFFFFFF])
+
+
+def job_finish_and_claim_next(
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+    status: str,
+    queue: str,
+    result: dict | None = None,
+    error: dict | None = None,
+    worker: str = "",
+    task_id: str | None = None,
+    lease_seconds: float | None = None,
+) -> tuple[bool, Job | None]:
+    """job_finish, then job_claim_next on `queue`, in one statement and one commit: (finished, next job or None).
+
+    For a doorbell's turn (apps.jobs.runner.run_next). The finish is fenced exactly as
+    job_finish's (a fenced-out attempt changes nothing, and the next job is claimed all the
+    same: the worker's slot is free); the claim judges priority, limits, fair share and
+    pause as job_claim_next would right after the finish committed. One transaction: if it
+    fails, neither happened.
+    """
+    params = {
+        **_finish_params(job_id=job_id, attempt=attempt, status=status, result=result, error=error, worker=worker),
+        **_claim_next_params(queue=queue, worker=worker, task_id=task_id, lease_seconds=lease_seconds),
+    }
+    row = _fetch_one(_finish_claim_next_statement(), params, prefix=_claim_lock(queue))
+    finished, parent_id = row[0], row[1]
+    _finished(job_id=job_id, attempt=attempt, status=status, finished=finished, parent_id=parent_id)
+    return bool(finished), _claimed_from_row(row[2:], params)
 
 
 def job_heartbeat(*, job_id: uuid.UUID, attempt: int) -> str | None:
@@ -421,9 +517,15 @@ def job_finish(
     worker: str = "",
 ) -> bool:
     """running|cancelling -> succeeded|failed|cancelled, only for the attempt that holds the job."""
+    params = _finish_params(job_id=job_id, attempt=attempt, status=status, result=result, error=error, worker=worker)
+    finished, parent_id = _fetch_one(_FINISH, params)
+    return _finished(job_id=job_id, attempt=attempt, status=status, finished=finished, parent_id=parent_id)
+
+
+def _finish_params(*, job_id, attempt: int, status: str, result: dict | None, error: dict | None, worker: str) -> dict:
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {status}")
-    params = {
+    return {
         "job_id": str(job_id),
         "attempt": attempt,
         "status": str(status),
@@ -434,9 +536,10 @@ def job_finish(
         "failure": failure_origin(error) if status == JobStatus.FAILED else "",
         "half_life": settings.JOBS_FAIR_SHARE_HALF_LIFE_SECONDS,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(*_FINISH.sql_and_args(params))
-        finished, parent_id = cursor.fetchone()
+
+
+def _finished(*, job_id, attempt: int, status: str, finished: int, parent_id) -> bool:
+    """After a finish statement: log it, and tell a parent; whether it was this attempt's."""
     if not finished:
         logger.warning("job.finish_fenced", extra={"job_id": str(job_id), "attempt": attempt})
         return False
