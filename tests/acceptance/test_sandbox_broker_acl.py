@@ -23,6 +23,7 @@ from apps.core.worker_process import WorkerProcess
 from apps.jobs import services
 from apps.jobs.models import Job, WorkerHost
 from project import queues
+from tests.acceptance.test_job_contract import wait_for
 from workers.sandbox import reports
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -31,15 +32,6 @@ needs_redis_sandbox_user = pytest.mark.skipif(
     not settings.SANDBOX_BROKER_URL.startswith(("redis://", "rediss://")),
     reason="the broker is not Redis with a sandbox ACL user (SANDBOX_BROKER_URL; the embedded Redis has one)",
 )
-
-
-def wait_for(predicate, timeout, message):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s: {message}")
 
 
 def redis_as(url: str):

@@ -92,8 +92,15 @@ class Host:
         masks = " && ".join(
             f"mount -t tmpfs -o size=1m,mode=0700 tmpfs {shlex.quote(str(path))}" for path in self.hidden
         )
+        if REPO_ROOT.resolve().is_relative_to("/tmp"):
+            # A checkout under /tmp (a fresh clone there) would vanish under a tmpfs on /tmp, venv
+            # and all: the host gets a temporary folder of its own through TMPDIR instead.
+            own_tmp = shlex.quote(str(self.root / "tmp"))
+            private_tmp = f"mkdir -p {own_tmp} && export TMPDIR={own_tmp}"
+        else:
+            private_tmp = "mount -t tmpfs -o mode=1777 tmpfs /tmp"
         script = (
-            f"hostname {shlex.quote(self.hostname)} && mount -t tmpfs -o mode=1777 tmpfs /tmp"
+            f"hostname {shlex.quote(self.hostname)} && {private_tmp}"
             + (f" && {masks}" if masks else "")
             + ' && exec "$@"'
         )

@@ -5,6 +5,7 @@ from datetime import UTC
 import django_filters
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -30,7 +31,7 @@ from apps.jobs.api.serializers import (
     bulk_submit_requests,
 )
 from apps.jobs.kinds import all_kinds
-from apps.jobs.models import FailureOrigin, Job, JobStatus
+from apps.jobs.models import Artifact, FailureOrigin, Job, JobStatus
 from apps.jobs.quotas import quota_usage
 
 
@@ -310,13 +311,7 @@ class ArtifactDownloadApi(APIView):
             from apps.core.errors import NotFound
 
             raise NotFound("No such artifact.")
-        return stored_file_response(
-            artifact.file.name,
-            size=artifact.size_bytes,
-            as_attachment=True,
-            filename=artifact.name,
-            content_type=artifact.content_type,
-        )
+        return _artifact_download(artifact)
 
 
 class JobKindParamSerializer(serializers.Serializer):
@@ -438,10 +433,15 @@ class InputArtifactDownloadApi(APIView):
     )
     def get(self, request, artifact_id):
         artifact = selectors.input_artifact_get(membership=request_membership(request), artifact_id=artifact_id)
-        return stored_file_response(
-            artifact.file.name,
-            size=artifact.size_bytes,
-            as_attachment=True,
-            filename=artifact.name,
-            content_type=artifact.content_type,
-        )
+        return _artifact_download(artifact)
+
+
+def _artifact_download(artifact: Artifact) -> FileResponse:
+    """The artifact's bytes streamed from the artifact storage, as an attachment under its name."""
+    return stored_file_response(
+        artifact.file.name,
+        size=artifact.size_bytes,
+        as_attachment=True,
+        filename=artifact.name,
+        content_type=artifact.content_type,
+    )
