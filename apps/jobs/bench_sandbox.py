@@ -29,9 +29,8 @@ def add_arguments(parser) -> None:
 def _overhead_on_a_sandbox_host(starts: int, *, tree_memory_limit: bool = True) -> dict:
     """Measured in a process like a sandbox host's: the broker-only worker loads no Django.
 
-    Starting a sandbox forks the worker; this manage.py process, with Django, numpy and
-    onnxruntime loaded, is several times bigger than a sandbox host and forks slower, which
-    is a cost sandbox hosts do not pay.
+    This manage.py process has Django, numpy and onnxruntime loaded and its own threads; a
+    sandbox host's worker has none of them, and the figure is what a sandbox host pays.
     """
     # The measuring process claims a free slot of the host like any worker (workers/sandbox/slots.py).
     command = [sys.executable, "-m", "workers.sandbox.bench", "--n", str(starts)]

@@ -427,6 +427,70 @@ def test_a_transient_bwrap_setup_failure_is_retried_and_the_run_gets_its_verdict
     assert (result.verdict, result.stdout, result.infrastructure_error, len(calls)) == ("ok", "1\n", False, 2)
 
 
+@needs_bwrap
+def test_the_program_sees_its_rlimits_from_its_first_instruction_and_holds_exactly_its_processes():
+    # The rlimits are set on bwrap's first process while it waits to fork the program
+    # (runner._limit_sandbox), not before bwrap starts: the program and each child inherit them.
+    source = """
+import os, resource, time
+names = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_CORE", "RLIMIT_NOFILE")
+print(*(resource.getrlimit(getattr(resource, name)) for name in names))
+processes = 1
+while processes < 20:
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(5)
+        os._exit(0)
+    processes += 1
+print(processes)
+"""
+    result = run_hostile(source, processes=5, wall_seconds=10)
+    assert result.verdict == "ok", result
+    limits, processes = result.stdout.splitlines()
+    cpu = SMALL["cpu_seconds"] + (1 if TREE_LIMIT_OK and SWITCHES_UID else 0)
+    assert limits == f"({cpu}, {cpu + 1}) ({128 * 2**20}, {128 * 2**20}) ({16 * 2**20}, {16 * 2**20}) (0, 0) (256, 256)"
+    assert processes == "5"
+
+
+@needs_bwrap
+def test_a_sandbox_whose_limits_cannot_be_set_is_killed_before_its_program_starts(monkeypatch):
+    def refused(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(runner.resource, "prlimit", refused)
+    monkeypatch.setattr(runner, "SETUP_RETRY_PAUSE_S", 0.01)
+    result = run("print('the program ran')")
+    monkeypatch.undo()
+    assert (result.verdict, result.infrastructure_error) == ("internal_error", True)
+    assert "could not set the run's limits: [Errno 1] Operation not permitted" in result.message
+    assert result.stdout == ""
+    if SWITCHES_UID:
+        assert slot_processes() == []
+    assert run("print(1)").stdout == "1\n"
+
+
+@needs_bwrap
+@pytest.mark.skipif(not SWITCHES_UID, reason="only a root worker switches to the slot's uid")
+def test_only_the_slot_thread_takes_the_slot_uid_and_the_worker_stays_root():
+    # bwrap is started by a thread of the slot's own that switched only itself to the slot's uid
+    # (spawner.py); every other thread of the worker must still be root.
+    assert run("print(1)").verdict == "ok"
+    real_uids = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            status = (task / "status").read_text()
+            real_uids[int(task.name)] = [int(uid) for uid in status.split("\nUid:")[1].split("\n")[0].split()]
+    slot_threads = [tid for tid, uids in real_uids.items() if uids == [SLOT_UID] * 4]
+    assert len(slot_threads) == 1
+    assert real_uids[os.getpid()] == [0, 0, 0, 0]
+    for tid, uids in real_uids.items():
+        assert uids == [0] * 4 or (len(set(uids)) == 1 and BASE_UID <= uids[0] < BASE_UID + runner.slots.MAX_SLOTS), tid
+    assert (os.getuid(), os.geteuid(), os.getgid()) == (0, 0, 0)
+
+
 def test_slots_are_unique_across_processes_on_one_host():
     script = "from workers.sandbox import slots; import sys; print(slots.process_slot()); sys.stdin.read()"
     holders = [
@@ -765,6 +829,8 @@ def test_the_cgroup_v2_layout_against_a_fake_delegated_cgroup(tmp_path, monkeypa
     (slot.path / "memory.peak").write_text("104857600\n")
     slot.prepare(limit_bytes=88 * 2**20)
     assert (slot.path / "memory.max").read_text() == str(88 * 2**20)
+    slot.adopt(4242)
+    assert (slot.path / "cgroup.procs").read_text() == "4242"
     (slot.path / "cpu.stat").write_text("usage_usec 3750000\n")
     (slot.path / "memory.events").write_text("oom_kill 2\n")
     assert slot.cpu_seconds_used() == pytest.approx(2.25)

@@ -183,8 +183,8 @@ class SlotCgroup:
     def join_thread(self) -> None:
         """v1: move the calling thread (not its process) in; what it forks is born inside."""
 
-    def enter(self) -> None:
-        """v2: move the calling process in (a forked child, before it drops privileges)."""
+    def adopt(self, pid: int) -> None:
+        """v2: move process `pid` in (the sandbox's first process, before it forks the program)."""
 
     def prepare(self, *, limit_bytes: int) -> None:
         """Set the limit for the next run, and take the counters' starting points."""
@@ -276,8 +276,8 @@ class V2SlotCgroup(SlotCgroup):
         with contextlib.suppress(OSError):
             (self.path / "memory.peak").write_text("0")
 
-    def enter(self) -> None:
-        (self.path / "cgroup.procs").write_text("0")
+    def adopt(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
 
     def cpu_seconds_total(self) -> float:
         for line in (self.path / "cpu.stat").read_text().splitlines():

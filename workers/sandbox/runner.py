@@ -2,15 +2,20 @@
 
 How a run is put together (root worker, the case on sandbox hosts):
 
-    worker (root) --fork--> setgroups([]), setregid/setreuid(BASE_UID + slot), setrlimit(...)
-                  --exec--> bwrap monitor            (host uid BASE_UID + slot, new process group)
-                            `-- bwrap init, pid 1    (new user/pid/net/ipc/uts/cgroup/mount namespaces)
-                                `-- python -I -S -u /code/main.py   (cwd /work, a size-capped tmpfs)
+    worker (root), the slot's thread (uid BASE_UID + slot, spawner.py)
+      --vfork+exec--> bwrap monitor          (host uid BASE_UID + slot, new process group)
+                      `-- bwrap init, pid 1  (new user/pid/net/ipc/uts/cgroup/mount namespaces),
+                          |                   held on --block-fd: the worker sets its rlimits
+                          |                   (prlimit) and, on cgroup v2, moves it into the slot's
+                          |                   cgroup, then lets it go on (_limit_sandbox, _release_sandbox)
+                          `-- python -I -S -u /code/main.py   (cwd /work, a size-capped tmpfs)
 
 - The privileges are dropped *before* bwrap starts, so every sandboxed process is an ordinary
   host user with no capabilities; bwrap builds its namespaces as that user (unprivileged user
   namespaces). Running bwrap as root instead would map the sandbox to host uid 0, which the
-  kernel exempts from RLIMIT_NPROC and which owns most host files.
+  kernel exempts from RLIMIT_NPROC and which owns most host files. The worker itself is never
+  forked for a run (that cost 2.5-4 ms; decision 0052): bwrap is started by a thread of the
+  slot's own that holds the slot's uid, and nothing of the program runs before its limits are set.
 - One uid per concurrent slot, because RLIMIT_NPROC counts the processes of a real uid: two
   runs sharing a uid would share one process budget, and the post-run sweep (kill every process
   of the uid) would hit the neighbour.
@@ -56,7 +61,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.sandbox import cgroups, seccomp_filter, slots
+from workers.sandbox import cgroups, seccomp_filter, slots, spawner
 from workers.sandbox.cgroups import SlotCgroup
 from workers.sandbox.slots import MAX_SLOTS
 
@@ -75,6 +80,8 @@ BASE_UID = 60000
 EXIT_NO_WHOLE_RUN_LIMITS = 78
 SETUP_ATTEMPTS = 3
 SETUP_RETRY_PAUSE_S = 0.2
+# How long bwrap may take to clone the sandbox's first process and report it (a loaded host).
+SETUP_REPORT_TIMEOUT_S = 10.0
 
 # The most a job may ask for; the defaults are the SandboxLimits field defaults.
 SYSTEM_MAXIMUM = {
@@ -90,8 +97,9 @@ SYSTEM_MAXIMUM = {
 MAX_FILES = 64
 # `--size` on `--tmpfs` appeared in bubblewrap 0.10.
 MIN_BWRAP_VERSION = (0, 10)
-# bwrap's own monitor and init processes run under the slot uid and count towards RLIMIT_NPROC.
-BWRAP_OWN_PROCESSES = 2
+# bwrap's init runs under the slot uid in the sandbox's user namespace, and counts towards
+# RLIMIT_NPROC there (kernels from 5.14 count per user namespace; see _processes_counted_beside).
+BWRAP_OWN_PROCESSES = 1
 OPEN_FILES = 256
 # After a kill, how long to wait for the tree to go before falling back to the slower nets.
 KILL_GRACE_S = 1.0
@@ -423,9 +431,10 @@ def bwrap_command(
     source_fd: int,
     file_fds: dict[str, int],
     status_fd: int,
+    release_fd: int,
     seccomp_fd: int | None = None,
+    command: list[str],
     bound_fds: dict[str, int] | None = None,
-    command: list[str] | None = None,
 ) -> list[str]:
     argv = [
         bwrap,
@@ -492,10 +501,10 @@ def bwrap_command(
     if seccomp_fd is not None:
         # Applied to the program just before exec (workers/sandbox/seccomp_filter.py).
         argv += ["--seccomp", str(seccomp_fd)]
-    argv += ["--json-status-fd", str(status_fd), "--chdir", SANDBOX_HOME]
-    # -I -S: no PYTHON* variables, user site or site-packages for the program itself (the PYTHON*
-    # variables above are for Pythons it starts); -u: its output reaches us even when it is killed.
-    argv += ["--", *(command or [interpreter.executable, "-I", "-S", "-u", SANDBOX_SOURCE])]
+    # bwrap reports its sandbox's first process here, then waits on release_fd before it forks
+    # the program: the run's rlimits are set on that process meanwhile (_limit_then_release).
+    argv += ["--json-status-fd", str(status_fd), "--block-fd", str(release_fd), "--chdir", SANDBOX_HOME]
+    argv += ["--", *command]
     return argv
 
 
@@ -510,6 +519,8 @@ def _program_command(
     With `go_fd`, the bytecode runs in an interpreter started ahead that waits for a byte on it
     (starter.py), in place of `python /code/main.pyc`.
     """
+    # -I -S: no PYTHON* variables, user site or site-packages for the program itself (the PYTHON*
+    # variables bwrap sets are for Pythons it starts); -u: its output reaches us even when it is killed.
     python = [interpreter.executable, "-I", "-S", "-u"]
     if program is None:
         return [*python, SANDBOX_SOURCE]
@@ -584,40 +595,7 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _child_setup(cgroup: SlotCgroup | None, uid: int | None, rlimits: list[tuple[int, tuple[int, int]]]) -> None:
-    """In the forked child, before exec: into the slot's cgroup (v2), drop to the slot's uid, lower rlimits."""
-    if cgroup is not None:
-        cgroup.enter()
-    if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-    for which, value in rlimits:
-        resource.setrlimit(which, value)
-
-
-class _SlotSpawner:
-    """Starts a slot's sandboxes from one thread that lives in the slot's memory cgroup.
-
-    A forked process is born in the cgroup of the thread that forked it. Moving each new
-    process into the cgroup instead cost ~7 ms per run (the kernel waits for an RCU grace
-    period on every move); this thread moves once. Only the thread joins: the worker's own
-    memory stays charged where it was (cgroup v1 charges a process's memory to its main
-    thread's cgroup), so a run's out-of-memory kill can never pick the worker.
-    """
-
-    def __init__(self, cgroup: SlotCgroup):
-        self.cgroup = cgroup
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="sandbox-spawn", initializer=cgroup.join_thread
-        )
-
-    def spawn(self, start):
-        return self._executor.submit(start).result()
-
-
 _slot_cgroups: dict[tuple[int, int], SlotCgroup | None] = {}
-_spawners: dict[tuple[int, int], _SlotSpawner] = {}
 
 
 def _slot_cgroup(slot: int) -> SlotCgroup | None:
@@ -628,15 +606,6 @@ def _slot_cgroup(slot: int) -> SlotCgroup | None:
         if _slot_cgroups[key] is None:
             logger.warning("sandbox.no_tree_memory_limit", extra={"slot": slot, "reason": cgroups.available()[1]})
     return _slot_cgroups[key]
-
-
-def _spawn(slot: int, cgroup: SlotCgroup | None, start):
-    if cgroup is None or cgroup.version != 1:
-        return start()
-    key = (os.getpid(), slot)
-    if key not in _spawners:
-        _spawners[key] = _SlotSpawner(cgroup)
-    return _spawners[key].spawn(start)
 
 
 def _uid_processes(uid: int) -> list[tuple[int, str, int]]:
@@ -688,9 +657,25 @@ def tree_memory_limit_bytes(limits: SandboxLimits) -> int:
     return (limits.memory_mb + limits.tmpfs_mb + TREE_OVERHEAD_MB) * MB
 
 
+def _processes_counted_beside(switch_uid: bool) -> int:
+    """Processes RLIMIT_NPROC counts in the sandbox besides the program's own and bwrap's init.
+
+    From Linux 5.14 the count is of the uid's processes in the sandbox's own user namespace:
+    nothing else. Older kernels count every process of the host uid: bwrap's monitor too, and
+    for a worker that is not root (the sandbox runs as the worker's user) all of that user's.
+    """
+    release = tuple(int(part) for part in re.findall(r"\d+", os.uname().release)[:2])
+    if release >= (5, 14):
+        return 0
+    if switch_uid:
+        return 1
+    return 1 + len([p for p in _uid_processes(os.getuid()) if p[1] != "Z"])
+
+
 def _rlimits(
     limits: SandboxLimits, processes_already: int, *, tree_cpu_watched: bool = False
 ) -> list[tuple[int, tuple[int, int]]]:
+    """The program's rlimits, set by its first process (starter.py) before any of its code is read."""
     cpu = math.ceil(limits.cpu_seconds)
     # Where the cgroup's CPU clock is watched (the whole tree), RLIMIT_CPU is a backstop a second
     # later: the limit and the reported figure then come from one clock. On a loaded VM the
@@ -736,6 +721,10 @@ class _Run:
         self.wall_exceeded = False
         self.cpu_exceeded = False
         self.kill_stage = 0
+        # Why the sandbox was ended before its program could start (worker side), if it was.
+        self.setup_failure: str | None = None
+        # A judge case's sandbox, started ahead of its turn: its interpreter's start used CPU time.
+        self.started_ahead = False
         # Judge cases with an output folder: the harness's report, kept up to files_cap bytes.
         self.files = bytearray()
         self.files_cap = 0
@@ -833,15 +822,23 @@ def _escalate(run: _Run, monitor_pid: int) -> bool:
     return False
 
 
+_subreapers: set[int] = set()
+
+
 def _become_subreaper() -> bool:
     """Adopt orphaned descendants, so that bwrap's init is reaped here with its rusage.
 
     bwrap's monitor exits as soon as init reports the program's exit status, without waiting
     for init; init would then be reparented to the host's init and its rusage (the whole
-    sandbox's CPU time and peak memory) would be lost.
+    sandbox's CPU time and peak memory) would be lost. Once per process (a forked child is not one).
     """
+    if os.getpid() in _subreapers:
+        return True
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        return False
+    _subreapers.add(os.getpid())
+    return True
 
 
 def _reap_init(run: _Run) -> "resource.struct_rusage | None":
@@ -1150,6 +1147,15 @@ class PreparedSandbox:
         return result
 
 
+def _start_bwrap(
+    argv: list[str], *, run: _Run, status_read: int, rlimits: list[tuple[int, tuple[int, int]]], **popen
+) -> subprocess.Popen:
+    """In the slot's thread: start bwrap (vfork, see spawner.py) and limit its sandbox."""
+    process = subprocess.Popen(argv, **popen)
+    _limit_sandbox(process, run, status_read=status_read, rlimits=rlimits)
+    return process
+
+
 def _start_in_slot(
     request: SandboxRequest, slot: int, program: PreparedProgram | None = None, *, gated: bool = False
 ) -> PreparedSandbox | SandboxResult:
@@ -1171,7 +1177,6 @@ def _start_in_slot(
             if leftovers:
                 return _infrastructure_error(f"slot {slot} has unkillable processes {leftovers}")
         _clean_slots.discard(slot)
-        processes_already = 0
         cgroup = _slot_cgroup(slot)
         if cgroup is not None:
             try:
@@ -1180,15 +1185,20 @@ def _start_in_slot(
                 logger.exception("sandbox.cgroup_failed", extra={"slot": slot})
                 return _infrastructure_error(f"could not set up slot {slot}'s cgroup: {error}")
     else:
-        # RLIMIT_NPROC counts the worker user's own processes too; leave room for them.
-        processes_already = len([p for p in _uid_processes(os.getuid()) if p[1] != "Z"])
         cgroup = None
+    processes_already = _processes_counted_beside(switch_uid)
     folder = program.output_folder if program is not None else None
     if folder is not None:
         processes_already += 1  # the harness, the program's parent
     if not _become_subreaper():
         logger.warning("sandbox.subreaper_failed", extra={"slot": slot})
 
+    run = _Run(limits, host_uid=uid if switch_uid else os.getuid())
+    run.cgroup = cgroup
+    run.started_ahead = gated
+    if folder is not None:
+        run.files_cap = folder.max_bytes + FILES_HEADER_ROOM
+    rlimits = _rlimits(limits, processes_already, tree_cpu_watched=cgroup is not None)
     fds: list[int] = []
     handed_over = False
     try:
@@ -1221,7 +1231,8 @@ def _start_in_slot(
             return _infrastructure_error(f"no seccomp filter: {error}")
         fds.append(seccomp_fd)
         status_read, status_write = os.pipe()
-        fds += [status_read, status_write]
+        release_read, release_write = os.pipe()
+        fds += [status_read, status_write, release_read, release_write]
         argv = bwrap_command(
             bwrap=bwrap,
             interpreter=interpreter,
@@ -1230,17 +1241,19 @@ def _start_in_slot(
             source_fd=source_fd,
             file_fds=file_fds,
             status_fd=status_write,
+            release_fd=release_read,
             seccomp_fd=seccomp_fd,
             bound_fds=bound,
             command=_program_command(interpreter, program, collect_write, go_read),
         )
         started = time.monotonic()
         try:
-            process = _spawn(
+            process = spawner.as_slot(
                 slot,
+                uid if switch_uid else None,
                 cgroup,
                 functools.partial(
-                    subprocess.Popen,
+                    _start_bwrap,
                     argv,
                     stdin=stdin_fd,
                     stdout=subprocess.PIPE,
@@ -1250,6 +1263,7 @@ def _start_in_slot(
                         *file_fds.values(),
                         *bound.values(),
                         status_write,
+                        release_read,
                         seccomp_fd,
                         *([collect_write] if collect_write is not None else []),
                         *([go_read] if go_read is not None else []),
@@ -1258,33 +1272,26 @@ def _start_in_slot(
                     env={},
                     # Its own process group, so the monitor can be killed as a group.
                     start_new_session=True,
-                    # The privilege drop happens in _child_setup, after a cgroup v2 move that
-                    # needs root (Popen's user= would drop before preexec_fn runs).
-                    preexec_fn=functools.partial(
-                        _child_setup,
-                        cgroup if cgroup is not None and cgroup.version == 2 else None,
-                        uid if switch_uid else None,
-                        _rlimits(limits, processes_already, tree_cpu_watched=cgroup is not None),
-                    ),
+                    run=run,
+                    status_read=status_read,
+                    rlimits=rlimits,
                 ),
             )
         except OSError as error:
             logger.exception("sandbox.start_failed", extra={"slot": slot})
             return _infrastructure_error(f"could not start bwrap: {error}")
         # Drop our copies: the status pipe must reach EOF when bwrap exits.
-        for fd in [fd for fd in fds if fd not in (status_read, collect_read, go_write)]:
+        for fd in [fd for fd in fds if fd not in (status_read, collect_read, go_write, release_write)]:
             os.close(fd)
             fds.remove(fd)
+        fds.remove(release_write)
         handed_over = True
     finally:
         if not handed_over:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-    run = _Run(limits, host_uid=uid if switch_uid else os.getuid())
-    run.cgroup = cgroup
-    if folder is not None:
-        run.files_cap = folder.max_bytes + FILES_HEADER_ROOM
+    _release_sandbox(process, run, release_write)
     return PreparedSandbox(
         process=process,
         run=run,
@@ -1297,6 +1304,61 @@ def _start_in_slot(
         started=started,
         fds=[fd for fd in fds if fd != go_write],
     )
+
+
+def _limit_sandbox(
+    process: subprocess.Popen, run: "_Run", *, status_read: int, rlimits: list[tuple[int, tuple[int, int]]]
+) -> None:
+    """Set the run's rlimits on the sandbox's first process while bwrap holds it on --block-fd.
+
+    bwrap clones the sandbox's first process (its init, pid 1 inside), reports its pid on the
+    status pipe, builds the mounts, and waits on the block fd before it forks anything: every
+    process of the program descends from it and inherits the limits set here. Called in the
+    slot's thread (spawner.py): as the slot's uid it may lower them without CAP_SYS_RESOURCE.
+    A sandbox whose limits could not be set is killed; the run is a set-up failure, tried again.
+    """
+    try:
+        deadline = time.monotonic() + SETUP_REPORT_TIMEOUT_S
+        while run.init_pid is None:
+            ready, _, _ = select.select([status_read], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise TimeoutError(f"bwrap did not report its sandbox process within {SETUP_REPORT_TIMEOUT_S:.0f} s")
+            data = os.read(status_read, READ_CHUNK)
+            if not data:
+                return  # bwrap ended before it cloned: _supervise reports the set-up failure
+            run.status += data
+            _note_init(run, process.pid)
+        if run.init_pidfd is None:
+            raise ProcessLookupError(f"the sandbox process {run.init_pid} ended before its limits were set")
+        for which, limit in rlimits:
+            resource.prlimit(run.init_pid, which, limit)
+    except OSError as error:
+        _fail_setup(process, run, f"could not set the run's limits: {error}")
+
+
+def _release_sandbox(process: subprocess.Popen, run: "_Run", release_write: int) -> None:
+    """Let bwrap go on and start the program: first into the slot's cgroup v2, where there is one.
+
+    Closing the block fd would let bwrap go on too: a sandbox not to be run is killed first.
+    """
+    try:
+        if run.setup_failure is None and run.init_pid is not None:
+            if run.cgroup is not None and run.cgroup.version == 2:
+                run.cgroup.adopt(run.init_pid)
+            os.write(release_write, b"\n")
+    except OSError as error:
+        _fail_setup(process, run, f"could not move the sandbox into its cgroup: {error}")
+    finally:
+        os.close(release_write)
+
+
+def _fail_setup(process: subprocess.Popen, run: "_Run", reason: str) -> None:
+    run.setup_failure = reason
+    logger.error("sandbox.setup_stopped", extra={"pid": process.pid, "reason": reason})
+    if run.init_pidfd is not None:
+        _kill_pidfd(run.init_pidfd)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 # The rusage of a process someone else reaped: nothing known.
@@ -1328,7 +1390,9 @@ def _supervise(
         selector.register(collect_read, selectors.EVENT_READ, "files")
         open_streams.add("files")
     exited = False
-    next_cpu_check = started
+    # The tree cannot use CPU time faster than all CPUs at once: a run that used none before
+    # `started` cannot reach its limit before this. A judge case started ahead used some.
+    next_cpu_check = started if run.started_ahead else started + run.limits.cpu_seconds / CPUS
     try:
         while open_streams or not exited:
             now = time.monotonic()
@@ -1426,6 +1490,11 @@ def _supervise(
     # one, and without a kill from us, bwrap failed to set up the sandbox, whatever the
     # program's stderr says.
     started_program = any("exit-code" in document for document in run.status_documents())
+    if run.setup_failure is not None:
+        result.message = f"bwrap failed to set up the sandbox: {run.setup_failure}"
+        result.infrastructure_error = True
+        result.stderr, result.stderr_raw = "", b""
+        return result
     if not started_program and run.kill_stage == 0:
         # bwrap says why on stderr; where it could not (killed, or silent), its exit status does.
         reason = result.stderr.strip()[-2000:] or _exit_status_text(wait_status)
