@@ -17,6 +17,17 @@ CREDENTIALS = {
 }
 
 
+def s3_client(endpoint: str, credentials: dict[str, str]):
+    """A boto3 S3 client for `endpoint`, with the AWS_* key pair and region in `credentials`."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=credentials["AWS_DEFAULT_REGION"],
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
 @dataclass
 class S3Bucket:
     endpoint: str
@@ -35,13 +46,7 @@ class S3Bucket:
         return storage_config(self.url)
 
     def client(self):
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+        return s3_client(self.endpoint, CREDENTIALS)
 
     def names(self, under: str = "") -> list[str]:
         """Every object's name relative to the prefix (what the storage calls it), sorted."""

@@ -480,15 +480,9 @@ class Cluster:
         return self
 
     def s3_client(self):
-        import boto3
+        from tests.s3 import s3_client
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+        return s3_client(self.s3_endpoint, S3_CREDENTIALS)
 
     def s3_keys(self) -> list[str]:
         """Every object stored on host 2's S3 server, as the operator lists them."""

@@ -51,3 +51,16 @@ def test_celery_beat_uses_the_projects_stop_handler():
     from project.beat_scheduler import Beat
 
     assert issubclass(app.Beat, Beat)
+
+
+def test_routine_sends_are_logged_at_debug_and_the_hourly_prune_at_info(tmp_path, caplog):
+    scheduler = Scheduler(app=app, schedule_filename=str(tmp_path / "celerybeat-schedule"), lazy=False)
+    sent = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scheduler, "apply_async", lambda entry, **_: sent.append(entry.name))
+        with caplog.at_level("INFO", logger="celery.beat"):
+            for name in ("ring-queues", "reap-jobs", "dispatch-schedules", "prune"):
+                scheduler.apply_entry(scheduler.schedule[name])
+    scheduler.close()
+    assert sent == ["ring-queues", "reap-jobs", "dispatch-schedules", "prune"]
+    assert [record.getMessage() for record in caplog.records] == ["Scheduler: Sending due task prune (jobs.prune)"]
