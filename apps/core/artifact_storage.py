@@ -12,10 +12,12 @@ host reads another host's disk: a worker needs only network access to the storag
 - Workers that need a file on their own disk (onnxruntime, memory-mapped .npz inputs, import
   files) call `local_copy(name, sha256=...)`: a per-host cache keyed by the file's sha256,
   filled by streaming in 1 MiB chunks while hashing, checked against the digest, reused across
-  jobs and bounded by ARTIFACT_CACHE_MAX_BYTES (least recently used first). On local-disk
-  storage the stored file itself is used in place.
+  jobs and bounded by ARTIFACT_CACHE_MAX_BYTES (least recently used first). Processes of a host
+  that want the same file at once fetch it once: the others wait on a lock and find it cached.
+  On local-disk storage the stored file itself is used in place.
 """
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -274,22 +276,13 @@ def local_copy(name: str, *, sha256: str) -> Path:
     if cached.is_file():
         os.utime(cached)  # least recently used goes first
         return cached
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    descriptor, partial = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".partial")
-    started = time.monotonic()
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            for chunk in stored_chunks(name):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise StoredFileCorrupt(name, sha256, digest.hexdigest())
-        # Two processes fetching the same file both finish with a whole copy: the last rename wins.
-        os.replace(partial, cached)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    with _fetch_lock(sha256):
+        if cached.is_file():  # fetched by another process while this one waited
+            os.utime(cached)
+            return cached
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        _fetch(name, sha256, cached)
     logger.info(
         "artifact_storage.fetched",
         extra={
@@ -300,6 +293,36 @@ def local_copy(name: str, *, sha256: str) -> Path:
     )
     cache_evict(keep=cached)
     return cached
+
+
+def _fetch(name: str, sha256: str, cached: Path) -> None:
+    digest = hashlib.sha256()
+    descriptor, partial = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".partial")
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            for chunk in stored_chunks(name):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise StoredFileCorrupt(name, sha256, digest.hexdigest())
+        os.replace(partial, cached)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _fetch_lock(sha256: str) -> Iterator[None]:
+    """Held by the one process of this host that fetches a file; others wanting it wait, then find it cached.
+
+    One lock per first byte of the digest (256 lock files, outside the cached copies): two different
+    files that share it are fetched one after the other, which is rare and costs only time.
+    """
+    folder = Path(settings.ARTIFACT_CACHE_DIR) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{sha256[:2]}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        yield
 
 
 def local_cache_put(path: Path, *, sha256: str, name: str) -> None:

@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -84,6 +86,23 @@ def test_local_copy_fetches_once_by_sha256_and_reuses_the_copy(s3_storage):
     # Reused: found in this host's cache even once the stored object is gone.
     s3_storage.client().delete_object(Bucket=s3_storage.bucket, Key=f"{s3_storage.prefix}/models/x/1.onnx")
     assert artifact_storage.local_copy("models/x/1.onnx", sha256=sha256) == first
+
+
+def test_processes_wanting_the_same_file_at_once_fetch_it_once(s3_storage, caplog):
+    data = os.urandom(8 * 2**20)
+    sha256 = hashlib.sha256(data).hexdigest()
+    artifact_storage.store_bytes("models/x/big.onnx", data)
+    together = threading.Barrier(3)
+
+    def fetch():
+        together.wait()
+        return artifact_storage.local_copy("models/x/big.onnx", sha256=sha256)
+
+    with caplog.at_level("INFO", logger="apps.core.artifact_storage"), ThreadPoolExecutor(3) as pool:
+        copies = list(pool.map(lambda _: fetch(), range(3)))
+
+    assert len(set(copies)) == 1 and copies[0].read_bytes() == data
+    assert [record.getMessage() for record in caplog.records].count("artifact_storage.fetched") == 1
 
 
 def test_a_stored_file_whose_bytes_do_not_match_its_digest_is_refused_and_not_cached(s3_storage):
