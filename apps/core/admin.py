@@ -16,11 +16,15 @@ The rule, stated once (docs/permissions.md, "The admin"):
 """
 
 from functools import reduce
+from pathlib import PurePosixPath
 
 from django.contrib import admin
 from django.contrib.admin.filters import RelatedFieldListFilter, RelatedOnlyFieldListFilter
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db import models
+from django.http import Http404
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 
 class ReadOnlyTabularInline(admin.TabularInline):
@@ -261,3 +265,42 @@ def json_block(value, *, open_up_to: int = 600) -> str:
         size_label,
         text,
     )
+
+
+class StoredFileAdminMixin:
+    """A row's stored file, shown as a link to this admin, which streams it to whoever may see the row.
+
+    Not Django's own rendering of a FileField (`FieldFile.url`): on object storage that is a
+    presigned link, a credential that works for anyone who holds it, past any role check.
+    Put `stored_file_link` in readonly_fields in place of the file field.
+    """
+
+    stored_file_size_field = "size_bytes"
+
+    def get_urls(self):
+        meta = self.model._meta
+        view = self.admin_site.admin_view(self.stored_file_view)
+        name = f"{meta.app_label}_{meta.model_name}_file"
+        return [path("<path:object_id>/file/", view, name=name), *super().get_urls()]
+
+    def stored_file_view(self, request, object_id):
+        from apps.core.artifact_storage import stored_file_response
+
+        obj = self.get_object(request, object_id)  # None where the row is not this user's to see
+        if obj is None or not self.has_view_permission(request, obj) or not obj.file:
+            raise Http404("No such file.")
+        return stored_file_response(
+            obj.file.name,
+            size=getattr(obj, self.stored_file_size_field),
+            content_type=getattr(obj, "content_type", "") or "application/octet-stream",
+            filename=getattr(obj, "name", "") or PurePosixPath(obj.file.name).name,
+            as_attachment=True,
+        )
+
+    @admin.display(description="file")
+    def stored_file_link(self, obj):
+        if obj is None or obj.pk is None or not obj.file:
+            return "-"
+        meta = self.model._meta
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_file", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.file.name)

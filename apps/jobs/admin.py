@@ -20,6 +20,7 @@ from apps.core.admin import (
     OrganizationScopedAdmin,
     PlatformAdmin,
     ReadOnlyTabularInline,
+    StoredFileAdminMixin,
     admin_actor,
     json_block,
     organizations_where,
@@ -83,7 +84,7 @@ class ArtifactInline(ReadOnlyTabularInline):
 
     @admin.display(description="file")
     def link(self, artifact):
-        url = f"/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.id}/download"
+        url = reverse("admin:jobs_job_artifact", args=[artifact.job_id, artifact.id])
         return format_html('<a href="{}">{}</a>', url, artifact.name)
 
 
@@ -513,7 +514,7 @@ class WorkerHostAdmin(PlatformAdmin):
 
 
 @admin.register(Artifact)
-class ArtifactAdmin(OrganizationScopedAdmin):
+class ArtifactAdmin(StoredFileAdminMixin, OrganizationScopedAdmin):
     """Every stored file: uploaded job inputs (no job) and what jobs produced. Read-only: the files are evidence."""
 
     view_action = READ_JOBS
@@ -530,7 +531,7 @@ class ArtifactAdmin(OrganizationScopedAdmin):
         "job",
         "role",
         "name",
-        "file",
+        "stored_file_link",
         "content_type",
         "size_bytes",
         "sha256",
@@ -538,7 +539,7 @@ class ArtifactAdmin(OrganizationScopedAdmin):
         "attempt",
         "created_at",
     ]
-    exclude = ["meta"]
+    exclude = ["meta", "file"]
 
     def has_add_permission(self, request):
         return False

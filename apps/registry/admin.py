@@ -1,7 +1,13 @@
 from django.contrib import admin, messages
 
 from apps.accounts.permissions import COMPILE_MODELS, PROMOTE_MODELS, READ_MODELS, UPLOAD_MODELS
-from apps.core.admin import OrganizationScopedAdmin, ReadOnlyTabularInline, admin_actor, json_block
+from apps.core.admin import (
+    OrganizationScopedAdmin,
+    ReadOnlyTabularInline,
+    StoredFileAdminMixin,
+    admin_actor,
+    json_block,
+)
 from apps.core.errors import DomainError
 from apps.registry import services
 from apps.registry.models import MLModel, ModelAlias, ModelAliasEvent, ModelVersion
@@ -62,7 +68,7 @@ class ModelAliasEventAdmin(OrganizationScopedAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(OrganizationScopedAdmin):
+class ModelVersionAdmin(StoredFileAdminMixin, OrganizationScopedAdmin):
     organization_path = "model__organization"
     view_action = READ_MODELS
     # Every field is read-only; the compile actions go through the service, which checks the role.
@@ -85,7 +91,7 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
     readonly_fields = [
         "model",
         "number",
-        "file",
+        "stored_file_link",
         "sha256",
         "size_bytes",
         "signature_display",
@@ -98,7 +104,7 @@ class ModelVersionAdmin(OrganizationScopedAdmin):
         "created_by",
         "created_at",
     ]
-    exclude = ["signature", "report"]
+    exclude = ["signature", "report", "file"]
 
     def has_add_permission(self, request):
         return False

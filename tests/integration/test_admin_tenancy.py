@@ -4,6 +4,8 @@ A staff user who is not a superuser acts in the admin with the roles they hold, 
 by organization; the whole-registry sweep is in test_admin_tenant_sweep.py.
 """
 
+import hashlib
+
 import pytest
 from django.contrib.auth.models import Permission
 
@@ -201,3 +203,49 @@ def test_a_staff_user_acts_in_each_organization_with_the_role_they_hold_there(cl
     client.post("/admin/jobs/job/", {"action": "cancel_jobs", "_selected_action": [str(job.id)]})
     job.refresh_from_db()
     assert job.status == "queued"
+
+
+def test_stored_files_are_linked_through_the_admin_never_as_presigned_storage_urls(
+    org_admin, elsewhere, s3_storage, tmp_path
+):
+    # FieldFile.url on object storage is a presigned link: a credential for anyone who holds it,
+    # past every role check. The admin links its own view, which streams the file to whoever may
+    # see the row, and to no one else.
+    from apps.core import artifact_storage
+    from apps.jobs.models import Artifact
+    from apps.registry import services as registry
+    from workers.testing_models import build_test_model
+
+    client, membership = org_admin
+    _, away_owner = elsewhere
+    data = b"id,score\n1,0.5\n"
+    pages = []
+    for owner in (membership, away_owner):
+        name = f"artifacts/uploads/{owner.organization.slug}.csv"
+        artifact_storage.store_bytes(name, data)
+        artifact = Artifact.objects.create(
+            organization=owner.organization,
+            owner=owner.user,
+            role="input",
+            name="scores.csv",
+            file=name,
+            content_type="text/csv",
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        version, _ = registry.model_version_upload(
+            membership=owner, name="scorer", source=build_test_model("multi_io", tmp_path / f"{owner.pk}.onnx")
+        )
+        pages.append((f"/admin/jobs/artifact/{artifact.pk}", f"/admin/registry/modelversion/{version.pk}", version))
+
+    (artifact_page, version_page, version), (away_artifact, away_version, _) = pages
+    for page in (artifact_page, version_page):
+        html = client.get(f"{page}/change/").content.decode()
+        assert f'href="{page}/file/"' in html
+        assert "X-Amz-" not in html and s3_storage.endpoint not in html and s3_storage.bucket not in html
+    download = client.get(f"{artifact_page}/file/")
+    assert download.status_code == 200 and b"".join(download.streaming_content) == data
+    model_bytes = b"".join(client.get(f"{version_page}/file/").streaming_content)
+    assert len(model_bytes) == version.size_bytes and hashlib.sha256(model_bytes).hexdigest() == version.sha256
+    for page in (away_artifact, away_version):
+        assert client.get(f"{page}/file/").status_code == 404
