@@ -11,7 +11,7 @@ from apps.core.admin import (
 from apps.core.errors import DomainError
 from apps.registry import services
 from apps.registry.models import MLModel, ModelAlias, ModelAliasEvent, ModelVersion
-from workers.compile import TARGETS
+from workers.compile_targets import TARGETS
 
 
 class ModelVersionInline(ReadOnlyTabularInline):

@@ -7,7 +7,7 @@ from apps.core.artifact_storage import TRANSIENT_STORAGE_ERRORS
 from apps.core.errors import DomainError
 from apps.jobs.kinds import JobKind, PermanentJobError
 from project import queues
-from workers.compile import DEFAULT_TOLERANCES, GPU_FP16, TARGETS
+from workers.compile_targets import DEFAULT_TOLERANCES, GPU_FP16, TARGETS
 
 MAX_SAMPLE_VALUES = 1_000_000  # inline JSON samples are for small batches
 

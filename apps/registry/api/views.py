@@ -15,7 +15,7 @@ from apps.core.pagination import PAGE_PARAMETERS, check_query_parameters, page_o
 from apps.jobs.api.serializers import JobOutputSerializer
 from apps.registry import selectors, services
 from apps.registry.models import DevicePreference, MLModel, ModelAliasEvent, ModelTask, ModelVersion, Stage
-from workers.compile import TARGETS
+from workers.compile_targets import TARGETS
 
 
 class VersionOutputSerializer(serializers.ModelSerializer):

@@ -13,7 +13,7 @@ from apps.jobs.cli import wait_for_job
 from apps.registry import selectors, services
 from apps.registry.api.views import ModelOutputSerializer
 from apps.registry.models import DevicePreference, ModelTask, Stage
-from workers.compile import TARGETS
+from workers.compile_targets import TARGETS
 
 # `compile --wait`: 0 compiled and passed, 1 failed, 3 cancelled, 4 timed out, 5 compiled but
 # the report did not pass (a staging version exists; promoting it needs an override).
