@@ -103,7 +103,7 @@ class WorkerProcess:
                 if ready():
                     return self
                 time.sleep(0.2)
-            elif app.control.ping(destination=[self.name], timeout=1.0):
+            elif app.control.ping(destination=[self.name], timeout=0.25):
                 return self
         self.stop()
         raise RuntimeError(f"worker {self.name} did not answer ping in {timeout}s:\n{self.log()[-3000:]}")
