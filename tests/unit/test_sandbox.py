@@ -412,6 +412,30 @@ def test_a_bwrap_setup_failure_is_an_internal_error(monkeypatch):
 
 
 @needs_bwrap
+@pytest.mark.parametrize("late_step", ["_limit_sandbox", "_release_sandbox"])
+def test_bwrap_failing_before_the_worker_limits_or_releases_it_is_reported_with_bwraps_reason(monkeypatch, late_step):
+    # On a busy host bwrap can fail its set-up before the worker sets the limits or writes the byte
+    # that lets it go on: the process is gone or the pipe closed, which is bwrap's failure, not the
+    # worker's, and the run must say what bwrap said.
+    real_command, real_step = runner.bwrap_command, getattr(runner, late_step)
+
+    def broken_command(**kwargs):
+        argv = real_command(**kwargs)
+        return [argv[0], "--ro-bind", "/nonexistent-switchyard", "/x", *argv[1:]]
+
+    def late(process, run, *args, **kwargs):
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # bwrap has ended; not reaped
+        return real_step(process, run, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "bwrap_command", broken_command)
+    monkeypatch.setattr(runner, late_step, late)
+    monkeypatch.setattr(runner, "SETUP_RETRY_PAUSE_S", 0.01)
+    result = run("print(1)")
+    assert (result.verdict, result.infrastructure_error) == ("internal_error", True)
+    assert "nonexistent-switchyard" in result.message, result.message
+
+
+@needs_bwrap
 def test_a_transient_bwrap_setup_failure_is_retried_and_the_run_gets_its_verdict(monkeypatch):
     real_command = runner.bwrap_command
     calls = []

@@ -1329,9 +1329,11 @@ def _limit_sandbox(
             run.status += data
             _note_init(run, process.pid)
         if run.init_pidfd is None:
-            raise ProcessLookupError(f"the sandbox process {run.init_pid} ended before its limits were set")
+            return  # it ended already (bwrap's own set-up failed): _supervise reports bwrap's reason
         for which, limit in rlimits:
             resource.prlimit(run.init_pid, which, limit)
+    except ProcessLookupError:
+        return  # likewise: nothing is left to limit or to release
     except OSError as error:
         _fail_setup(process, run, f"could not set the run's limits: {error}")
 
@@ -1339,15 +1341,23 @@ def _limit_sandbox(
 def _release_sandbox(process: subprocess.Popen, run: "_Run", release_write: int) -> None:
     """Let bwrap go on and start the program: first into the slot's cgroup v2, where there is one.
 
-    Closing the block fd would let bwrap go on too: a sandbox not to be run is killed first.
+    Closing the block fd would let bwrap go on too: a sandbox not to be run is killed first. A
+    sandbox that is gone already (bwrap's own set-up failed: EPIPE, ESRCH) is left to _supervise,
+    which reports bwrap's reason.
     """
     try:
-        if run.setup_failure is None and run.init_pid is not None:
-            if run.cgroup is not None and run.cgroup.version == 2:
+        if run.setup_failure is not None or run.init_pid is None:
+            return
+        if run.cgroup is not None and run.cgroup.version == 2:
+            try:
                 run.cgroup.adopt(run.init_pid)
+            except ProcessLookupError:
+                return
+            except OSError as error:
+                _fail_setup(process, run, f"could not move the sandbox into its cgroup: {error}")
+                return
+        with contextlib.suppress(BrokenPipeError):
             os.write(release_write, b"\n")
-    except OSError as error:
-        _fail_setup(process, run, f"could not move the sandbox into its cgroup: {error}")
     finally:
         os.close(release_write)
 
