@@ -50,8 +50,14 @@ browser:
 		echo "warning: chromium could not be installed; the browser tests will skip"; \
 	else echo "note: $(CHROMIUM) is missing and this is not root with apt-get: the browser tests will skip (install chromium, or set CHROMIUM=)"; fi
 
+# Test processes side by side (pytest-xdist), each a whole stack with a PostgreSQL and a Redis of
+# its own (tests/worker_services.py), a test file to each: only with the embedded services.
+# TEST_PROCESSES=0: one process.
+TEST_PROCESSES ?= 2
+XDIST = $(if $(DATABASE_URL)$(CELERY_BROKER_URL),,-n $(TEST_PROCESSES) --dist loadfile)
+
 test: install browser
-	@$(SERVICES) exec -- sh -c '$(PY) manage.py preflight && $(PY) -m pytest $(PYTEST_ARGS)'
+	@SWITCHYARD_XDIST_SERVICES=1 $(SERVICES) exec -- sh -c '$(PY) manage.py preflight && $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)'
 
 # The tests marked `broker` (tests/conftest.py) against RabbitMQ; PostgreSQL is still the embedded one.
 test-rabbitmq: install
