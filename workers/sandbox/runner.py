@@ -502,7 +502,7 @@ def bwrap_command(
         # Applied to the program just before exec (workers/sandbox/seccomp_filter.py).
         argv += ["--seccomp", str(seccomp_fd)]
     # bwrap reports its sandbox's first process here, then waits on release_fd before it forks
-    # the program: the run's rlimits are set on that process meanwhile (_limit_then_release).
+    # the program: the run's rlimits are set on that process meanwhile (_limit_sandbox).
     argv += ["--json-status-fd", str(status_fd), "--block-fd", str(release_fd), "--chdir", SANDBOX_HOME]
     argv += ["--", *command]
     return argv
@@ -657,6 +657,11 @@ def tree_memory_limit_bytes(limits: SandboxLimits) -> int:
     return (limits.memory_mb + limits.tmpfs_mb + TREE_OVERHEAD_MB) * MB
 
 
+@functools.cache
+def _nproc_counted_per_user_namespace() -> bool:
+    return tuple(int(part) for part in re.findall(r"\d+", os.uname().release)[:2]) >= (5, 14)
+
+
 def _processes_counted_beside(switch_uid: bool) -> int:
     """Processes RLIMIT_NPROC counts in the sandbox besides the program's own and bwrap's init.
 
@@ -664,8 +669,7 @@ def _processes_counted_beside(switch_uid: bool) -> int:
     nothing else. Older kernels count every process of the host uid: bwrap's monitor too, and
     for a worker that is not root (the sandbox runs as the worker's user) all of that user's.
     """
-    release = tuple(int(part) for part in re.findall(r"\d+", os.uname().release)[:2])
-    if release >= (5, 14):
+    if _nproc_counted_per_user_namespace():
         return 0
     if switch_uid:
         return 1
